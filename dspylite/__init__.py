@@ -1,0 +1,91 @@
+"""dspylite: program local LMs the DSPy way, then improve them with prompts and LoRA weights.
+
+``import dspylite as dspy`` gives the common DSPy surface. Names are resolved lazily so that the
+import stays fast and never pulls in torch, transformers, trl or vllm.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # programs
+    "Signature": "dspylite.signatures",
+    "InputField": "dspylite.signatures",
+    "OutputField": "dspylite.signatures",
+    "make_signature": "dspylite.signatures",
+    "ensure_signature": "dspylite.signatures",
+    "Example": "dspylite.example",
+    "Prediction": "dspylite.example",
+    "Module": "dspylite.modules.module",
+    "Predict": "dspylite.modules.predict",
+    "ChainOfThought": "dspylite.modules.chain_of_thought",
+    "ReAct": "dspylite.modules.react",
+    "Tool": "dspylite.modules.react",
+    "BestOfN": "dspylite.modules.best_of_n",
+    "Refine": "dspylite.modules.best_of_n",
+    # adapters and LMs
+    "Adapter": "dspylite.adapters.base",
+    "ChatAdapter": "dspylite.adapters.chat",
+    "JSONAdapter": "dspylite.adapters.json_adapter",
+    "LM": "dspylite.lm",
+    "Completion": "dspylite.completion",
+    # settings and traces
+    "configure": "dspylite.settings",
+    "context": "dspylite.settings",
+    "settings": "dspylite.settings",
+    "TraceRecord": "dspylite.trace",
+    "capture_traces": "dspylite.trace",
+    # evaluation
+    "Evaluate": "dspylite.evaluate",
+    "EvaluationResult": "dspylite.evaluate",
+    # optimizers
+    "LabeledFewShot": "dspylite.optimizers",
+    "BootstrapFewShot": "dspylite.optimizers",
+    "BootstrapFewShotWithRandomSearch": "dspylite.optimizers",
+    "MIPROv2": "dspylite.optimizers",
+    "BootstrapFinetune": "dspylite.optimizers",
+    "GRPO": "dspylite.optimizers",
+    "BetterTogether": "dspylite.optimizers",
+    # errors
+    "AdapterParseError": "dspylite.errors",
+    "DSPyLiteError": "dspylite.errors",
+}
+
+_SUBMODULES = {"utils", "datasets", "errors", "evaluate", "optimizers", "adapters", "modules", "trace"}
+
+__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"dspylite.{name}")
+    raise AttributeError(f"module 'dspylite' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from dspylite.adapters.base import Adapter
+    from dspylite.adapters.chat import ChatAdapter
+    from dspylite.adapters.json_adapter import JSONAdapter
+    from dspylite.completion import Completion
+    from dspylite.errors import AdapterParseError, DSPyLiteError
+    from dspylite.evaluate import Evaluate, EvaluationResult
+    from dspylite.example import Example, Prediction
+    from dspylite.lm import LM
+    from dspylite.modules.chain_of_thought import ChainOfThought
+    from dspylite.modules.module import Module
+    from dspylite.modules.predict import Predict
+    from dspylite.settings import configure, context, settings
+    from dspylite.signatures import InputField, OutputField, Signature, ensure_signature, make_signature
+    from dspylite.trace import TraceRecord, capture_traces

@@ -1,0 +1,108 @@
+"""The adapter contract: format a signature + demos + inputs into messages, parse a completion back."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from typing import Any
+
+from dspylite.coerce import format_value
+from dspylite.errors import AdapterParseError, DemoError
+from dspylite.example import Example
+from dspylite.signatures import Field, Signature
+
+Messages = list[dict[str, Any]]
+
+
+class Adapter(ABC):
+    """Formats prompts and parses completions for one wire format.
+
+    ``fallback`` is another adapter tried when parsing fails: opt-in, never implicit, and every use
+    is counted in ``usage['fallbacks']`` so it shows up in run metrics.
+    """
+
+    name: str = "base"
+
+    def __init__(self, fallback: Adapter | None = None):
+        self.fallback = fallback
+        self._lock = threading.Lock()
+        self.usage = {"calls": 0, "parse_failures": 0, "fallbacks": 0}
+
+    # ---- hooks subclasses implement -------------------------------------------------------------
+    @abstractmethod
+    def format_system(self, signature: type[Signature]) -> str: ...
+
+    @abstractmethod
+    def format_user(self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False) -> str: ...
+
+    @abstractmethod
+    def format_completion(self, signature: type[Signature], outputs: dict[str, Any]) -> str: ...
+
+    @abstractmethod
+    def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]: ...
+
+    def request_kwargs(self, signature: type[Signature]) -> dict[str, Any]:
+        """Extra LM request parameters this format wants (e.g. a JSON schema)."""
+        return {}
+
+    # ---- shared behaviour ---------------------------------------------------------------------------
+    def format(self, signature: type[Signature], demos: list[Any], inputs: dict[str, Any]) -> Messages:
+        messages: Messages = [{"role": "system", "content": self.format_system(signature)}]
+        for i, demo in enumerate(demos):
+            demo_inputs, demo_outputs = split_demo(signature, demo, i)
+            messages.append({"role": "user", "content": self.format_user(signature, demo_inputs, is_demo=True)})
+            messages.append({"role": "assistant", "content": self.format_completion(signature, demo_outputs)})
+        messages.append({"role": "user", "content": self.format_user(signature, inputs)})
+        return messages
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.usage[key] += n
+
+    def parse_error(self, signature: type[Signature], completion: str, reason: str,
+                    parsed: dict | None = None) -> AdapterParseError:
+        return AdapterParseError(
+            f"{self.name} adapter could not parse the completion for {signature.signature!r}: {reason}. "
+            f"Completion was: {completion[:300]!r}",
+            completion=completion, adapter=self.name, signature=signature.signature, parsed=parsed,
+        )
+
+
+def split_demo(signature: type[Signature], demo: Any, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A demo's input and output values; a demo with no input field at all is an error."""
+    if isinstance(demo, Example):
+        data = demo.toDict()
+    elif isinstance(demo, dict):
+        data = demo
+    else:
+        raise DemoError(f"demo #{index} must be an Example or dict, got {type(demo).__name__}")
+    inputs = {k: data[k] for k in signature.input_fields if k in data}
+    outputs = {k: data[k] for k in signature.output_fields if k in data}
+    if not inputs:
+        raise DemoError(
+            f"demo #{index} has none of the input fields {list(signature.input_fields)} of {signature.signature!r}"
+        )
+    for name, value in outputs.items():
+        check_demo_value(signature.output_fields[name], value, index)
+    return inputs, outputs
+
+
+def check_demo_value(field: Field, value: Any, index: int) -> None:
+    from dspylite.coerce import parse_value
+
+    if field.annotation is str:
+        if not isinstance(value, str):
+            raise DemoError(f"demo #{index}: field {field.name!r} should be str, got {type(value).__name__}")
+        return
+    try:
+        parse_value(value if not isinstance(value, str) else value, field.annotation)
+    except ValueError as exc:
+        raise DemoError(f"demo #{index}: field {field.name!r}: {exc}") from None
+
+
+def field_description(field: Field) -> str:
+    desc = f": {field.desc}" if field.desc else ""
+    return f"- {field.name} ({field.type_name}){desc}"
+
+
+__all__ = ["Adapter", "Messages", "split_demo", "field_description", "format_value"]

@@ -1,0 +1,75 @@
+"""JSON adapter: the model answers with one JSON object; vLLM is asked to enforce its schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from dspylite.adapters.base import Adapter, field_description
+from dspylite.coerce import format_value, json_schema, parse_value, to_jsonable
+from dspylite.signatures import Signature
+
+_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+class JSONAdapter(Adapter):
+    """``structured=True`` sends ``response_format`` with the outputs' JSON schema (vLLM guided decoding)."""
+
+    name = "json"
+
+    def __init__(self, fallback: Adapter | None = None, structured: bool = True):
+        super().__init__(fallback)
+        self.structured = structured
+
+    def format_system(self, signature: type[Signature]) -> str:
+        lines = ["Input fields:"]
+        lines += [field_description(f) for f in signature.input_fields.values()]
+        lines.append("Output fields:")
+        lines += [field_description(f) for f in signature.output_fields.values()]
+        lines.append("")
+        keys = ", ".join(f'"{k}"' for k in signature.output_fields)
+        lines.append(f"Reply with one JSON object with the keys {keys} and nothing else.")
+        lines.append("")
+        lines.append(f"Task: {signature.instructions}")
+        return "\n".join(lines)
+
+    def format_user(self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False) -> str:
+        return "\n\n".join(f"{name}: {format_value(inputs[name])}" for name in signature.input_fields if name in inputs)
+
+    def format_completion(self, signature: type[Signature], outputs: dict[str, Any]) -> str:
+        ordered = {k: to_jsonable(outputs[k]) for k in signature.output_fields if k in outputs}
+        return json.dumps(ordered, ensure_ascii=False)
+
+    def output_schema(self, signature: type[Signature]) -> dict[str, Any]:
+        properties = {name: json_schema(f.annotation) for name, f in signature.output_fields.items()}
+        return {"type": "object", "properties": properties, "required": list(properties),
+                "additionalProperties": False}
+
+    def request_kwargs(self, signature: type[Signature]) -> dict[str, Any]:
+        if not self.structured:
+            return {}
+        return {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "outputs", "schema": self.output_schema(signature), "strict": True}}}
+
+    def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
+        match = _OBJECT.search(completion)
+        if not match:
+            raise self.parse_error(signature, completion, "no JSON object found")
+        try:
+            data = json.loads(match.group(0))
+        except json.JSONDecodeError as exc:
+            raise self.parse_error(signature, completion, f"invalid JSON ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise self.parse_error(signature, completion, "the JSON is not an object")
+        missing = [n for n in signature.output_fields if n not in data]
+        if missing:
+            raise self.parse_error(signature, completion, f"missing key(s) {missing}", parsed=data)
+        parsed: dict[str, Any] = {}
+        for name, field in signature.output_fields.items():
+            value = data[name]
+            try:
+                parsed[name] = parse_value(value if isinstance(value, str) else value, field.annotation)
+            except ValueError as exc:
+                raise self.parse_error(signature, completion, f"field {name!r}: {exc}", parsed=parsed) from None
+        return parsed

@@ -1,0 +1,200 @@
+"""Module: the base of every program. Finds its predictors, copies itself, saves to JSON."""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dspylite.errors import ProgramStateError
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = "dspylite.program/1"
+
+# The outermost module being called in this context; predictor names are relative to it.
+_ACTIVE_PROGRAM: contextvars.ContextVar[Any] = contextvars.ContextVar("dspylite_active_program", default=None)
+
+
+class Module:
+    """Subclass it and write ``forward``; call the instance like a function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _ACTIVE_PROGRAM.get() is not None:  # a sub-module: names were set by the outermost call
+            return self.forward(*args, **kwargs)
+        self._assign_predictor_names()
+        token = _ACTIVE_PROGRAM.set(self)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            _ACTIVE_PROGRAM.reset(token)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    # ---- structure -----------------------------------------------------------------------------
+    def named_sub_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """Every Module reachable through attributes, lists, tuples and dicts (each once)."""
+        seen: set[int] = set()
+
+        def walk(obj: Any, name: str) -> Iterator[tuple[str, Module]]:
+            if isinstance(obj, Module):
+                if id(obj) in seen:
+                    return
+                seen.add(id(obj))
+                yield name, obj
+                for attr, value in vars(obj).items():
+                    if attr.startswith("_"):
+                        continue
+                    yield from walk(value, f"{name}.{attr}" if name else attr)
+            elif isinstance(obj, (list, tuple)):
+                for i, value in enumerate(obj):
+                    yield from walk(value, f"{name}[{i}]")
+            elif isinstance(obj, dict):
+                for key, value in obj.items():
+                    yield from walk(value, f"{name}['{key}']")
+
+        yield from walk(self, prefix)
+
+    def named_predictors(self) -> list[tuple[str, Any]]:
+        from dspylite.modules.predict import Predict
+
+        return [(name or "self", m) for name, m in self.named_sub_modules() if isinstance(m, Predict)]
+
+    def predictors(self) -> list[Any]:
+        return [p for _, p in self.named_predictors()]
+
+    def named_parameters(self) -> list[tuple[str, Any]]:
+        return self.named_predictors()
+
+    def map_named_predictors(self, fn) -> Module:
+        for name, predictor in self.named_predictors():
+            _set_by_path(self, name, fn(predictor))
+        return self
+
+    def _assign_predictor_names(self) -> None:
+        # Names go into trace records; a predictor used inside a bigger program keeps the outer name.
+        for name, predictor in self.named_predictors():
+            predictor._name = name
+
+    # ---- copies ----------------------------------------------------------------------------------
+    def deepcopy(self) -> Module:
+        """A copy that shares LM clients but owns its demos, signatures and sub-modules."""
+        return copy.deepcopy(self)
+
+    def reset_copy(self) -> Module:
+        new = self.deepcopy()
+        for predictor in new.predictors():
+            predictor.reset()
+        return new
+
+    # ---- LM binding ---------------------------------------------------------------------------
+    def set_lm(self, lm: Any) -> None:
+        for predictor in self.predictors():
+            predictor.lm = lm
+
+    def get_lm(self) -> Any:
+        lms = {id(p.lm): p.lm for p in self.predictors()}
+        if len(lms) != 1:
+            raise ValueError("predictors use different LMs (or none); inspect program.predictors() instead")
+        return next(iter(lms.values()))
+
+    # ---- state ----------------------------------------------------------------------------------
+    def dump_state(self) -> dict[str, Any]:
+        return {name: predictor.dump_state() for name, predictor in self.named_predictors()}
+
+    def load_state(self, state: dict[str, Any]) -> Module:
+        predictors = dict(self.named_predictors())
+        saved = {k: v for k, v in state.items() if k != "metadata"}
+        unknown = sorted(set(saved) - set(predictors))
+        missing = sorted(set(predictors) - set(saved))
+        if unknown or missing:
+            raise ProgramStateError(
+                f"saved state does not match {type(self).__name__}: predictors in the file but not in the program: "
+                f"{unknown}; in the program but not in the file: {missing}"
+            )
+        for name, predictor in predictors.items():
+            try:
+                predictor.load_state(saved[name])
+            except ProgramStateError:
+                raise
+            except Exception as exc:
+                raise ProgramStateError(f"predictor {name!r}: cannot load its saved state: {exc}") from exc
+        return self
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the program's state (demos, instructions, LM/adapter bindings) as JSON, atomically."""
+        path = Path(path)
+        state = self.dump_state()
+        state["metadata"] = {"format": STATE_FORMAT, "program": type(self).__name__,
+                             "dependency_versions": {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
+                                                     "dspylite": _version()}}
+        text = json.dumps(state, indent=2, ensure_ascii=False, default=_json_default)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load(self, path: str | os.PathLike) -> Module:
+        path = Path(path)
+        if not path.exists():
+            raise ProgramStateError(f"program file not found: {path}")
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProgramStateError(f"program file {path} is not valid JSON: {exc}") from None
+        if not isinstance(state, dict):
+            raise ProgramStateError(f"program file {path} must hold a JSON object")
+        return self.load_state(state)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={p!r}" for n, p in self.named_predictors())
+        return f"{type(self).__name__}({inner})"
+
+
+def _json_default(value: Any) -> Any:
+    from dspylite.coerce import to_jsonable
+
+    converted = to_jsonable(value)
+    if converted is value:
+        return str(value)
+    return converted
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("dspylite")
+    except Exception:
+        return "0+unknown"
+
+
+def _set_by_path(root: Any, path: str, value: Any) -> None:
+    import re
+
+    tokens = re.findall(r"\.?([A-Za-z_]\w*)|\[(\d+)\]|\['([^']*)'\]", path)
+    obj = root
+    steps = [(a or None, int(b) if b else None, c or None) for a, b, c in tokens]
+    for attr, idx, key in steps[:-1]:
+        obj = getattr(obj, attr) if attr else obj[idx] if idx is not None else obj[key]
+    attr, idx, key = steps[-1]
+    if attr:
+        setattr(obj, attr, value)
+    elif idx is not None:
+        obj[idx] = value
+    else:
+        obj[key] = value

@@ -1,0 +1,89 @@
+"""Context-local settings: ``configure`` sets the defaults, ``context`` overrides them in a block.
+
+Backed by a ContextVar, so a thread or asyncio task that changes settings never leaks into another.
+Worker threads started by dspylite copy the caller's context (see ``dspylite.utils.parallel``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    lm: Any = None
+    adapter: Any = None
+    # Extra sampling kwargs forwarded to every LM call made in this context (e.g. temperature).
+    lm_kwargs: dict = field(default_factory=dict)
+    # When set, each LM call records a TraceRecord here (a list owned by dspylite.trace.capture).
+    trace_sink: Any = None
+    # The id attached to trace records and cache keys for the current program run.
+    example_id: str | None = None
+    rollout_id: int | None = None
+
+
+_GLOBAL = Settings()
+_CURRENT: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("dspylite_settings", default=None)
+
+
+def current() -> Settings:
+    value = _CURRENT.get()
+    return _GLOBAL if value is None else value
+
+
+def configure(**kwargs: Any) -> None:
+    """Set process-wide defaults, e.g. ``configure(lm=LM(...), adapter=ChatAdapter())``."""
+    global _GLOBAL
+    _check_keys(kwargs)
+    _GLOBAL = replace(_GLOBAL, **kwargs)
+    # A configure() inside a context must be visible to that context too.
+    if _CURRENT.get() is not None:
+        _CURRENT.set(replace(_CURRENT.get(), **kwargs))
+
+
+@contextlib.contextmanager
+def context(**kwargs: Any) -> Iterator[Settings]:
+    """Override settings inside a ``with`` block, for this thread/task only."""
+    _check_keys(kwargs)
+    token = _CURRENT.set(replace(current(), **kwargs))
+    try:
+        yield current()
+    finally:
+        _CURRENT.reset(token)
+
+
+def _check_keys(kwargs: dict) -> None:
+    known = set(Settings.__dataclass_fields__)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
+
+
+class _SettingsProxy:
+    """``dspylite.settings.lm`` style attribute access, like ``dspy.settings``.
+
+    ``dspylite.settings`` is this object, while ``dspylite/settings.py`` is the module; both expose
+    ``current``, ``configure`` and ``context`` so code works with whichever one an import yields.
+    """
+
+    Settings = Settings
+
+    @staticmethod
+    def current() -> Settings:
+        return current()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(current(), name)
+
+    def configure(self, **kwargs: Any) -> None:
+        configure(**kwargs)
+
+    def context(self, **kwargs: Any):
+        return context(**kwargs)
+
+
+settings = _SettingsProxy()

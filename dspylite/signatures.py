@@ -1,0 +1,387 @@
+"""Signatures: typed input/output fields plus instructions, as immutable class values.
+
+Two forms, as in DSPy::
+
+    class QA(Signature):
+        \"\"\"Answer the question from the context.\"\"\"
+        context: list[str] = InputField(desc="facts")
+        question: str = InputField()
+        answer: int = OutputField()
+
+    QA2 = Signature("context: list[str], question -> answer: int", "Answer the question.")
+
+Every editing method (``with_instructions``, ``append``, ``prepend``, ``insert``, ``delete``,
+``with_updated_fields``) returns a new class; a signature is never mutated.
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+import keyword
+import re
+import typing
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Optional, Union
+
+from dspylite.errors import SignatureError
+
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One named field of a signature."""
+
+    name: str
+    kind: Literal["input", "output"]
+    annotation: Any = str
+    desc: str = ""
+    prefix: str = ""
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.annotation)
+
+
+@dataclass(frozen=True)
+class _FieldSpec:
+    """What ``InputField()`` / ``OutputField()`` return inside a class body."""
+
+    kind: Literal["input", "output"]
+    desc: str = ""
+    prefix: str = ""
+    annotation: Any = None
+
+
+def InputField(desc: str = "", *, prefix: str = "", **_: Any) -> Any:  # noqa: N802 - DSPy's name
+    return _FieldSpec("input", desc or "", prefix or "")
+
+
+def OutputField(desc: str = "", *, prefix: str = "", **_: Any) -> Any:  # noqa: N802 - DSPy's name
+    return _FieldSpec("output", desc or "", prefix or "")
+
+
+def infer_prefix(name: str) -> str:
+    """``some_field`` -> ``Some Field:`` (the label DSPy stores in saved programs)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name).replace("_", " ").split()
+    return " ".join(w.capitalize() if not w.isupper() else w for w in words) + ":"
+
+
+def type_name(annotation: Any) -> str:
+    if annotation is None or annotation is type(None):
+        return "None"
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return "Literal[" + ", ".join(repr(a) for a in args) + "]"
+    if origin is Union:
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1 and len(args) == 2:
+            return f"Optional[{type_name(non_none[0])}]"
+        return "Union[" + ", ".join(type_name(a) for a in args) + "]"
+    name = getattr(origin, "__name__", str(origin))
+    if args:
+        return f"{name}[{', '.join(type_name(a) for a in args)}]"
+    return name
+
+
+class SignatureMeta(type):
+    """Builds the field table of a Signature class and keeps it read-only."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kw: Any):
+        fields: dict[str, Field] = {}
+        for base in reversed(bases):
+            fields.update(getattr(base, "_fields", {}) or {})
+        annotations = namespace.get("__annotations__", {})
+        module = namespace.get("__module__")
+        for attr, value in list(namespace.items()):
+            if isinstance(value, _FieldSpec):
+                ann = annotations.get(attr, str)
+                if isinstance(ann, str):  # `from __future__ import annotations`
+                    ann = _resolve_annotation(ann, module, attr)
+                fields[attr] = Field(attr, value.kind, ann, value.desc, value.prefix or infer_prefix(attr))
+                del namespace[attr]
+        for attr, ann in annotations.items():
+            if attr not in fields and not attr.startswith("_"):
+                raise SignatureError(
+                    f"signature {name}: field {attr!r} has a type annotation but no InputField()/OutputField()"
+                )
+        instructions = namespace.get("__doc__")
+        cls = super().__new__(mcs, name, bases, namespace)
+        inputs = {k: f for k, f in fields.items() if f.kind == "input"}
+        outputs = {k: f for k, f in fields.items() if f.kind == "output"}
+        type.__setattr__(cls, "_fields", {**inputs, **outputs})
+        if instructions is None:
+            instructions = getattr(cls, "_instructions", None) if bases and bases[0] is not object else None
+        type.__setattr__(cls, "_instructions", (instructions or "").strip() or None)
+        return cls
+
+    def __call__(cls, *args: Any, **kwargs: Any):
+        # Signature("a -> b", "instructions") builds a new signature class, like DSPy.
+        if args and isinstance(args[0], (str, dict)):
+            return make_signature(*args, **kwargs)
+        raise TypeError(f"{cls.__name__} is a signature (a class value); it is not instantiated")
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise AttributeError(f"signatures are immutable; use {cls.__name__}.with_updated_fields/... instead")
+
+    def __repr__(cls) -> str:
+        return f"Signature({cls.signature!r}, instructions={cls.instructions!r})"
+
+    @property
+    def fields(cls) -> dict[str, Field]:
+        return dict(cls._fields)
+
+    @property
+    def input_fields(cls) -> dict[str, Field]:
+        return {k: f for k, f in cls._fields.items() if f.kind == "input"}
+
+    @property
+    def output_fields(cls) -> dict[str, Field]:
+        return {k: f for k, f in cls._fields.items() if f.kind == "output"}
+
+    @property
+    def instructions(cls) -> str:
+        if cls._instructions:
+            return cls._instructions
+        ins = ", ".join(f"`{k}`" for k in cls.input_fields)
+        outs = ", ".join(f"`{k}`" for k in cls.output_fields)
+        return f"Given the fields {ins}, produce the fields {outs}."
+
+    @property
+    def signature(cls) -> str:
+        return ", ".join(cls.input_fields) + " -> " + ", ".join(cls.output_fields)
+
+
+class Signature(metaclass=SignatureMeta):
+    """Base class of every signature. See the module docstring."""
+
+    # ---- editing: each returns a new signature class -------------------------------------------
+    @classmethod
+    def with_instructions(cls, instructions: str) -> type[Signature]:
+        return _build(cls.__name__, list(cls._fields.values()), instructions)
+
+    @classmethod
+    def with_updated_fields(cls, name: str, type_: Any = None, **updates: Any) -> type[Signature]:
+        if name not in cls._fields:
+            raise SignatureError(f"{cls.__name__} has no field {name!r}; fields: {list(cls._fields)}")
+        if type_ is not None:
+            updates["annotation"] = type_
+        fields = [replace(f, **updates) if f.name == name else f for f in cls._fields.values()]
+        return _build(cls.__name__, fields, cls._instructions)
+
+    @classmethod
+    def insert(cls, index: int, name: str, field: Any, type_: Any = None) -> type[Signature]:
+        spec = _as_spec(field, name)
+        new = Field(name, spec.kind, type_ or str, spec.desc, spec.prefix or infer_prefix(name))
+        group = [f for f in cls._fields.values() if f.kind == new.kind]
+        other = [f for f in cls._fields.values() if f.kind != new.kind]
+        if index < 0:
+            index = len(group) + 1 + index
+        group.insert(max(0, min(index, len(group))), new)
+        ordered = group + other if new.kind == "input" else other + group
+        return _build(cls.__name__, ordered, cls._instructions)
+
+    @classmethod
+    def append(cls, name: str, field: Any, type_: Any = None) -> type[Signature]:
+        return cls.insert(-1, name, field, type_)
+
+    @classmethod
+    def prepend(cls, name: str, field: Any, type_: Any = None) -> type[Signature]:
+        return cls.insert(0, name, field, type_)
+
+    @classmethod
+    def delete(cls, name: str) -> type[Signature]:
+        if name not in cls._fields:
+            raise SignatureError(f"{cls.__name__} has no field {name!r}; fields: {list(cls._fields)}")
+        return _build(cls.__name__, [f for f in cls._fields.values() if f.name != name], cls._instructions)
+
+    @classmethod
+    def equals(cls, other: Any) -> bool:
+        return (
+            isinstance(other, SignatureMeta)
+            and cls.instructions == other.instructions
+            and [(f.name, f.kind, f.type_name, f.desc) for f in cls._fields.values()]
+            == [(f.name, f.kind, f.type_name, f.desc) for f in other._fields.values()]
+        )
+
+    # ---- DSPy-compatible state --------------------------------------------------------------------
+    @classmethod
+    def dump_state(cls) -> dict[str, Any]:
+        return {
+            "instructions": cls.instructions,
+            "fields": [{"prefix": f.prefix, "description": f.desc} for f in cls._fields.values()],
+        }
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> type[Signature]:
+        """Apply saved instructions and field labels (positional, as DSPy stores them)."""
+        fields = list(cls._fields.values())
+        saved = state.get("fields", [])
+        if saved and len(saved) != len(fields):
+            raise SignatureError(
+                f"saved signature has {len(saved)} fields but {cls.signature!r} has {len(fields)}"
+            )
+        updated = [
+            replace(f, prefix=s.get("prefix", f.prefix), desc=_desc_from_state(s.get("description"), f))
+            for f, s in zip(fields, saved, strict=False)
+        ] or fields
+        return _build(cls.__name__, updated, state.get("instructions") or cls._instructions)
+
+
+def _desc_from_state(desc: str | None, field: Field) -> str:
+    # DSPy stores "${name}" placeholders for fields with no description.
+    if not desc or desc == f"${{{field.name}}}":
+        return field.desc
+    return desc
+
+
+def _as_spec(field: Any, name: str) -> _FieldSpec:
+    if isinstance(field, _FieldSpec):
+        return field
+    raise SignatureError(f"field {name!r} must be InputField(...) or OutputField(...), got {type(field).__name__}")
+
+
+def _build(name: str, fields: list[Field], instructions: str | None) -> type[Signature]:
+    seen: set[str] = set()
+    for f in fields:
+        _check_name(f.name)
+        if f.name in seen:
+            raise SignatureError(f"duplicate field name {f.name!r} in signature")
+        seen.add(f.name)
+    namespace: dict[str, Any] = {"__doc__": instructions, "__module__": __name__}
+    cls = SignatureMeta.__new__(SignatureMeta, name, (Signature,), namespace)
+    type.__setattr__(cls, "_fields", {f.name: f for f in fields if f.kind == "input"}
+                     | {f.name: f for f in fields if f.kind == "output"})
+    type.__setattr__(cls, "_instructions", (instructions or "").strip() or None)
+    return cls
+
+
+def _check_name(name: str) -> None:
+    if not _FIELD_NAME.match(name) or keyword.iskeyword(name):
+        raise SignatureError(f"invalid field name {name!r}: use a Python identifier")
+
+
+# ---- the string form ----------------------------------------------------------------------------
+
+_TYPE_NAMES: dict[str, Any] = {
+    "str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "tuple": tuple,
+    "List": list, "Dict": dict, "Tuple": tuple, "Optional": Optional, "Union": Union, "Literal": Literal,
+    "Any": Any, "None": type(None),
+}
+
+
+def make_signature(
+    spec: str | dict[str, Any],
+    instructions: str | None = None,
+    signature_name: str = "StringSignature",
+    custom_types: dict[str, Any] | None = None,
+) -> type[Signature]:
+    """Build a signature from ``"a: int, b -> c: list[str]"`` or from ``{name: (type, InputField())}``."""
+    if isinstance(spec, dict):
+        fields = []
+        for name, value in spec.items():
+            ann, fspec = value if isinstance(value, tuple) else (str, value)
+            fspec = _as_spec(fspec, name)
+            fields.append(Field(name, fspec.kind, ann, fspec.desc, fspec.prefix or infer_prefix(name)))
+        return _build(signature_name, fields, instructions)
+    if not isinstance(spec, str) or spec.count("->") != 1:
+        raise SignatureError(f"signature string must contain exactly one '->': {spec!r}")
+    left, right = spec.split("->")
+    names = {**_TYPE_NAMES, **(custom_types or {})}
+    inputs = _parse_side(left, "input", names, spec)
+    outputs = _parse_side(right, "output", names, spec)
+    if not outputs:
+        raise SignatureError(f"signature {spec!r} has no output fields after '->'")
+    return _build(signature_name, inputs + outputs, instructions)
+
+
+def _parse_side(text: str, kind: Literal["input", "output"], names: dict[str, Any], spec: str) -> list[Field]:
+    text = text.strip()
+    if not text:
+        return []
+    fields = []
+    for part in _split_top_level(text):
+        name, _, type_text = part.partition(":")
+        name = name.strip()
+        if not name:
+            raise SignatureError(f"empty field name in signature {spec!r}")
+        try:
+            _check_name(name)
+        except SignatureError as exc:
+            raise SignatureError(f"{exc} (in signature {spec!r})") from None
+        ann = _eval_type(type_text.strip(), names, spec) if type_text.strip() else str
+        fields.append(Field(name, kind, ann, "", infer_prefix(name)))
+    return fields
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def _eval_type(text: str, names: dict[str, Any], spec: str) -> Any:
+    """Evaluate a type expression with a whitelist of names (no arbitrary code)."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise SignatureError(f"cannot parse type {text!r} in signature {spec!r}") from None
+
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Name):
+            if node.id not in names:
+                raise SignatureError(
+                    f"unknown type {node.id!r} in signature {spec!r}; pass custom_types={{'{node.id}': ...}}"
+                )
+            return names[node.id]
+        if isinstance(node, ast.Attribute):
+            return getattr(ev(node.value), node.attr)
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Tuple):
+            return tuple(ev(e) for e in node.elts)
+        if isinstance(node, ast.Subscript):
+            base = ev(node.value)
+            arg = ev(node.slice)
+            return base[arg]
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            return Union[ev(node.left), ev(node.right)]  # noqa: UP007
+        raise SignatureError(f"unsupported type expression {text!r} in signature {spec!r}")
+
+    return ev(tree.body)
+
+
+def _resolve_annotation(text: str, module: str | None, attr: str) -> Any:
+    import sys
+
+    namespace = dict(_TYPE_NAMES)
+    if module and module in sys.modules:
+        namespace.update(vars(sys.modules[module]))
+    try:
+        return eval(text, namespace)  # noqa: S307 - a class body's own annotation, same trust as the class
+    except Exception as exc:
+        raise SignatureError(f"cannot resolve type annotation {text!r} of field {attr!r}: {exc}") from None
+
+
+def ensure_signature(signature: str | type[Signature], instructions: str | None = None) -> type[Signature]:
+    if isinstance(signature, str):
+        return make_signature(signature, instructions)
+    if isinstance(signature, SignatureMeta):
+        return signature.with_instructions(instructions) if instructions else signature
+    raise SignatureError(f"expected a signature string or Signature class, got {type(signature).__name__}")
+
+
+def is_enum(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, enum.Enum)

@@ -1,0 +1,3 @@
+from dspylite.utils.dummy_lm import DummyLM
+
+__all__ = ["DummyLM"]
