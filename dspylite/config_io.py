@@ -1,0 +1,169 @@
+"""Typed configs: dataclasses whose fields carry help text, loaded from YAML plus key=value overrides.
+
+    @dataclass
+    class SFTConfig:
+        learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
+
+    cfg = load_config(SFTConfig, "configs/sft.yaml", ["learning_rate=1e-4", "lora.r=8"])
+
+Unknown keys and values of the wrong type raise ConfigError naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dspylite.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> T:
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        import yaml
+
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded
+        source = str(path)
+    if isinstance(overrides, dict):
+        override_items = list(overrides.items())
+    else:
+        override_items = [_split_override(o) for o in overrides]
+    for key, value in override_items:
+        _set_dotted(data, key, value)
+    return from_dict(cls, data, source=source)
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. learning_rate=1e-4)")
+    key, raw = text.split("=", 1)
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config", prefix: str = "") -> T:
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {[prefix + k for k in unknown]} for {cls.__name__}; "
+            f"known keys: {sorted(prefix + k for k in fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{prefix}{name}", source)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: invalid {cls.__name__}: {exc}") from None
+
+
+def _convert(annotation: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{source}: {key}: bad value {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return from_dict(annotation, value, source=source, prefix=f"{key}.")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0] if args else Any
+        return [_convert(inner, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        try:
+            number = float(value)
+            return int(number) if annotation is int and number == int(number) else annotation(number)
+        except ValueError:
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return str(value)
+    if annotation is Path:
+        return Path(str(value))
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def help_table(cls: type) -> str:
+    """One line per field: name, type, default and help; used by ``--help`` texts."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            "<factory>" if f.default_factory is not dataclasses.MISSING else "<required>")
+        lines.append(f"{f.name} = {default!r}: {f.metadata.get('help', '')}")
+    return "\n".join(lines)
