@@ -52,6 +52,11 @@ _EXPORTS: dict[str, str] = {
     "BetterTogether": "dspylite.optimizers",
     # errors
     "AdapterParseError": "dspylite.errors",
+    "LMError": "dspylite.errors",
+    "LMConnectionError": "dspylite.errors",
+    "LMRequestError": "dspylite.errors",
+    "LMServerError": "dspylite.errors",
+    "LMCache": "dspylite.cache",
     "DSPyLiteError": "dspylite.errors",
 }
 

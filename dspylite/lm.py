@@ -1,0 +1,615 @@
+"""``LM``: a client for OpenAI-compatible servers, vLLM's first.
+
+It keeps everything a training step may need from a call (token ids, logprobs, finish reason) on the
+returned ``Completion`` objects, retries transient failures (429, 5xx, connection errors, timeouts)
+with exponential backoff, caches answers in memory and on disk, and counts usage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import httpx
+
+from dspylite.cache import LMCache, cache_key, shared_cache
+from dspylite.completion import Completion
+from dspylite.errors import ConfigError, LMConnectionError, LMRequestError, LMServerError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_API_BASE = "http://127.0.0.1:8000/v1"
+# litellm-style provider prefixes that name the protocol, not the model; stripped before sending.
+KNOWN_PROVIDER_PREFIXES = ("openai/", "hosted_vllm/", "vllm/", "text-completion-openai/", "custom_openai/")
+MODEL_TYPES = ("chat", "text")
+# Enough connections for 64 concurrent requests per endpoint with headroom for a second endpoint.
+_POOL_LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+_MAX_RETRY_AFTER_S = 30.0
+
+
+def strip_provider_prefix(model: str) -> str:
+    """``"hosted_vllm/Qwen/Qwen3-0.6B"`` -> ``"Qwen/Qwen3-0.6B"``; names without a known prefix are kept."""
+    for prefix in KNOWN_PROVIDER_PREFIXES:
+        if model.startswith(prefix):
+            return model[len(prefix) :]
+    return model
+
+
+class _Transport:
+    """The HTTP client and round-robin position shared by an LM and all its copies."""
+
+    def __init__(self) -> None:
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._turn = itertools.count()
+
+    @property
+    def client(self) -> httpx.Client:
+        client = self._client
+        if client is None:
+            # Created on first use: building the SSL context costs milliseconds we don't pay for LMs
+            # that are constructed but never called (tests, copies, loaded programs).
+            with self._lock:
+                if self._client is None:
+                    self._client = httpx.Client(limits=_POOL_LIMITS, timeout=None)
+                client = self._client
+        return client
+
+    def next_index(self, size: int) -> int:
+        return next(self._turn) % size if size > 1 else 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+class Usage:
+    """Running totals across threads. ``calls`` counts requests answered by the server."""
+
+    FIELDS = ("prompt_tokens", "completion_tokens", "calls", "cache_hits", "retries")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals = dict.fromkeys(self.FIELDS, 0)
+
+    def add(self, **amounts: int) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                self._totals[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._totals = dict.fromkeys(self.FIELDS, 0)
+
+
+class LM:
+    """A language model served over the OpenAI protocol (chat or text completions).
+
+    ``model`` may carry a litellm-style provider prefix (``"openai/NAME"``, ``"hosted_vllm/NAME"``),
+    which is stripped before it is sent. ``api_base`` may be a list of URLs: requests then go
+    round-robin over them (and a retry moves on to the next one). Extra keyword arguments are
+    sampling parameters sent with every request (``top_p``, ``stop``, ``seed``, ...); per-call
+    keyword arguments override them. Pass ``return_token_ids=False`` for providers that reject vLLM's
+    extra request field.
+
+    Usage counts and history belong to this object; ``copy()`` shares the HTTP client and the cache
+    but starts its own counts.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        api_base: str | list[str] | None = None,
+        api_key: str | None = None,
+        model_type: str = "chat",
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        cache: bool = True,
+        num_retries: int = 3,
+        timeout: float = 60.0,
+        logprobs: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        history_size: int = 100,
+        **kwargs: Any,
+    ):
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"LM: 'model' must be a non-empty string, got {model!r}")
+        if model_type not in MODEL_TYPES:
+            raise ConfigError(f"LM: 'model_type' must be one of {MODEL_TYPES}, got {model_type!r}")
+        if num_retries < 0:
+            raise ConfigError(f"LM: 'num_retries' must be >= 0, got {num_retries}")
+        self.model = model
+        self.model_type = model_type
+        self.api_bases = _normalize_api_bases(api_base)
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "EMPTY")
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.num_retries = num_retries
+        self.timeout = timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.history_size = history_size
+        self.kwargs: dict[str, Any] = {
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "logprobs": logprobs,
+            **kwargs,
+        }
+        self.history: deque[dict[str, Any]] = deque(maxlen=history_size)
+        self._usage = Usage()
+        self._transport = _Transport()
+        self._cache: LMCache | None = None
+        self._set_derived()
+
+    def _set_derived(self) -> None:
+        self.served_model = strip_provider_prefix(self.model)
+        self._headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        path = "/chat/completions" if self.model_type == "chat" else "/completions"
+        self._urls = tuple(base + path for base in self.api_bases)
+
+    # ---- public surface -------------------------------------------------------------------
+
+    @property
+    def api_base(self) -> str | list[str]:
+        return self.api_bases[0] if len(self.api_bases) == 1 else list(self.api_bases)
+
+    @property
+    def temperature(self) -> float:
+        return self.kwargs.get("temperature", 0.0)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.kwargs.get("max_tokens", 512)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """Totals so far: prompt_tokens, completion_tokens, calls (server requests), cache_hits, retries."""
+        return self._usage.snapshot()
+
+    def reset_usage(self) -> None:
+        self._usage.reset()
+
+    def generate(
+        self,
+        messages: list[dict[str, Any]] | None,
+        *,
+        n: int = 1,
+        rollout_id: int | None = None,
+        prompt: str | None = None,
+        **kwargs: Any,
+    ) -> list[Completion]:
+        """Send one request and return its ``n`` choices.
+
+        ``rollout_id`` is never sent to the server; it only separates cache entries, so K samples of
+        the same prompt at temperature > 0 stay K distinct answers. ``cache=False`` as a keyword
+        skips the cache for this call.
+        """
+        use_cache = kwargs.pop("cache", self.cache)
+        params = {**self.kwargs, **kwargs} if kwargs else dict(self.kwargs)
+        want_logprobs = bool(params.get("logprobs"))
+        body = self._build_body(messages, prompt, n, params)
+
+        key = None
+        if use_cache:
+            key_request = {k: v for k, v in body.items() if k != "return_token_ids"}
+            key_request["model_type"] = self.model_type
+            key_request["rollout_id"] = rollout_id
+            key = cache_key(key_request)
+            hit = self._get_cache().get(key)
+            if hit is not None:
+                self._usage.add(cache_hits=1)
+                self._record(body, rollout_id, hit, cached=True, duration=0.0, api_base=None)
+                return hit
+
+        start = time.perf_counter()
+        data, api_base = self._post(body)
+        completions = self._parse(data, n, want_logprobs=want_logprobs)
+        usage = data.get("usage") or {}
+        self._usage.add(
+            calls=1,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+        if key is not None:
+            self._get_cache().put(key, completions)
+        self._record(
+            body,
+            rollout_id,
+            completions,
+            cached=False,
+            duration=time.perf_counter() - start,
+            api_base=api_base,
+        )
+        return completions
+
+    def __call__(
+        self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any
+    ) -> list[str]:
+        """DSPy-style call: returns the texts of the choices."""
+        if prompt is None and messages is None:
+            raise ValueError("LM call needs 'prompt' or 'messages'")
+        return [c.text for c in self.generate(messages, prompt=prompt, **kwargs)]
+
+    def inspect_history(self, n: int = 1) -> str:
+        """The last ``n`` calls, rendered as text (nothing is printed)."""
+        entries = list(self.history)[-n:] if n > 0 else []
+        blocks = []
+        for entry in entries:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["timestamp"]))
+            source = "cache" if entry["cached"] else entry["api_base"]
+            lines = [f"[{when}] model={entry['model']} from {source} ({entry['duration_s'] * 1000:.0f} ms)"]
+            if entry.get("messages") is not None:
+                for message in entry["messages"]:
+                    lines.append(f"--- {message.get('role', '?')} ---")
+                    lines.append(_content_text(message.get("content")))
+            else:
+                lines.append("--- prompt ---")
+                lines.append(str(entry.get("prompt")))
+            for i, text in enumerate(entry["outputs"]):
+                lines.append(f"--- response {i + 1}/{len(entry['outputs'])} ---")
+                lines.append(text)
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
+
+    def copy(self, **overrides: Any) -> LM:
+        """A new LM with some settings changed, sharing this one's HTTP client and cache.
+
+        ``lm.copy(model="adapter-v3")`` binds the same server to a served LoRA adapter.
+        Sampling parameters (``temperature=...``, ``top_p=...``) can be overridden the same way.
+        """
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.kwargs = dict(self.kwargs)
+        new.history = deque(maxlen=self.history_size)
+        new._usage = Usage()
+        for name, value in overrides.items():
+            if name == "api_base":
+                new.api_bases = _normalize_api_bases(value)
+            elif name in _INSTANCE_SETTINGS:
+                if name == "model_type" and value not in MODEL_TYPES:
+                    raise ConfigError(f"LM.copy: 'model_type' must be one of {MODEL_TYPES}, got {value!r}")
+                setattr(new, name, value)
+            else:
+                new.kwargs[name] = value
+        if "history_size" in overrides:
+            new.history = deque(maxlen=new.history_size)
+        if "cache_dir" in overrides and overrides["cache_dir"] != self.cache_dir:
+            new._cache = None
+        new._set_derived()
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LM:
+        # Programs are deep-copied by optimizers; the copy must keep talking through the same pool.
+        return self.copy()
+
+    def dump_state(self) -> dict[str, Any]:
+        """Settings as JSON-ready data; the api_key is never included."""
+        return {
+            "model": self.model,
+            "model_type": self.model_type,
+            "api_base": self.api_base,
+            "cache": self.cache,
+            "num_retries": self.num_retries,
+            "timeout": self.timeout,
+            **self.kwargs,
+        }
+
+    @classmethod
+    def load_state(
+        cls, state: dict[str, Any], api_base: str | list[str] | None = None, api_key: str | None = None
+    ) -> LM:
+        """Rebuild an LM from ``dump_state()`` output; ``api_base`` overrides the saved one."""
+        if "model" not in state:
+            raise ConfigError("LM.load_state: the state has no 'model' field")
+        # Keys DSPy's LM.dump_state writes that are not request parameters; sending them would be a 400.
+        config = {k: v for k, v in state.items() if k not in _DSPY_ONLY_STATE_KEYS}
+        if api_base is not None:
+            config["api_base"] = api_base
+        return cls(**config, api_key=api_key)
+
+    def close(self) -> None:
+        """Close the HTTP connections (shared with copies; a later call reopens them)."""
+        self._transport.close()
+
+    def __repr__(self) -> str:
+        return f"LM(model={self.model!r}, model_type={self.model_type!r}, api_base={self.api_base!r})"
+
+    # ---- request building and parsing ------------------------------------------------------
+
+    def _build_body(
+        self, messages: list[dict[str, Any]] | None, prompt: str | None, n: int, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.served_model}
+        want_logprobs = bool(params.pop("logprobs", False))
+        return_token_ids = params.pop("return_token_ids", True)
+        if self.model_type == "chat":
+            if messages is None:
+                if prompt is None:
+                    raise ValueError("LM.generate needs 'messages' (or 'prompt')")
+                messages = [{"role": "user", "content": prompt}]
+            body["messages"] = messages
+            if want_logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = 0
+        else:
+            if prompt is None:
+                if messages is None:
+                    raise ValueError("LM.generate needs 'prompt' (or 'messages' to flatten)")
+                prompt = flatten_messages(messages)
+            body["prompt"] = prompt
+            if want_logprobs:
+                body["logprobs"] = 0
+        for name, value in params.items():
+            if value is not None:
+                body[name] = value
+        if n != 1:
+            body["n"] = n
+        if return_token_ids:
+            body["return_token_ids"] = True
+        return body
+
+    def _parse(self, data: dict[str, Any], n: int, want_logprobs: bool) -> list[Completion]:
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise LMServerError(f"{self._where()} answered without any choices: {_snippet(data)}")
+        choices = sorted(choices, key=lambda c: c.get("index", 0))
+        model = data.get("model") or self.served_model
+        usage = data.get("usage") or {}
+        top_prompt_ids = data.get("prompt_token_ids")
+        completions = []
+        for choice in choices:
+            token_ids = choice.get("token_ids")
+            if self.model_type == "chat":
+                text = (choice.get("message") or {}).get("content") or ""
+                logprobs = _chat_logprobs(choice) if want_logprobs else None
+            else:
+                text = choice.get("text") or ""
+                logprobs = _text_logprobs(choice) if want_logprobs else None
+            prompt_ids = choice.get("prompt_token_ids") or top_prompt_ids
+            choice_usage = {}
+            if "prompt_tokens" in usage:
+                choice_usage["prompt_tokens"] = usage["prompt_tokens"]
+            # With n > 1 the server reports one total; per choice we only know it from the token ids.
+            if token_ids is not None:
+                choice_usage["completion_tokens"] = len(token_ids)
+            elif len(choices) == 1 and "completion_tokens" in usage:
+                choice_usage["completion_tokens"] = usage["completion_tokens"]
+            completions.append(
+                Completion(
+                    text=text,
+                    model=model,
+                    finish_reason=choice.get("finish_reason"),
+                    token_ids=list(token_ids) if token_ids is not None else None,
+                    prompt_token_ids=list(prompt_ids) if prompt_ids is not None else None,
+                    logprobs=logprobs,
+                    usage=choice_usage,
+                )
+            )
+        return completions
+
+    # ---- HTTP with retries -----------------------------------------------------------------
+
+    def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        client = self._transport.client
+        attempts = self.num_retries + 1
+        last_error: Exception | None = None
+        last_status: int | None = None
+        last_body = ""
+        url = self._urls[0]
+        for attempt in range(attempts):
+            url = self._urls[self._transport.next_index(len(self._urls))]
+            retry_after = None
+            try:
+                response = client.post(url, json=body, headers=self._headers, timeout=self.timeout)
+            except httpx.TransportError as exc:
+                last_error, last_status = exc, None
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                status = response.status_code
+                if status < 300:
+                    try:
+                        return response.json(), url
+                    except ValueError as exc:
+                        raise LMServerError(
+                            f"{url} (model {self.served_model!r}) returned a body that is not JSON: "
+                            f"{_snippet(response.text)}",
+                            status_code=status,
+                            body=response.text,
+                        ) from exc
+                text = response.text
+                message = _error_message(text)
+                if status >= 500 or status in _RETRYABLE_STATUS:
+                    last_error, last_status, last_body = None, status, text
+                    reason = f"HTTP {status}: {message}"
+                    retry_after = _retry_after_seconds(response.headers.get("retry-after"))
+                else:
+                    raise LMRequestError(
+                        f"{url} rejected the request for model {self.served_model!r} with HTTP {status}: "
+                        f"{message}",
+                        status_code=status,
+                        body=text,
+                    )
+            if attempt + 1 < attempts:
+                delay = min(self.backoff_max, self.backoff_base * (2**attempt)) * (0.5 + random.random())
+                if retry_after is not None:
+                    delay = max(delay, min(retry_after, _MAX_RETRY_AFTER_S))
+                logger.warning(
+                    "LM request to %s (model %r) failed (%s); retry %d/%d in %.2fs",
+                    url,
+                    self.served_model,
+                    reason,
+                    attempt + 1,
+                    self.num_retries,
+                    delay,
+                )
+                self._usage.add(retries=1)
+                time.sleep(delay)
+        where = url if len(self._urls) == 1 else f"{', '.join(self._urls)}"
+        if last_status is not None:
+            raise LMServerError(
+                f"{where} kept failing for model {self.served_model!r} after {attempts} attempt(s); "
+                f"last error: HTTP {last_status}: {_error_message(last_body)}",
+                status_code=last_status,
+                body=last_body,
+            )
+        raise LMConnectionError(
+            f"could not reach {where} for model {self.served_model!r} after {attempts} attempt(s): "
+            f"{type(last_error).__name__}: {last_error}"
+        ) from last_error
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _get_cache(self) -> LMCache:
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = shared_cache(self.cache_dir)
+        return cache
+
+    def _record(
+        self,
+        body: dict[str, Any],
+        rollout_id: int | None,
+        completions: list[Completion],
+        *,
+        cached: bool,
+        duration: float,
+        api_base: str | None,
+    ) -> None:
+        self.history.append(
+            {
+                "timestamp": time.time(),
+                "model": self.served_model,
+                "messages": body.get("messages"),
+                "prompt": body.get("prompt"),
+                "rollout_id": rollout_id,
+                "outputs": [c.text for c in completions],
+                "cached": cached,
+                "duration_s": duration,
+                "api_base": api_base,
+            }
+        )
+
+    def _where(self) -> str:
+        return f"{', '.join(self.api_bases)} (model {self.served_model!r})"
+
+
+_DSPY_ONLY_STATE_KEYS = frozenset(
+    {
+        "api_key",
+        "finetuning_model",
+        "launch_kwargs",
+        "train_kwargs",
+        "provider",
+        "callbacks",
+        "use_developer_role",
+        "cache_in_memory",
+        "rollout_id",
+    }
+)
+
+# Settings that copy(**overrides) sets as attributes; anything else is a sampling parameter.
+_INSTANCE_SETTINGS = frozenset(
+    {
+        "model",
+        "model_type",
+        "api_key",
+        "cache",
+        "cache_dir",
+        "num_retries",
+        "timeout",
+        "backoff_base",
+        "backoff_max",
+        "history_size",
+    }
+)
+
+
+def flatten_messages(messages: list[dict[str, Any]]) -> str:
+    """Chat messages -> one prompt for a text-completion model: their contents, blank-line separated."""
+    return "\n\n".join(_content_text(m.get("content")) for m in messages)
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def _normalize_api_bases(api_base: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    if api_base is None:
+        api_base = os.environ.get("OPENAI_API_BASE") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_API_BASE
+    bases = [api_base] if isinstance(api_base, str) else list(api_base)
+    if not bases:
+        raise ConfigError("LM: 'api_base' is an empty list")
+    for base in bases:
+        if not isinstance(base, str) or not base.startswith(("http://", "https://")):
+            raise ConfigError(f"LM: 'api_base' entries must be http(s) URLs, got {base!r}")
+    return tuple(base.rstrip("/") for base in bases)
+
+
+def _chat_logprobs(choice: dict[str, Any]) -> list[float] | None:
+    content = (choice.get("logprobs") or {}).get("content")
+    if content is None:
+        return None
+    return [float(item.get("logprob", float("nan"))) for item in content]
+
+
+def _text_logprobs(choice: dict[str, Any]) -> list[float] | None:
+    values = (choice.get("logprobs") or {}).get("token_logprobs")
+    if values is None:
+        return None
+    return [float("nan") if v is None else float(v) for v in values]
+
+
+def _error_message(text: str) -> str:
+    """The server's own words from an OpenAI/vLLM error body, else the raw body (shortened)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return _snippet(text)
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if data.get("message"):
+            return str(data["message"])
+        if data.get("detail"):
+            return str(data["detail"])
+    return _snippet(text)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _snippet(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
