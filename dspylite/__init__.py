@@ -58,6 +58,9 @@ _EXPORTS: dict[str, str] = {
     "LMServerError": "dspylite.errors",
     "LMCache": "dspylite.cache",
     "DSPyLiteError": "dspylite.errors",
+    "ProgramStateError": "dspylite.errors",
+    "EvaluationError": "dspylite.errors",
+    "ToolError": "dspylite.errors",
 }
 
 _SUBMODULES = {"utils", "datasets", "errors", "evaluate", "optimizers", "adapters", "modules", "trace"}
@@ -80,17 +83,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from dspylite.adapters.base import Adapter
-    from dspylite.adapters.chat import ChatAdapter
-    from dspylite.adapters.json_adapter import JSONAdapter
-    from dspylite.completion import Completion
-    from dspylite.errors import AdapterParseError, DSPyLiteError
-    from dspylite.evaluate import Evaluate, EvaluationResult
-    from dspylite.example import Example, Prediction
-    from dspylite.lm import LM
-    from dspylite.modules.chain_of_thought import ChainOfThought
-    from dspylite.modules.module import Module
-    from dspylite.modules.predict import Predict
-    from dspylite.settings import configure, context, settings
-    from dspylite.signatures import InputField, OutputField, Signature, ensure_signature, make_signature
-    from dspylite.trace import TraceRecord, capture_traces
+    from dspylite.adapters.base import Adapter  # noqa: F401
+    from dspylite.adapters.chat import ChatAdapter  # noqa: F401
+    from dspylite.adapters.json_adapter import JSONAdapter  # noqa: F401
+    from dspylite.completion import Completion  # noqa: F401
+    from dspylite.errors import AdapterParseError, DSPyLiteError  # noqa: F401
+    from dspylite.evaluate import Evaluate, EvaluationResult  # noqa: F401
+    from dspylite.example import Example, Prediction  # noqa: F401
+    from dspylite.lm import LM  # noqa: F401
+    from dspylite.modules.chain_of_thought import ChainOfThought  # noqa: F401
+    from dspylite.modules.module import Module  # noqa: F401
+    from dspylite.modules.predict import Predict  # noqa: F401
+    from dspylite.settings import configure, context, settings  # noqa: F401
+    from dspylite.signatures import InputField, OutputField, Signature, ensure_signature, make_signature  # noqa: F401
+    from dspylite.trace import TraceRecord, capture_traces  # noqa: F401

@@ -48,7 +48,10 @@ def _adapter(annotation: Any):
 
 def parse_value(text: str, annotation: Any) -> Any:
     """Coerce model text to ``annotation``. Raises ValueError with a short reason."""
-    if annotation is str or annotation is Any:
+    if annotation is str:
+        # A JSON completion may hold a number where a string field is declared: keep it as text.
+        return text.strip() if isinstance(text, str) else format_value(text)
+    if annotation is Any:
         return text.strip() if isinstance(text, str) else text
     raw = text.strip() if isinstance(text, str) else text
     candidate = _literal_candidate(raw, annotation) if isinstance(raw, str) else raw
@@ -92,7 +95,11 @@ def _literal_candidate(raw: str, annotation: Any) -> Any:
             return None
         if len(args) == 1:
             return _literal_candidate(raw, args[0])
-    if origin in (list, dict, tuple, set) or annotation in (list, dict) or hasattr(annotation, "model_validate"):
+    if (
+        origin in (list, dict, tuple, set)
+        or annotation in (list, dict)
+        or hasattr(annotation, "model_validate")
+    ):
         return _structured(raw)
     return raw
 

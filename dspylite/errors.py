@@ -97,3 +97,15 @@ class AdapterRegistryError(ServingError):
 
 class TrainingError(DSPyLiteError, RuntimeError):
     """Fine-tuning or RL training could not run (empty data, bad target modules, ...)."""
+
+
+class BindingError(DSPyLiteError, ValueError):
+    """Predictors could not be bound to a served model or adapter (unknown predictor name, no predictors)."""
+
+
+class EvaluationError(DSPyLiteError, RuntimeError):
+    """An evaluation was stopped: more examples failed than ``max_errors`` allows."""
+
+
+class ToolError(DSPyLiteError, ValueError):
+    """A ReAct tool was called with unknown, missing or wrongly typed arguments."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dspylite import settings as _settings
-from dspylite.errors import AdapterParseError, LMError, MetricError
+from dspylite.errors import AdapterParseError, EvaluationError, LMError, MetricError
 from dspylite.example import Example, Prediction
 from dspylite.trace import TraceRecord, capture_traces
 from dspylite.utils.parallel import parallel_map
@@ -66,8 +67,13 @@ class EvaluationResult:
 
     def summary(self) -> dict[str, Any]:
         mean, lo, hi = self.interval()
-        return {"score": self.score, "n": len(self.results), "mean": mean, "ci95": [lo, hi],
-                "errors": dict(self.error_counts)}
+        return {
+            "score": self.score,
+            "n": len(self.results),
+            "mean": mean,
+            "ci95": [lo, hi],
+            "errors": dict(self.error_counts),
+        }
 
 
 def example_id(example: Example) -> str:
@@ -92,38 +98,73 @@ def check_score(value: Any) -> float:
     raise MetricError(f"metric returned {type(value).__name__} ({value!r}); it must return a number or bool")
 
 
-def run_one(program: Any, example: Example, metric: Metric | None, *, keep_traces: bool = False,
-            rollout_id: int | None = None) -> ExampleResult:
-    """Run the program on one example and score it; every failure is caught and labelled."""
+def run_one(
+    program: Any,
+    example: Example,
+    metric: Metric | None,
+    *,
+    keep_traces: bool = False,
+    rollout_id: int | None = None,
+) -> ExampleResult:
+    """Run the program on one example and score it; every failure is caught and labelled.
+
+    A metric that returns something other than a number raises ``MetricError`` (a bug in the metric,
+    not a property of the example). ``rollout_id=None`` keeps the caller's rollout id.
+    """
     eid = example_id(example)
     inputs = example.inputs().toDict() if example.input_keys is not None else example.toDict()
+    if rollout_id is None:
+        rollout_id = _settings.current().rollout_id
     with _settings.context(example_id=eid, rollout_id=rollout_id), capture_traces() as traces:
         try:
             prediction = program(**inputs)
         except AdapterParseError as exc:
-            return ExampleResult(example, None, 0.0, f"parse: {exc}", "parse", list(traces))
+            return ExampleResult(example, None, 0.0, f"parse: {exc}", "parse", _kept(traces, keep_traces))
         except LMError as exc:
-            return ExampleResult(example, None, 0.0, f"lm: {exc}", "lm", list(traces))
+            return ExampleResult(example, None, 0.0, f"lm: {exc}", "lm", _kept(traces, keep_traces))
         except Exception as exc:
-            return ExampleResult(example, None, 0.0, f"program: {type(exc).__name__}: {exc}", "program", list(traces))
+            return ExampleResult(
+                example,
+                None,
+                0.0,
+                f"program: {type(exc).__name__}: {exc}",
+                "program",
+                _kept(traces, keep_traces),
+            )
+    kept = _kept(traces, keep_traces)
     if metric is None:
-        return ExampleResult(example, prediction, 0.0, traces=list(traces))
+        return ExampleResult(example, prediction, 0.0, traces=kept)
     try:
-        score = check_score(metric(example, prediction, None))
-    except MetricError as exc:
-        raise exc
+        value = metric(example, prediction, None)
     except Exception as exc:
-        return ExampleResult(example, prediction, 0.0, f"metric: {type(exc).__name__}: {exc}", "metric",
-                             list(traces) if keep_traces else [])
-    return ExampleResult(example, prediction, score, traces=list(traces) if keep_traces else [])
+        return ExampleResult(example, prediction, 0.0, f"metric: {type(exc).__name__}: {exc}", "metric", kept)
+    return ExampleResult(example, prediction, check_score(value), traces=kept)
+
+
+def _kept(traces: list[TraceRecord], keep: bool) -> list[TraceRecord]:
+    return list(traces) if keep else []
 
 
 class Evaluate:
-    """``Evaluate(devset=..., metric=..., num_threads=8, display_progress=True)(program)``."""
+    """``Evaluate(devset=..., metric=..., num_threads=8, display_progress=True)(program)``.
 
-    def __init__(self, *, devset: Sequence[Example], metric: Metric | None = None, num_threads: int = 8,
-                 display_progress: bool = True, max_errors: int | None = None, return_traces: bool = False,
-                 display_table: bool | int = False, failure_score: float = 0.0):
+    Per-example failures are labelled ``parse``, ``lm``, ``program`` or ``metric``, scored
+    ``failure_score`` and counted in ``error_counts``. Past ``max_errors`` failures the run stops
+    early with ``EvaluationError``. ``return_traces=True`` keeps every example's trace records.
+    """
+
+    def __init__(
+        self,
+        *,
+        devset: Sequence[Example],
+        metric: Metric | None = None,
+        num_threads: int = 8,
+        display_progress: bool = True,
+        max_errors: int | None = None,
+        return_traces: bool = False,
+        display_table: bool | int = False,
+        failure_score: float = 0.0,
+    ):
         self.devset = list(devset)
         self.metric = metric
         self.num_threads = num_threads
@@ -133,47 +174,102 @@ class Evaluate:
         self.display_table = display_table
         self.failure_score = failure_score
 
-    def __call__(self, program: Any, metric: Metric | None = None, devset: Sequence[Example] | None = None, *,
-                 num_threads: int | None = None, display_progress: bool | None = None,
-                 return_traces: bool | None = None) -> EvaluationResult:
+    def __call__(
+        self,
+        program: Any,
+        metric: Metric | None = None,
+        devset: Sequence[Example] | None = None,
+        *,
+        num_threads: int | None = None,
+        display_progress: bool | None = None,
+        return_traces: bool | None = None,
+    ) -> EvaluationResult:
         metric = metric or self.metric
         devset = list(devset) if devset is not None else self.devset
         if metric is None:
             raise MetricError("Evaluate needs a metric: Evaluate(devset=..., metric=fn)")
         keep = self.return_traces if return_traces is None else return_traces
         show = self.display_progress if display_progress is None else display_progress
+        stop = _Stopper(self.max_errors)
+
+        def one(example: Example) -> ExampleResult | None:
+            if stop.stopped:  # queued examples are skipped once the run is over its error budget
+                return None
+            try:
+                result = run_one(program, example, metric, keep_traces=keep)
+            except MetricError:
+                stop.stopped = True
+                raise
+            if result.error is not None:
+                stop.failed(result)
+            return result
+
         bar = _progress(len(devset), "Evaluate") if show else None
         try:
-            outcomes = parallel_map(lambda ex: run_one(program, ex, metric, keep_traces=keep), devset,
-                                    num_threads=num_threads or self.num_threads, progress=bar,
-                                    max_errors=None)
+            outcomes = parallel_map(one, devset, num_threads=num_threads or self.num_threads, progress=bar)
         finally:
             if bar is not None:
                 bar.close()
+        for outcome in outcomes:  # a MetricError (non-number score) is the metric's bug: raise it
+            if isinstance(outcome.error, MetricError):
+                raise outcome.error
+        if stop.stopped:
+            raise EvaluationError(
+                f"Evaluate stopped: {stop.count} examples failed, more than max_errors={self.max_errors} "
+                f"({stop.counts}); first error: {stop.first}"
+            )
         results: list[ExampleResult] = []
         for outcome, example in zip(outcomes, devset, strict=True):
             if outcome.error is not None:
-                if isinstance(outcome.error, MetricError):
-                    raise outcome.error
-                results.append(ExampleResult(example, None, self.failure_score,
-                                             f"program: {outcome.error}", "program"))
+                results.append(
+                    ExampleResult(
+                        example,
+                        None,
+                        self.failure_score,
+                        f"program: {type(outcome.error).__name__}: {outcome.error}",
+                        "program",
+                    )
+                )
             else:
                 results.append(outcome.value)
         for r in results:
-            if r.error is not None and r.score == 0.0:
+            if r.error is not None:
                 r.score = self.failure_score
         counts: dict[str, int] = {}
         for r in results:
             if r.error_kind:
                 counts[r.error_kind] = counts.get(r.error_kind, 0) + 1
         failures = sum(counts.values())
-        if self.max_errors is not None and failures > self.max_errors:
-            raise RuntimeError(f"{failures} of {len(results)} examples failed (max_errors={self.max_errors}): {counts}")
         score = 100.0 * sum(r.score for r in results) / max(1, len(results))
         if failures:
             logger.warning("Evaluate: %d of %d examples failed: %s", failures, len(results), counts)
         logger.info("Evaluate: score %.2f on %d examples", score, len(results))
-        return EvaluationResult(score=round(score, 2), results=results, error_counts=counts)
+        result = EvaluationResult(score=round(score, 2), results=results, error_counts=counts)
+        if self.display_table:
+            limit = self.display_table if not isinstance(self.display_table, bool) else 20
+            logger.info("Evaluate results:\n%s", result.table(limit))
+        return result
+
+
+class _Stopper:
+    """Counts failed examples across worker threads and flags the run once past ``max_errors``."""
+
+    def __init__(self, max_errors: int | None):
+        self.max_errors = max_errors
+        self.count = 0
+        self.counts: dict[str, int] = {}
+        self.first: str | None = None
+        self.stopped = False
+        self._lock = threading.Lock()
+
+    def failed(self, result: ExampleResult) -> None:
+        with self._lock:
+            self.count += 1
+            kind = result.error_kind or "program"
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.first = self.first or result.error
+            if self.max_errors is not None and self.count > self.max_errors:
+                self.stopped = True
 
 
 def _progress(total: int, desc: str):

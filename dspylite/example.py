@@ -30,7 +30,9 @@ class Example:
         try:
             return self._store[key]
         except KeyError:
-            raise AttributeError(f"{type(self).__name__} has no field {key!r}; fields: {list(self._store)}") from None
+            raise AttributeError(
+                f"{type(self).__name__} has no field {key!r}; fields: {list(self._store)}"
+            ) from None
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key.startswith("_"):

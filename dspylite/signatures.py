@@ -21,7 +21,9 @@ import enum
 import keyword
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Literal, Optional, Union
 
 from dspylite.errors import SignatureError
@@ -69,6 +71,8 @@ def infer_prefix(name: str) -> str:
 
 
 def type_name(annotation: Any) -> str:
+    if annotation is Ellipsis:
+        return "..."
     if annotation is None or annotation is type(None):
         return "None"
     if isinstance(annotation, type) and not typing.get_args(annotation):
@@ -88,6 +92,15 @@ def type_name(annotation: Any) -> str:
     return name
 
 
+def _set_fields(cls: type, fields: dict[str, Field]) -> None:
+    inputs = {k: f for k, f in fields.items() if f.kind == "input"}
+    outputs = {k: f for k, f in fields.items() if f.kind == "output"}
+    type.__setattr__(cls, "_fields", fields)
+    type.__setattr__(cls, "_inputs", MappingProxyType(inputs))
+    type.__setattr__(cls, "_outputs", MappingProxyType(outputs))
+    type.__setattr__(cls, "_spec", ", ".join(inputs) + " -> " + ", ".join(outputs))
+
+
 class SignatureMeta(type):
     """Builds the field table of a Signature class and keeps it read-only."""
 
@@ -104,7 +117,7 @@ class SignatureMeta(type):
                     ann = _resolve_annotation(ann, module, attr)
                 fields[attr] = Field(attr, value.kind, ann, value.desc, value.prefix or infer_prefix(attr))
                 del namespace[attr]
-        for attr, ann in annotations.items():
+        for attr in annotations:
             if attr not in fields and not attr.startswith("_"):
                 raise SignatureError(
                     f"signature {name}: field {attr!r} has a type annotation but no InputField()/OutputField()"
@@ -113,10 +126,12 @@ class SignatureMeta(type):
         cls = super().__new__(mcs, name, bases, namespace)
         inputs = {k: f for k, f in fields.items() if f.kind == "input"}
         outputs = {k: f for k, f in fields.items() if f.kind == "output"}
-        type.__setattr__(cls, "_fields", {**inputs, **outputs})
-        if instructions is None:
-            instructions = getattr(cls, "_instructions", None) if bases and bases[0] is not object else None
-        type.__setattr__(cls, "_instructions", (instructions or "").strip() or None)
+        _set_fields(cls, {**inputs, **outputs})
+        if instructions is None:  # a subclass keeps its parent's own instructions, not a generated default
+            parent = next((b for b in bases if isinstance(b, SignatureMeta) and b._fields), None)
+            if parent is not None and parent._instructions != _default_instructions(parent._fields):
+                instructions = parent._instructions
+        type.__setattr__(cls, "_instructions", (instructions or "").strip() or _default_instructions(fields))
         return cls
 
     def __call__(cls, *args: Any, **kwargs: Any):
@@ -136,24 +151,21 @@ class SignatureMeta(type):
         return dict(cls._fields)
 
     @property
-    def input_fields(cls) -> dict[str, Field]:
-        return {k: f for k, f in cls._fields.items() if f.kind == "input"}
+    def input_fields(cls) -> Mapping[str, Field]:
+        """Read-only view, computed once: predictors consult it on every call."""
+        return cls._inputs
 
     @property
-    def output_fields(cls) -> dict[str, Field]:
-        return {k: f for k, f in cls._fields.items() if f.kind == "output"}
+    def output_fields(cls) -> Mapping[str, Field]:
+        return cls._outputs
 
     @property
     def instructions(cls) -> str:
-        if cls._instructions:
-            return cls._instructions
-        ins = ", ".join(f"`{k}`" for k in cls.input_fields)
-        outs = ", ".join(f"`{k}`" for k in cls.output_fields)
-        return f"Given the fields {ins}, produce the fields {outs}."
+        return cls._instructions or _default_instructions(cls._fields)
 
     @property
     def signature(cls) -> str:
-        return ", ".join(cls.input_fields) + " -> " + ", ".join(cls.output_fields)
+        return cls._spec
 
 
 class Signature(metaclass=SignatureMeta):
@@ -213,7 +225,10 @@ class Signature(metaclass=SignatureMeta):
     def dump_state(cls) -> dict[str, Any]:
         return {
             "instructions": cls.instructions,
-            "fields": [{"prefix": f.prefix, "description": f.desc} for f in cls._fields.values()],
+            # DSPy writes "${name}" for a field with no description; so do we, for identical files.
+            "fields": [
+                {"prefix": f.prefix, "description": f.desc or f"${{{f.name}}}"} for f in cls._fields.values()
+            ],
         }
 
     @classmethod
@@ -232,6 +247,15 @@ class Signature(metaclass=SignatureMeta):
         return _build(cls.__name__, updated, state.get("instructions") or cls._instructions)
 
 
+def _default_instructions(fields: dict[str, Field]) -> str | None:
+    """DSPy's default, fixed when the signature is created (editing fields later keeps it, as in DSPy)."""
+    if not fields:
+        return None
+    ins = ", ".join(f"`{k}`" for k, f in fields.items() if f.kind == "input")
+    outs = ", ".join(f"`{k}`" for k, f in fields.items() if f.kind == "output")
+    return f"Given the fields {ins}, produce the fields {outs}."
+
+
 def _desc_from_state(desc: str | None, field: Field) -> str:
     # DSPy stores "${name}" placeholders for fields with no description.
     if not desc or desc == f"${{{field.name}}}":
@@ -242,7 +266,9 @@ def _desc_from_state(desc: str | None, field: Field) -> str:
 def _as_spec(field: Any, name: str) -> _FieldSpec:
     if isinstance(field, _FieldSpec):
         return field
-    raise SignatureError(f"field {name!r} must be InputField(...) or OutputField(...), got {type(field).__name__}")
+    raise SignatureError(
+        f"field {name!r} must be InputField(...) or OutputField(...), got {type(field).__name__}"
+    )
 
 
 def _build(name: str, fields: list[Field], instructions: str | None) -> type[Signature]:
@@ -250,13 +276,15 @@ def _build(name: str, fields: list[Field], instructions: str | None) -> type[Sig
     for f in fields:
         _check_name(f.name)
         if f.name in seen:
-            raise SignatureError(f"duplicate field name {f.name!r} in signature")
+            raise SignatureError(f"duplicate field name {f.name!r} in {name}")
         seen.add(f.name)
     namespace: dict[str, Any] = {"__doc__": instructions, "__module__": __name__}
     cls = SignatureMeta.__new__(SignatureMeta, name, (Signature,), namespace)
-    type.__setattr__(cls, "_fields", {f.name: f for f in fields if f.kind == "input"}
-                     | {f.name: f for f in fields if f.kind == "output"})
-    type.__setattr__(cls, "_instructions", (instructions or "").strip() or None)
+    _set_fields(
+        cls,
+        {f.name: f for f in fields if f.kind == "input"} | {f.name: f for f in fields if f.kind == "output"},
+    )
+    type.__setattr__(cls, "_instructions", (instructions or "").strip() or _default_instructions(cls._fields))
     return cls
 
 
@@ -268,9 +296,21 @@ def _check_name(name: str) -> None:
 # ---- the string form ----------------------------------------------------------------------------
 
 _TYPE_NAMES: dict[str, Any] = {
-    "str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "tuple": tuple,
-    "List": list, "Dict": dict, "Tuple": tuple, "Optional": Optional, "Union": Union, "Literal": Literal,
-    "Any": Any, "None": type(None),
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "list": list,
+    "dict": dict,
+    "tuple": tuple,
+    "List": list,
+    "Dict": dict,
+    "Tuple": tuple,
+    "Optional": Optional,
+    "Union": Union,
+    "Literal": Literal,
+    "Any": Any,
+    "None": type(None),
 }
 
 
@@ -296,7 +336,10 @@ def make_signature(
     outputs = _parse_side(right, "output", names, spec)
     if not outputs:
         raise SignatureError(f"signature {spec!r} has no output fields after '->'")
-    return _build(signature_name, inputs + outputs, instructions)
+    try:
+        return _build(signature_name, inputs + outputs, instructions)
+    except SignatureError as exc:
+        raise SignatureError(f"{exc} (in signature {spec!r})") from None
 
 
 def _parse_side(text: str, kind: Literal["input", "output"], names: dict[str, Any], spec: str) -> list[Field]:
@@ -360,7 +403,27 @@ def _eval_type(text: str, names: dict[str, Any], spec: str) -> Any:
             return Union[ev(node.left), ev(node.right)]  # noqa: UP007
         raise SignatureError(f"unsupported type expression {text!r} in signature {spec!r}")
 
-    return ev(tree.body)
+    annotation = ev(tree.body)
+    if not _is_type(annotation):
+        raise SignatureError(f"{text!r} in signature {spec!r} is not a type")
+    return annotation
+
+
+def _is_type(annotation: Any) -> bool:
+    """A class, ``Any``/``None``, or a typing construct whose arguments are types (Literal's are values)."""
+    if (
+        annotation is Any
+        or annotation is None
+        or isinstance(annotation, type)
+        and not typing.get_args(annotation)
+    ):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return False
+    if origin is Literal:
+        return True
+    return all(a is Ellipsis or _is_type(a) for a in typing.get_args(annotation))
 
 
 def _resolve_annotation(text: str, module: str | None, attr: str) -> Any:

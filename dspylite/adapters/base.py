@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 from dspylite.coerce import format_value
@@ -27,13 +29,31 @@ class Adapter(ABC):
         self.fallback = fallback
         self._lock = threading.Lock()
         self.usage = {"calls": 0, "parse_failures": 0, "fallbacks": 0}
+        # Per-signature renderings that do not depend on inputs (system prompt, schema, ...).
+        self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Adapter:
+        # Programs are deep-copied by optimizers; copies keep formatting (and counting) through the same adapter.
+        return self
+
+    def memo(self, signature: type[Signature], key: str, build: Callable[[], Any]) -> Any:
+        """``build()`` once per (signature, key); signatures are immutable, so the value never goes stale."""
+        per_sig = self._memo.get(signature)
+        if per_sig is None:
+            per_sig = self._memo.setdefault(signature, {})
+        value = per_sig.get(key)
+        if value is None:
+            value = per_sig[key] = build()
+        return value
 
     # ---- hooks subclasses implement -------------------------------------------------------------
     @abstractmethod
     def format_system(self, signature: type[Signature]) -> str: ...
 
     @abstractmethod
-    def format_user(self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False) -> str: ...
+    def format_user(
+        self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False
+    ) -> str: ...
 
     @abstractmethod
     def format_completion(self, signature: type[Signature], outputs: dict[str, Any]) -> str: ...
@@ -47,10 +67,13 @@ class Adapter(ABC):
 
     # ---- shared behaviour ---------------------------------------------------------------------------
     def format(self, signature: type[Signature], demos: list[Any], inputs: dict[str, Any]) -> Messages:
-        messages: Messages = [{"role": "system", "content": self.format_system(signature)}]
+        system = self.memo(signature, "system", lambda: self.format_system(signature))
+        messages: Messages = [{"role": "system", "content": system}]
         for i, demo in enumerate(demos):
             demo_inputs, demo_outputs = split_demo(signature, demo, i)
-            messages.append({"role": "user", "content": self.format_user(signature, demo_inputs, is_demo=True)})
+            messages.append(
+                {"role": "user", "content": self.format_user(signature, demo_inputs, is_demo=True)}
+            )
             messages.append({"role": "assistant", "content": self.format_completion(signature, demo_outputs)})
         messages.append({"role": "user", "content": self.format_user(signature, inputs)})
         return messages
@@ -59,12 +82,16 @@ class Adapter(ABC):
         with self._lock:
             self.usage[key] += n
 
-    def parse_error(self, signature: type[Signature], completion: str, reason: str,
-                    parsed: dict | None = None) -> AdapterParseError:
+    def parse_error(
+        self, signature: type[Signature], completion: str, reason: str, parsed: dict | None = None
+    ) -> AdapterParseError:
         return AdapterParseError(
             f"{self.name} adapter could not parse the completion for {signature.signature!r}: {reason}. "
             f"Completion was: {completion[:300]!r}",
-            completion=completion, adapter=self.name, signature=signature.signature, parsed=parsed,
+            completion=completion,
+            adapter=self.name,
+            signature=signature.signature,
+            parsed=parsed,
         )
 
 
@@ -91,11 +118,12 @@ def check_demo_value(field: Field, value: Any, index: int) -> None:
     from dspylite.coerce import parse_value
 
     if field.annotation is str:
-        if not isinstance(value, str):
+        # Numbers and bools render unambiguously as text; a list or object in a text field is a mistake.
+        if not isinstance(value, (str, int, float, bool)):
             raise DemoError(f"demo #{index}: field {field.name!r} should be str, got {type(value).__name__}")
         return
     try:
-        parse_value(value if not isinstance(value, str) else value, field.annotation)
+        parse_value(value, field.annotation)
     except ValueError as exc:
         raise DemoError(f"demo #{index}: field {field.name!r}: {exc}") from None
 

@@ -38,15 +38,24 @@ class ChatAdapter(Adapter):
         lines.append(f"Task: {signature.instructions}")
         return "\n".join(lines)
 
-    def format_user(self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False) -> str:
-        parts = [f"{marker(name)}\n{format_value(inputs[name])}" for name in signature.input_fields if name in inputs]
+    def format_user(
+        self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False
+    ) -> str:
+        parts = [
+            f"{marker(name)}\n{format_value(inputs[name])}"
+            for name in signature.input_fields
+            if name in inputs
+        ]
         if not is_demo:
-            wanted = ", then ".join(f"`{marker(n)}`{_type_hint(f)}" for n, f in signature.output_fields.items())
-            parts.append(f"Respond with {wanted}, then `{COMPLETED}`.")
+            parts.append(self.memo(signature, "respond", lambda: _respond_with(signature)))
         return "\n\n".join(parts)
 
     def format_completion(self, signature: type[Signature], outputs: dict[str, Any]) -> str:
-        parts = [f"{marker(name)}\n{format_value(outputs[name])}" for name in signature.output_fields if name in outputs]
+        parts = [
+            f"{marker(name)}\n{format_value(outputs[name])}"
+            for name in signature.output_fields
+            if name in outputs
+        ]
         parts.append(COMPLETED)
         return "\n\n".join(parts)
 
@@ -57,17 +66,26 @@ class ChatAdapter(Adapter):
             name = m.group(1)
             end = matches[i + 1].start() if i + 1 < len(matches) else len(completion)
             if name in signature.output_fields and name not in sections:
-                sections[name] = completion[m.end():end].strip()
+                sections[name] = completion[m.end() : end].strip()
         missing = [n for n in signature.output_fields if n not in sections]
         if missing:
-            raise self.parse_error(signature, completion, f"missing output field(s) {missing}", parsed=sections)
+            raise self.parse_error(
+                signature, completion, f"missing output field(s) {missing}", parsed=sections
+            )
         parsed: dict[str, Any] = {}
         for name, field in signature.output_fields.items():
             try:
                 parsed[name] = parse_value(sections[name], field.annotation)
             except ValueError as exc:
-                raise self.parse_error(signature, completion, f"field {name!r}: {exc}", parsed=parsed) from None
+                raise self.parse_error(
+                    signature, completion, f"field {name!r}: {exc}", parsed=parsed
+                ) from None
         return parsed
+
+
+def _respond_with(signature: type[Signature]) -> str:
+    wanted = ", then ".join(f"`{marker(n)}`{_type_hint(f)}" for n, f in signature.output_fields.items())
+    return f"Respond with {wanted}, then `{COMPLETED}`."
 
 
 def _type_hint(field) -> str:

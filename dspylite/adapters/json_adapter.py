@@ -34,23 +34,40 @@ class JSONAdapter(Adapter):
         lines.append(f"Task: {signature.instructions}")
         return "\n".join(lines)
 
-    def format_user(self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False) -> str:
-        return "\n\n".join(f"{name}: {format_value(inputs[name])}" for name in signature.input_fields if name in inputs)
+    def format_user(
+        self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False
+    ) -> str:
+        return "\n\n".join(
+            f"{name}: {format_value(inputs[name])}" for name in signature.input_fields if name in inputs
+        )
 
     def format_completion(self, signature: type[Signature], outputs: dict[str, Any]) -> str:
         ordered = {k: to_jsonable(outputs[k]) for k in signature.output_fields if k in outputs}
         return json.dumps(ordered, ensure_ascii=False)
 
     def output_schema(self, signature: type[Signature]) -> dict[str, Any]:
-        properties = {name: json_schema(f.annotation) for name, f in signature.output_fields.items()}
-        return {"type": "object", "properties": properties, "required": list(properties),
-                "additionalProperties": False}
+        """One JSON schema for all output fields; nested model definitions are hoisted to the root so
+        every ``$ref`` (``#/$defs/...``) resolves."""
+        return self.memo(signature, "schema", lambda: _output_schema(signature))
 
     def request_kwargs(self, signature: type[Signature]) -> dict[str, Any]:
+        """vLLM's structured output: ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``."""
         if not self.structured:
             return {}
-        return {"response_format": {"type": "json_schema", "json_schema": {
-            "name": "outputs", "schema": self.output_schema(signature), "strict": True}}}
+        return {
+            "response_format": self.memo(
+                signature,
+                "response_format",
+                lambda: {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": _schema_name(signature),
+                        "schema": self.output_schema(signature),
+                        "strict": True,
+                    },
+                },
+            )
+        }
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         match = _OBJECT.search(completion)
@@ -71,5 +88,33 @@ class JSONAdapter(Adapter):
             try:
                 parsed[name] = parse_value(value if isinstance(value, str) else value, field.annotation)
             except ValueError as exc:
-                raise self.parse_error(signature, completion, f"field {name!r}: {exc}", parsed=parsed) from None
+                raise self.parse_error(
+                    signature, completion, f"field {name!r}: {exc}", parsed=parsed
+                ) from None
         return parsed
+
+
+def _output_schema(signature: type[Signature]) -> dict[str, Any]:
+    definitions: dict[str, Any] = {}
+    properties: dict[str, Any] = {}
+    for name, field in signature.output_fields.items():
+        schema = dict(json_schema(field.annotation))
+        definitions.update(schema.pop("$defs", {}))
+        if field.desc:
+            schema.setdefault("description", field.desc)
+        properties[name] = schema
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+    if definitions:
+        schema["$defs"] = definitions
+    return schema
+
+
+def _schema_name(signature: type[Signature]) -> str:
+    # OpenAI-style servers want ^[a-zA-Z0-9_-]{1,64}$ here.
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", signature.__name__)[:64]
+    return name or "outputs"

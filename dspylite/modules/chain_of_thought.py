@@ -11,10 +11,16 @@ from dspylite.signatures import OutputField, Signature, ensure_signature
 
 
 class ChainOfThought(Module):
-    def __init__(self, signature: str | type[Signature], rationale_field: Any = None,
-                 rationale_field_type: Any = str, **config: Any):
+    def __init__(
+        self,
+        signature: str | type[Signature],
+        rationale_field: Any = None,
+        rationale_field_type: Any = str,
+        **config: Any,
+    ):
         signature = ensure_signature(signature)
-        field = rationale_field or OutputField(desc="Think step by step to get to the answer.")
+        # No description, as in DSPy: saved states then match DSPy's ("${reasoning}") field for field.
+        field = rationale_field or OutputField()
         # The inner predictor is named "predict", as in DSPy, so saved states line up.
         self.predict = Predict(signature.prepend("reasoning", field, rationale_field_type), **config)
 

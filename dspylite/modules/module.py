@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ _ACTIVE_PROGRAM: contextvars.ContextVar[Any] = contextvars.ContextVar("dspylite_
 
 class Module:
     """Subclass it and write ``forward``; call the instance like a function."""
+
+    _leaf_module = False  # True for modules that never contain other modules (Predict)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _ACTIVE_PROGRAM.get() is not None:  # a sub-module: names were set by the outermost call
@@ -50,6 +51,8 @@ class Module:
                     return
                 seen.add(id(obj))
                 yield name, obj
+                if obj._leaf_module:  # a Predict holds no sub-modules; skip its demos and config
+                    return
                 for attr, value in vars(obj).items():
                     if attr.startswith("_"):
                         continue
@@ -86,8 +89,14 @@ class Module:
 
     # ---- copies ----------------------------------------------------------------------------------
     def deepcopy(self) -> Module:
-        """A copy that shares LM clients but owns its demos, signatures and sub-modules."""
-        return copy.deepcopy(self)
+        """A copy that shares LM clients and adapters but owns its demos, signatures and sub-modules."""
+        memo: dict[int, Any] = {}
+        for _, module in self.named_sub_modules():
+            for attr in ("lm", "adapter"):
+                value = vars(module).get(attr)
+                if value is not None:
+                    memo[id(value)] = value  # deepcopy returns memo hits as they are: shared, not copied
+        return copy.deepcopy(self, memo)
 
     def reset_copy(self) -> Module:
         new = self.deepcopy()
@@ -111,6 +120,10 @@ class Module:
         return {name: predictor.dump_state() for name, predictor in self.named_predictors()}
 
     def load_state(self, state: dict[str, Any]) -> Module:
+        """Apply a saved state (dspylite's or DSPy's JSON layout). All or nothing: a bad state leaves
+        the program untouched and raises ProgramStateError naming the predictor at fault."""
+        if not isinstance(state, dict):
+            raise ProgramStateError(f"a program state must be a JSON object, got {type(state).__name__}")
         predictors = dict(self.named_predictors())
         saved = {k: v for k, v in state.items() if k != "metadata"}
         unknown = sorted(set(saved) - set(predictors))
@@ -120,45 +133,61 @@ class Module:
                 f"saved state does not match {type(self).__name__}: predictors in the file but not in the program: "
                 f"{unknown}; in the program but not in the file: {missing}"
             )
+        prepared = {}
         for name, predictor in predictors.items():
             try:
-                predictor.load_state(saved[name])
-            except ProgramStateError:
-                raise
+                prepared[name] = predictor.parse_state(saved[name])
+            except ProgramStateError as exc:
+                raise ProgramStateError(f"predictor {name!r}: {exc}") from None
             except Exception as exc:
                 raise ProgramStateError(f"predictor {name!r}: cannot load its saved state: {exc}") from exc
+        for name, predictor in predictors.items():
+            predictor.apply_state(prepared[name])
         return self
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the program's state (demos, instructions, LM/adapter bindings) as JSON, atomically."""
+        """Write the program's state (demos, instructions, LM/adapter bindings) as JSON, atomically.
+
+        The layout is DSPy's (one entry per predictor, plus ``metadata.dependency_versions``), so
+        ``dspy_program.load(path)`` reads it too. Only keys DSPy knows go in ``dependency_versions``:
+        DSPy looks each one up in its own table when loading.
+        """
+        from dspylite.utils.io import atomic_write_text
+
         path = Path(path)
         state = self.dump_state()
-        state["metadata"] = {"format": STATE_FORMAT, "program": type(self).__name__,
-                             "dependency_versions": {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
-                                                     "dspylite": _version()}}
-        text = json.dumps(state, indent=2, ensure_ascii=False, default=_json_default)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        state["metadata"] = {
+            "dependency_versions": {"python": f"{sys.version_info.major}.{sys.version_info.minor}"},
+            "dspylite": {"format": STATE_FORMAT, "program": type(self).__name__, "version": _version()},
+        }
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            # allow_nan=False: NaN is not JSON, and DSPy's loader (orjson) rejects it.
+            text = (
+                json.dumps(state, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
+            )
+        except (TypeError, ValueError) as exc:
+            raise ProgramStateError(
+                f"cannot save {type(self).__name__} to {path}: state is not JSON: {exc}"
+            ) from exc
+        atomic_write_text(path, text)
         return path
 
     def load(self, path: str | os.PathLike) -> Module:
         path = Path(path)
-        if not path.exists():
+        if not path.is_file():
             raise ProgramStateError(f"program file not found: {path}")
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ProgramStateError(f"program file {path} is not valid JSON: {exc}") from None
         if not isinstance(state, dict):
-            raise ProgramStateError(f"program file {path} must hold a JSON object")
-        return self.load_state(state)
+            raise ProgramStateError(
+                f"program file {path} must hold a JSON object, got {type(state).__name__}"
+            )
+        try:
+            return self.load_state(state)
+        except ProgramStateError as exc:
+            raise ProgramStateError(f"program file {path}: {exc}") from None
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={p!r}" for n, p in self.named_predictors())
