@@ -1,0 +1,263 @@
+"""Serving benchmark: the tiny model behind vLLM, through dspylite's LM client and a bare httpx loop.
+
+    python bench/serving.py [--model DIR] [--requests-per-worker 4] [--max-tokens 32] [--json out.json]
+
+Measures, in one run against one server:
+  * server start time (launch -> /health answers);
+  * completion throughput at concurrency 1, 8 and 32, dspylite ``LM`` vs a bare httpx client sending
+    the identical request body from the same number of threads (target: LM >= 0.9x httpx);
+  * base model vs one adapter vs a mix of two adapters and the base (LM client, concurrency 8);
+  * adapter hot-load latency: from ``save_pretrained`` returning to the first request answered by the
+    new adapter (validation + /v1/load_lora_adapter + one token) (target: <= 2 s).
+Every request sets ``ignore_eos`` so each one produces exactly ``--max-tokens`` tokens.
+The last line is the key ratio with its target; the exit code is 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+if __name__ == "serving":  # imported as the `serving` package because bench/ came first on sys.path
+    raise ImportError("bench/serving.py shadows the serving package; put the repository root first on sys.path")
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx  # noqa: E402
+
+from dspylite.lm import LM  # noqa: E402
+from serving import VLLMServer  # noqa: E402
+
+LM_VS_HTTPX_TARGET = 0.9
+HOT_LOAD_TARGET_S = 2.0
+CONCURRENCIES = (1, 8, 32)
+
+
+def messages_for(i: int) -> list[dict[str, str]]:
+    # Distinct prompts: no two requests share a prefix-cache entry beyond the template.
+    return [{"role": "user", "content": f"Request {i}: where does person {i} live and why?"}]
+
+
+def lm_body(model: str, i: int, max_tokens: int) -> dict[str, Any]:
+    """The exact JSON the LM client sends for ``LM(..., temperature=0, ignore_eos=True)``."""
+    return {
+        "model": model,
+        "messages": messages_for(i),
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "return_token_ids": True,
+    }
+
+
+def run_lm(lms: list[LM], concurrency: int, total: int) -> dict[str, float]:
+    def one(i: int) -> int:
+        [completion] = lms[i % len(lms)].generate(messages_for(i))
+        return len(completion.token_ids or [])
+
+    return _timed(one, concurrency, total)
+
+
+def run_httpx(
+    client: httpx.Client, url: str, models: list[str], concurrency: int, total: int, max_tokens: int
+) -> dict[str, float]:
+    def one(i: int) -> int:
+        response = client.post(url, json=lm_body(models[i % len(models)], i, max_tokens), timeout=300)
+        response.raise_for_status()
+        return len(response.json()["choices"][0]["token_ids"])
+
+    return _timed(one, concurrency, total)
+
+
+def _timed(fn: Any, concurrency: int, total: int) -> dict[str, float]:
+    started, cpu_started = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(concurrency) as pool:
+        tokens = sum(pool.map(fn, range(total)))
+    seconds = time.perf_counter() - started
+    # Client CPU per request is the client's own cost, unaffected by what else the machine runs.
+    cpu_ms = 1000 * (time.process_time() - cpu_started) / total
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "tok_per_s": tokens / seconds,
+        "req_per_s": total / seconds,
+        "client_cpu_ms_per_req": cpu_ms,
+    }
+
+
+def make_adapter(base: Path, out: Path, seed: int) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=8,
+        lora_alpha=32,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def hot_load_latency(server: VLLMServer, base: Path, root: Path, seeds: list[int]) -> list[float]:
+    """Seconds from an adapter directory finished saving to the first token served by it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=8,
+        lora_alpha=32,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    latencies = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:  # a freshly "trained" version: new weights, new directory, new name
+                torch.nn.init.normal_(param, std=0.05)
+        path = root / f"hot-{seed}"
+        peft_model.save_pretrained(path)
+        saved = time.perf_counter()
+        name = f"hot-{seed}"
+        server.load_adapter(name, str(path))
+        [completion] = server.lm(name, cache=False, max_tokens=1).generate(messages_for(seed))
+        latencies.append(time.perf_counter() - saved)
+        assert completion.model == name
+        server.unload_adapter(name)
+    return latencies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", help="model directory (default: the tiny model, built if needed)")
+    parser.add_argument("--requests-per-worker", type=int, default=8, help="requests per thread per run")
+    parser.add_argument("--min-requests", type=int, default=48, help="at least this many requests per run")
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved LM/httpx runs per concurrency")
+    parser.add_argument("--dtype", default="float32", help="vLLM --dtype")
+    parser.add_argument("--json", help="write all figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    if args.model:
+        base = Path(args.model).resolve()
+    else:
+        from finetune.tiny_model import build_tiny_model
+
+        base = build_tiny_model()
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    adapters = {f"bench-{s}": make_adapter(base, work / f"bench-{s}", seed=s) for s in (1, 2)}
+    results: dict[str, Any] = {"model": str(base), "max_tokens": args.max_tokens}
+
+    server = VLLMServer(
+        base, served_model_name="tiny", log_dir=work / "run", extra_args=["--dtype", args.dtype]
+    )
+    launched = time.perf_counter()
+    server.start()
+    results["start_s"] = time.perf_counter() - launched
+    print(f"server start: {results['start_s']:.1f} s (launch -> healthy)")
+    try:
+        for name, path in adapters.items():
+            server.load_adapter(name, str(path))
+        base_lm = server.lm(cache=False, max_tokens=args.max_tokens, ignore_eos=True)
+        client = httpx.Client(limits=httpx.Limits(max_connections=128, max_keepalive_connections=128))
+        url = server.api_base + "/chat/completions"
+        run_lm([base_lm], 8, 16)  # warm-up: first-request compilation, connection pools
+        run_httpx(client, url, ["tiny"], 8, 16, args.max_tokens)
+
+        print(
+            f"\nthroughput, base model, {args.max_tokens} tokens/request "
+            f"(best of {args.repeats} interleaved runs each; client CPU ms/request in brackets)"
+        )
+        print(f"{'concurrency':>11} {'requests':>8} {'httpx tok/s':>18} {'LM tok/s':>18} {'LM/httpx':>9}")
+        ratios = {}
+        for concurrency in CONCURRENCIES:
+            total = max(args.min_requests, concurrency * args.requests_per_worker)
+            runs: dict[str, list[dict[str, float]]] = {"httpx": [], "lm": []}
+            for repeat in range(args.repeats):
+                # ABBA order, so a drift in background load does not favour either side.
+                order = ("httpx", "lm") if repeat % 2 == 0 else ("lm", "httpx")
+                for kind in order:
+                    if kind == "httpx":
+                        runs[kind].append(
+                            run_httpx(client, url, ["tiny"], concurrency, total, args.max_tokens)
+                        )
+                    else:
+                        runs[kind].append(run_lm([base_lm], concurrency, total))
+            raw, via_lm = (max(runs[k], key=lambda r: r["tok_per_s"]) for k in ("httpx", "lm"))
+            ratios[concurrency] = via_lm["tok_per_s"] / raw["tok_per_s"]
+            cpu = {k: statistics.median(r["client_cpu_ms_per_req"] for r in runs[k]) for k in runs}
+            results[f"c{concurrency}"] = {
+                "requests": total,
+                "httpx_tok_per_s": raw["tok_per_s"],
+                "lm_tok_per_s": via_lm["tok_per_s"],
+                "ratio": ratios[concurrency],
+                "httpx_client_cpu_ms": cpu["httpx"],
+                "lm_client_cpu_ms": cpu["lm"],
+            }
+            print(
+                f"{concurrency:>11} {total:>8} {raw['tok_per_s']:>10.1f} [{cpu['httpx']:>4.2f}] "
+                f"{via_lm['tok_per_s']:>10.1f} [{cpu['lm']:>4.2f}] {ratios[concurrency]:>9.2f}"
+            )
+
+        print("\nbase vs adapters (LM client, concurrency 8)")
+        mixes = {
+            "base": ["tiny"],
+            "one adapter": ["bench-1"],
+            "mixed (2 adapters + base)": ["bench-1", "bench-2", "tiny"],
+        }
+        total = max(args.min_requests, 8 * args.requests_per_worker)
+        for label, models in mixes.items():
+            lms = [base_lm.copy(model=m) for m in models]
+            best = max((run_lm(lms, 8, total) for _ in range(args.repeats)), key=lambda r: r["tok_per_s"])
+            results[f"mix:{label}"] = best
+            print(f"  {label:<28} {best['tok_per_s']:>8.1f} tok/s {best['req_per_s']:>6.2f} req/s")
+
+        latencies = hot_load_latency(server, base, work, seeds=[101, 102, 103])
+        results["hot_load_s"] = latencies
+        print(
+            "\nadapter hot-load latency (saved -> first token served): "
+            + ", ".join(f"{x:.2f}" for x in latencies)
+            + f" s; median {statistics.median(latencies):.2f} s"
+        )
+    finally:
+        server.stop()
+
+    worst_ratio = min(ratios.values())
+    worst_hot = max(latencies)
+    results.update(worst_lm_vs_httpx=worst_ratio, worst_hot_load_s=worst_hot)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    ok = worst_ratio >= LM_VS_HTTPX_TARGET and worst_hot <= HOT_LOAD_TARGET_S
+    print(
+        f"\nhot-load worst {worst_hot:.2f} s (target <= {HOT_LOAD_TARGET_S:.0f} s): "
+        f"{'ok' if worst_hot <= HOT_LOAD_TARGET_S else 'MISSED'}"
+    )
+    print(
+        f"LM client / bare httpx throughput, worst over concurrency {list(CONCURRENCIES)}: {worst_ratio:.2f}x "
+        f"(target >= {LM_VS_HTTPX_TARGET}x){'' if ok else ' MISSED'}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""The ``dspylite`` command line. Each command is a thin parser over library code; heavy imports
+happen inside the commands so ``dspylite --help`` stays fast."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="dspylite",
+    help="Program local LMs the DSPy way, then improve them with prompts and LoRA weights served by vLLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+# Our packages log at INFO (progress lines); everyone else (httpx logs every request) at WARNING.
+_OWN_LOGGERS = ("dspylite", "finetune", "rl", "serving")
+ERROR_EXIT_CODE = 2  # bad config, bad input or a failed job: the same code click uses for usage errors
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level.")) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        datefmt="[%X]",
+        handlers=[handler],
+        force=True,
+    )
+    for name in _OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _fail(message: str) -> None:
+    """One red line (the first of ``message``; any further lines, e.g. a server log tail, follow plainly)."""
+    first, _, rest = str(message).partition("\n")
+    typer.secho(f"error: {first}", fg=typer.colors.RED, err=True)
+    if rest.strip():
+        typer.echo(rest.rstrip(), err=True)
+    raise typer.Exit(code=ERROR_EXIT_CODE)
+
+
+def _say(message: str) -> None:
+    """A progress line on stderr, so stdout keeps only results."""
+    typer.secho(message, fg=typer.colors.CYAN, err=True)
+
+
+def _run_job(job, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - any job function
+    """Run a library job; its errors become one red line and exit code 2, Ctrl-C exit code 130."""
+    from dspylite.errors import DSPyLiteError
+
+    try:
+        return job(*args, **kwargs)
+    except DSPyLiteError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.secho("interrupted; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=130) from None
+
+
+def _with_config_keys(config_class: str | None) -> type:
+    """A command class whose --help ends with every key of ``config_class`` ("module:Class"), its
+    default and help text. The class is imported only when help is shown, so startup stays fast."""
+    import inspect
+
+    from typer.core import TyperCommand
+
+    class ConfigCommand(TyperCommand):
+        def format_help(self, ctx, formatter) -> None:  # noqa: ANN001 - click's signature
+            if not getattr(self, "_keys_added", False):
+                # Docstrings are hard-wrapped; let the terminal wrap each paragraph instead.
+                paragraphs = inspect.cleandoc(self.help or "").split("\n\n")
+                self.help = "\n\n".join(" ".join(p.split("\n")) for p in paragraphs)
+                if config_class is not None:
+                    self.help += _config_keys_text(config_class, self.rich_markup_mode == "rich")
+                self._keys_added = True
+            super().format_help(ctx, formatter)
+
+    return ConfigCommand
+
+
+def _config_keys_text(config_class: str, rich_markup: bool) -> str:
+    from dspylite.jobs.common import config_keys
+    from dspylite.jobs.tasks import load_object
+
+    cls = load_object(config_class, (), "config class")
+    lines = [f"{key} = {default!r}: {text}" for key, default, text in config_keys(cls)]
+    body = "\n".join(lines)
+    if rich_markup:
+        from rich.markup import escape
+
+        body = escape(body)
+    return f"\n\nConfig keys (YAML, or KEY=VALUE overrides; nested keys are dotted):\n\n{body}"
+
+
+_OVERRIDES_HELP = (
+    "Config overrides, e.g. task.n_dev=50 model=/path/to/ckpt (dotted keys reach nested sections)."
+)
+
+
+# ---- serve ----------------------------------------------------------------------------------------
+
+
+@app.command(no_args_is_help=True, cls=_with_config_keys("serving.serve:ServeConfig"))
+def serve(
+    model_dir: Optional[str] = typer.Argument(
+        None, help="Base model: a local checkpoint directory (Llama/Qwen layout) or a hub id."
+    ),
+    adapter: list[str] = typer.Option(
+        [],
+        "--adapter",
+        "-a",
+        metavar="NAME=PATH",
+        help="Serve the LoRA adapter in directory PATH under NAME (repeatable). Checked before vLLM starts.",
+    ),
+    port: Optional[int] = typer.Option(None, help="TCP port (default: a free one)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind (0.0.0.0 exposes the server on the network)."
+    ),
+    served_model_name: Optional[str] = typer.Option(
+        None, help="Name clients send as 'model' for the base model (default: the model path)."
+    ),
+    max_lora_rank: int = typer.Option(16, help="Largest LoRA rank accepted; larger adapters are refused."),
+    max_loras: int = typer.Option(4, help="How many adapters can be active in one batch."),
+    api_key: Optional[str] = typer.Option(
+        None,
+        envvar="DSPYLITE_API_KEY",
+        help="Require this bearer token on /v1 requests (env DSPYLITE_API_KEY).",
+    ),
+    run_dir: Optional[Path] = typer.Option(
+        None, help="Run directory for vllm.log (default: runs/serve-<timestamp>)."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML serve config (configs/serve.yaml); command-line flags override it."
+    ),
+    startup_timeout: float = typer.Option(300.0, help="Seconds to wait for the server to become healthy."),
+) -> None:
+    """Start vLLM on MODEL_DIR with LoRA enabled, load the adapters, and serve until Ctrl-C.
+
+    Prints the OpenAI api_base and the served model names (the base model and each adapter).
+    Point dspylite.LM(model=NAME, api_base=API_BASE) at them.
+
+    Runtime adapter loading (/v1/load_lora_adapter) stays on, so trainers can add new versions later.
+
+    Example: dspylite serve models/tiny --adapter sft-1=runs/demo/adapters/sft-1
+    """
+    from dspylite.config_io import load_config
+    from dspylite.errors import DSPyLiteError
+    from serving.serve import ServeConfig, build_server, parse_adapter_specs, serve_until_interrupted
+
+    try:
+        cfg = load_config(ServeConfig, config)
+        flags = {
+            "model": model_dir,
+            "port": port,
+            "served_model_name": served_model_name,
+            "api_key": api_key,
+            "run_dir": str(run_dir) if run_dir else None,
+        }
+        for key, value in flags.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        # Flags with defaults override the file only when given a non-default value.
+        for key, value, default in (
+            ("host", host, "127.0.0.1"),
+            ("max_lora_rank", max_lora_rank, 16),
+            ("max_loras", max_loras, 4),
+            ("startup_timeout", startup_timeout, 300.0),
+        ):
+            if value != default or config is None:
+                setattr(cfg, key, value)
+        cfg.adapters = {**cfg.adapters, **parse_adapter_specs(adapter)}
+        server = build_server(cfg)
+        server.validate()
+        typer.echo(f"starting vLLM on {cfg.model} (log: {server.log_dir}/vllm.log) ...")
+        serve_until_interrupted(server, on_ready=_print_ready)
+    except DSPyLiteError as exc:
+        _fail(str(exc))
+    typer.echo("server stopped")
+
+
+def _print_ready(server) -> None:  # noqa: ANN001 - a serving.VLLMServer
+    typer.echo(f"vLLM ready in {server.start_seconds:.1f}s")
+    typer.echo(f"api_base: {server.api_base}")
+    for name in server.served_models():
+        kind = "adapter" if name in server.loaded_adapters else "base model"
+        typer.echo(f"  model: {name} ({kind})")
+    typer.echo(f"log: {server.log_path}")
+    typer.echo("Ctrl-C to stop.")
+
+
+# ---- finetune -------------------------------------------------------------------------------------
+
+
+@app.command(no_args_is_help=True, cls=_with_config_keys("finetune.job:FinetuneJobConfig"))
+def finetune(
+    config: Path = typer.Argument(..., help="YAML job config, e.g. configs/sft.yaml."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="[KEY=VALUE]...",
+        help="Config overrides, e.g. sft.learning_rate=1e-3 model=/path/to/ckpt.",
+    ),
+) -> None:
+    """BootstrapFinetune on the built-in task: baseline, teacher traces, LoRA SFT, served adapter, score again.
+
+    Writes the run directory (config, metrics.jsonl, data/, checkpoints/, adapters/, program.json,
+    report.md, report.png) and prints the dev scores before and after with their 95% intervals.
+
+    Example: dspylite finetune configs/sft.yaml run_dir=runs/sft-lr1e3 sft.learning_rate=1e-3
+    """
+    from dspylite.errors import DSPyLiteError
+    from finetune.job import run_finetune_job
+
+    try:
+        result = run_finetune_job(config, list(overrides or []))
+    except DSPyLiteError as exc:
+        _fail(str(exc))
+        return
+    for label, summary in (("baseline", result.before), ("tuned", result.after)):
+        low, high = summary["ci95"]
+        typer.echo(f"{label:>9}: {summary['mean']:.3f}  95% CI [{low:.3f}, {high:.3f}]  (n={summary['n']})")
+    diff = result.difference
+    typer.echo(f"difference: {diff['mean']:+.3f}  95% CI [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}]")
+    typer.echo(f"adapter: {result.adapter}")
+    typer.echo(f"report: {result.report}")
+
+
+# ---- grpo -----------------------------------------------------------------------------------------
+
+
+@app.command(no_args_is_help=True, cls=_with_config_keys("rl.job:GRPOJobConfig"))
+def grpo(
+    config: Path = typer.Argument(..., help="YAML job config, e.g. configs/grpo.yaml."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="[KEY=VALUE]...",
+        help="Config overrides, e.g. grpo.num_steps=20 grpo.init_adapter=runs/sft/...",
+    ),
+) -> None:
+    """GRPO on the built-in task: rollouts from vLLM, LoRA updates, a new adapter version served each step.
+
+    Writes the run directory (config, metrics.jsonl, tensorboard/, checkpoints/, adapters/, program.json,
+    report.md, report.png) and prints the val score at the start and of the best version, with 95% intervals.
+    Re-running with the same run_dir resumes from the last checkpoint.
+
+    Example: dspylite grpo configs/grpo.yaml run_dir=runs/grpo-1 grpo.num_steps=20
+    """
+    from dspylite.errors import DSPyLiteError
+    from rl.job import run_grpo_job
+
+    try:
+        result = run_grpo_job(config, list(overrides or []))
+    except DSPyLiteError as exc:
+        _fail(str(exc))
+        return
+    for label, point in (("start", result.start), ("best", result.best), ("final", result.final)):
+        typer.echo(
+            f"{label:>6}: {point.score:.3f}  95% CI [{point.lo:.3f}, {point.hi:.3f}]  "
+            f"(step {point.step}, {point.version})"
+        )
+    diff, low, high = result.improvement()
+    typer.echo(f"best - start: {diff:+.3f}  95% CI [{low:+.3f}, {high:+.3f}]")
+    typer.echo(f"report: {result.run_dir.report_md}")
+
+
+# ---- eval -----------------------------------------------------------------------------------------
+
+_CONFIG_ARG_HELP = "YAML job config from configs/, e.g. configs/{}.yaml."
+
+
+@app.command("eval", no_args_is_help=True, cls=_with_config_keys("dspylite.jobs.eval_job:EvalJobConfig"))
+def eval_command(
+    config: Path = typer.Argument(..., metavar="CONFIG", help=_CONFIG_ARG_HELP.format("eval")),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=_OVERRIDES_HELP),
+) -> None:
+    """Score a program on one split, with a 95% interval and per-example results.
+
+    The program is the built-in Fact QA one by default, or yours (task.name=custom,
+    task.program=module:Class, task.dataset=file.jsonl), optionally with a saved program.json.
+
+    Starts vLLM on `model` (default: the built-in tiny model) or uses server.api_base. Writes the run
+    directory (config.yaml, metrics.jsonl, program.json, results.jsonl, report.md, report.png) and
+    prints the score with its 95% interval.
+
+    Example: dspylite eval configs/eval.yaml program_path=runs/optimize/program.json split=test
+    """
+    from dspylite.jobs.eval_job import run_eval_job
+
+    result = _run_job(run_eval_job, config, list(overrides or []), say=_say)
+    record = result.score
+    low, high = record["ci95"]
+    typer.echo(
+        f"{result.split}: {100 * record['mean']:.1f}%  95% CI [{100 * low:.1f}, {100 * high:.1f}]  "
+        f"(n={record['n']}, errors: {record['errors'] or 'none'})"
+    )
+    typer.echo(f"report: {result.run_dir / 'report.md'}")
+
+
+# ---- optimize -------------------------------------------------------------------------------------
+
+
+@app.command(no_args_is_help=True, cls=_with_config_keys("dspylite.jobs.optimize_job:OptimizeJobConfig"))
+def optimize(
+    config: Path = typer.Argument(..., metavar="CONFIG", help=_CONFIG_ARG_HELP.format("optimize")),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=_OVERRIDES_HELP),
+) -> None:
+    """Optimize the program's prompts (demos, instructions) with a prompt optimizer.
+
+    optimizer.kind = labeled (LabeledFewShot), bootstrap (BootstrapFewShot), random_search
+    (BootstrapFewShotWithRandomSearch) or mipro (MIPROv2).
+
+    Compiles on the train split, selecting on dev; the baseline and the optimized program are then
+    scored on dev and on test (never selected on). Writes the run directory (config.yaml, metrics.jsonl,
+    program.json, optimizer/ with the optimizer's trials, report.md, report.png); rerunning with the
+    same run_dir replays finished trials.
+
+    Example: dspylite optimize configs/optimize.yaml optimizer.kind=mipro optimizer.auto=light
+    """
+    from dspylite.jobs.optimize_job import run_optimize_job
+
+    result = _run_job(run_optimize_job, config, list(overrides or []), say=_say)
+    _echo_scores(result.scores, "baseline")
+    typer.echo(f"program: {result.run_dir / 'program.json'}")
+    typer.echo(f"report: {result.run_dir / 'report.md'}")
+
+
+def _echo_scores(scores: dict, baseline: str) -> None:
+    from dspylite.jobs.report_job import diff_cell, score_cell
+
+    for program, splits in scores.items():
+        for split, record in splits.items():
+            line = f"{program:>10} {split:>5}: {score_cell(record)}  (n={record['n']})"
+            if program != baseline and split in scores.get(baseline, {}):
+                line += f"  vs {baseline}: {diff_cell(scores[baseline][split], record)}"
+            typer.echo(line)
+
+
+# ---- better-together ------------------------------------------------------------------------------
+
+
+@app.command(
+    "better-together",
+    no_args_is_help=True,
+    cls=_with_config_keys("dspylite.jobs.better_together_job:BetterTogetherJobConfig"),
+)
+def better_together(
+    config: Path = typer.Argument(..., metavar="CONFIG", help=_CONFIG_ARG_HELP.format("better_together")),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=_OVERRIDES_HELP),
+) -> None:
+    """BetterTogether: alternate prompt (p) and weight (w) optimization, keep the best stage.
+
+    w is BootstrapFinetune (LoRA SFT) or GRPO; the strategy is a sequence such as "p -> w -> p", and
+    the stage that scores best on held-out dev examples wins.
+
+    Each stage's program, adapter and score is kept in the run directory (stages/, work/, adapters/,
+    stages.json); the baseline and the best program are scored on dev and test. Rerunning with the
+    same run_dir skips finished stages.
+
+    Example: dspylite better-together configs/better_together.yaml strategy="p -> w" weights=grpo
+    """
+    from dspylite.jobs.better_together_job import run_better_together_job
+
+    result = _run_job(run_better_together_job, config, list(overrides or []), say=_say)
+    typer.echo(f"best stage: {result.best_stage}")
+    _echo_scores(result.scores, "baseline")
+    typer.echo(f"report: {result.run_dir / 'report.md'}")
+
+
+# ---- demo -----------------------------------------------------------------------------------------
+
+
+@app.command(cls=_with_config_keys("dspylite.demo:DemoConfig"))
+def demo(
+    args: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="[CONFIG] [KEY=VALUE]...",
+        help="An optional YAML config (configs/demo.yaml), then overrides such as model=/path/to/ckpt.",
+    ),
+) -> None:
+    """The main job: baseline vs prompt-only, SFT, SFT+GRPO and BetterTogether, in one table and chart.
+
+    One two-module program on the built-in task, every stage scored on dev and test with 95% intervals.
+
+    Builds the tiny model and starts vLLM unless model= / api_base= say otherwise; finishes in minutes
+    on a CPU. Rerunning with the same run_dir resumes after the last finished stage.
+
+    Example: dspylite demo configs/demo.yaml model=/path/to/checkpoint
+    """
+    import inspect
+
+    from dspylite.demo import run_demo
+
+    items = list(args or [])
+    config = items.pop(0) if items and "=" not in items[0] else None
+    kwargs = {"progress": _say} if "progress" in inspect.signature(run_demo).parameters else {}
+    run_dir = _run_job(run_demo, config, items, **kwargs)
+    typer.echo(f"report: {Path(run_dir) / 'report.md'}")
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+
+@app.command(no_args_is_help=True, cls=_with_config_keys(None))
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by a dspylite job, e.g. runs/eval."),
+) -> None:
+    """Re-render RUN_DIR's report.md and report.png from the files its job left there.
+
+    Reads job.json, metrics.jsonl, stages.json and results.jsonl: use it after a crash, after the
+    job, or after new code.
+
+    Runs of eval, optimize and better-together get their full report; other runs a table and a plot
+    of their metrics.
+
+    Example: dspylite report runs/optimize
+    """
+    from dspylite.jobs.report_job import render_report
+
+    path = _run_job(render_report, run_dir)
+    typer.echo(f"report: {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

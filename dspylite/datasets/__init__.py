@@ -1,0 +1,37 @@
+"""Built-in synthetic tasks: deterministic for a seed, with train/dev/test splits and metrics.
+
+- Fact QA (two-module: extract the fact, then answer): ``load_fact_qa``, ``fact_qa_metric``;
+  the reference program is ``dspylite.datasets.programs.FactQA``.
+- Fact Topic (one module, ``Literal`` output): ``load_fact_topic``, ``fact_topic_metric``.
+"""
+
+from dspylite.datasets.fact_qa import (
+    FACT_QA_INPUTS,
+    FactQAItem,
+    fact_match_metric,
+    fact_qa_metric,
+    fact_qa_partial_metric,
+    fact_qa_splits,
+    generate_fact_qa_item,
+    iter_fact_qa_items,
+    load_fact_qa,
+)
+from dspylite.datasets.fact_topic import TOPICS, fact_topic_metric, fact_topic_splits, load_fact_topic
+from dspylite.datasets.normalize import normalize_answer
+
+__all__ = [
+    "FACT_QA_INPUTS",
+    "TOPICS",
+    "FactQAItem",
+    "fact_match_metric",
+    "fact_qa_metric",
+    "fact_qa_partial_metric",
+    "fact_qa_splits",
+    "fact_topic_metric",
+    "fact_topic_splits",
+    "generate_fact_qa_item",
+    "iter_fact_qa_items",
+    "load_fact_qa",
+    "load_fact_topic",
+    "normalize_answer",
+]

@@ -1,0 +1,315 @@
+"""BootstrapFewShotWithRandomSearch: several demo sets, each scored on the valset; the best one wins.
+
+Candidates, in DSPy's order: the student zero-shot (seed -3), labeled demos only (-2), bootstrapped
+from the trainset in order (-1), then ``num_candidate_programs`` bootstraps from shuffled copies of the
+trainset with a random number of bootstrapped demos (seeds 0, 1, ...). Each scored candidate is a row
+in trials.jsonl and its program a checkpoint, so a resumed search skips it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from dspylite.errors import OptimizerError
+from dspylite.example import Example
+from dspylite.optimizers._eval import (
+    Metric,
+    ProgramScorer,
+    check_examples,
+    check_metric,
+    check_positive,
+    examples_key,
+    program_key,
+    strip_demos,
+)
+from dspylite.optimizers._run import OptimizerRun, fingerprint_value
+from dspylite.optimizers.bootstrap import Bootstrapper
+from dspylite.optimizers.labeled_fewshot import attach_labeled
+from dspylite.run_dir import RunDir
+
+logger = logging.getLogger(__name__)
+
+
+class BootstrapFewShotWithRandomSearch:
+    def __init__(
+        self,
+        metric: Metric,
+        teacher_settings: dict | None = None,
+        max_bootstrapped_demos: int = 4,
+        max_labeled_demos: int = 16,
+        max_rounds: int = 1,
+        num_candidate_programs: int = 8,
+        num_threads: int = 8,
+        max_errors: int | None = None,
+        stop_at_score: float | None = None,
+        metric_threshold: float | None = None,
+        *,
+        seed: int = 0,
+        max_lm_calls: int | None = None,
+        run_dir: str | Path | RunDir | None = None,
+        progress: bool = True,
+    ):
+        check_metric(metric, "BootstrapFewShotWithRandomSearch")
+        check_positive(max_bootstrapped_demos, "max_bootstrapped_demos", allow_zero=True)
+        check_positive(max_labeled_demos, "max_labeled_demos", allow_zero=True)
+        check_positive(max_rounds, "max_rounds")
+        check_positive(num_candidate_programs, "num_candidate_programs")
+        check_positive(num_threads, "num_threads")
+        check_positive(max_lm_calls, "max_lm_calls")
+        self.metric = metric
+        self.teacher_settings = teacher_settings or {}
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.max_labeled_demos = max_labeled_demos
+        self.max_rounds = max_rounds
+        self.num_candidate_programs = num_candidate_programs
+        self.num_threads = num_threads
+        self.max_errors = max_errors
+        self.stop_at_score = stop_at_score
+        self.metric_threshold = metric_threshold
+        self.seed = seed
+        self.max_lm_calls = max_lm_calls
+        self.run_dir = run_dir
+        self.progress = progress
+        self.summary: dict[str, Any] = {}
+        self.candidate_programs: list[tuple[float, Any, int]] = []  # (score, program, seed), best first
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "teacher_settings": fingerprint_value(self.teacher_settings),
+            "max_bootstrapped_demos": self.max_bootstrapped_demos,
+            "max_labeled_demos": self.max_labeled_demos,
+            "max_rounds": self.max_rounds,
+            "num_candidate_programs": self.num_candidate_programs,
+            "metric_threshold": self.metric_threshold,
+            "stop_at_score": self.stop_at_score,
+            "seed": self.seed,
+        }
+
+    def compile(
+        self,
+        student: Any,
+        *,
+        trainset: list[Example],
+        valset: list[Example] | None = None,
+        teacher: Any = None,
+    ) -> Any:
+        trainset = check_examples(trainset, "trainset")
+        valset = check_examples(valset, "valset") if valset is not None else trainset
+        if not student.predictors():
+            raise OptimizerError(f"the student program {type(student).__name__} has no predictors")
+        options = self._options()
+        run = OptimizerRun(
+            self.run_dir,
+            optimizer="BootstrapFewShotWithRandomSearch",
+            config=options,
+            max_lm_calls=self.max_lm_calls,
+            fingerprint={
+                **options,
+                "trainset": examples_key(trainset),
+                "valset": examples_key(valset),
+                "student": program_key(student),
+                "teacher": program_key(teacher) if teacher is not None else None,
+            },
+        )
+        scorer = ProgramScorer(
+            self.metric,
+            budget=run.budget,
+            cache=run.score_cache,
+            num_threads=self.num_threads,
+            progress=self.progress,
+        )
+        done = {r["seed"]: r for r in run.done("candidate")}
+        scored: list[tuple[float, int, Any]] = []
+        seeds = list(range(-3, self.num_candidate_programs))
+        bar = _trial_bar(len(seeds), len(done), self.progress)
+        try:
+            for seed in seeds:
+                if seed in done:
+                    program = run.load_candidate(f"candidate_{seed}", student)
+                    if program is not None:
+                        scored.append((done[seed]["score"], seed, program))
+                        continue
+                if run.budget.exhausted:
+                    run.warn(
+                        f"the LM-call budget (max_lm_calls={self.max_lm_calls}) ran out; "
+                        f"{len(seeds) - len(scored)} candidate(s) were not scored"
+                    )
+                    break
+                program, label, n_boot = self._candidate(seed, student, teacher, trainset, scorer, run)
+                outcome = scorer.evaluate(program, valset, desc=f"Candidate {seed}")
+                if not outcome.complete:
+                    run.warn(f"the LM-call budget ran out while scoring candidate {seed}; it is not counted")
+                    break
+                run.save_candidate(f"candidate_{seed}", program)
+                row = run.record(
+                    {
+                        "kind": "candidate",
+                        "seed": seed,
+                        "label": label,
+                        "score": outcome.score,
+                        "bootstrapped": n_boot,
+                        "demos": _demo_count(program),
+                        "errors": outcome.errors,
+                    }
+                )
+                done[seed] = row
+                scored.append((outcome.score, seed, program))
+                best = max(scored, key=lambda t: (t[0], -t[1]))
+                run.save_program(best[2])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(best=best[0])
+                logger.info(
+                    "random search: candidate %d (%s) scored %.2f (best %.2f)",
+                    seed,
+                    label,
+                    outcome.score,
+                    best[0],
+                )
+                if self.stop_at_score is not None and outcome.score >= self.stop_at_score:
+                    logger.info("random search: stop_at_score=%s reached", self.stop_at_score)
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        if not scored:
+            run.warn(
+                f"the LM-call budget (max_lm_calls={self.max_lm_calls}) ran out before any candidate was scored; "
+                "returning the student unchanged"
+            )
+            compiled = student.deepcopy()
+            self._report(run, scorer, None, None, None)
+            return compiled
+        bootstrapped = [r for r in run.done("candidate") if r["seed"] >= -1]
+        if (
+            self.max_bootstrapped_demos > 0
+            and bootstrapped
+            and not any(r["bootstrapped"] for r in bootstrapped)
+        ):
+            run.warn(
+                "the teacher never passed the metric on any trainset example: the bootstrapped candidates "
+                "hold labeled demos only"
+            )
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        self.candidate_programs = [(s, p, seed) for s, seed, p in scored]
+        best_score, best_seed, best = scored[0]
+        compiled = best.deepcopy()
+        compiled._compiled = True
+        run.save_program(compiled)
+        baseline = done.get(-3, {}).get("score")
+        self._report(run, scorer, baseline, best_score, best_seed)
+        return compiled
+
+    def _candidate(
+        self,
+        seed: int,
+        student: Any,
+        teacher: Any,
+        trainset: list[Example],
+        scorer: ProgramScorer,
+        run: OptimizerRun,
+    ) -> tuple[Any, str, int]:
+        """(program, label, number of examples whose teacher run passed)."""
+        if seed == -3:
+            return strip_demos(student.deepcopy()), "zero-shot", 0
+        if seed == -2:
+            if self.max_labeled_demos == 0:
+                return strip_demos(student.deepcopy()), "labeled only (max_labeled_demos=0)", 0
+            program = attach_labeled(
+                strip_demos(student.deepcopy()), trainset, self.max_labeled_demos, seed=self.seed
+            )
+            return program, f"{self.max_labeled_demos} labeled", 0
+        if seed == -1:
+            shuffled, size = list(trainset), self.max_bootstrapped_demos
+        else:
+            shuffled = list(trainset)
+            # With seed=0 these draws are DSPy's (Random(seed) for the order, a fresh one for the size), so
+            # both libraries try the same candidates on the same data.
+            draw_seed = seed + self.seed * 1_000_003
+            random.Random(draw_seed).shuffle(shuffled)
+            size = random.Random(draw_seed).randint(
+                min(1, self.max_bootstrapped_demos), self.max_bootstrapped_demos
+            )
+        bootstrapper = Bootstrapper(
+            metric=self.metric,
+            metric_threshold=self.metric_threshold,
+            teacher_settings=self.teacher_settings,
+            max_bootstrapped_demos=size,
+            max_labeled_demos=self.max_labeled_demos,
+            max_rounds=self.max_rounds,
+            max_errors=self.max_errors,
+            num_threads=self.num_threads,
+            scorer=scorer,
+            run=run,
+            progress=self.progress,
+            labeled_seed=self.seed,
+        )
+        outcome = bootstrapper.bootstrap(student, teacher, shuffled, tag=f"candidate_{seed}")
+        label = f"bootstrapped {outcome.n_passed}/{size}" + (" (shuffled)" if seed >= 0 else "")
+        return outcome.program, label, outcome.n_passed
+
+    def _report(
+        self,
+        run: OptimizerRun,
+        scorer: ProgramScorer,
+        baseline: float | None,
+        best_score: float | None,
+        best_seed: int | None,
+    ) -> None:
+        rows = run.done("candidate")
+        table = [
+            {
+                "trial": n,
+                "seed": r["seed"],
+                "candidate": r["label"],
+                "score": r["score"],
+                "demos": r["demos"],
+                "errors": r.get("errors") or "",
+                "lm_calls": r["lm_calls"],
+                "best": "yes" if r["seed"] == best_seed else "",
+            }
+            for n, r in enumerate(rows)
+        ]
+        self.summary = {
+            "optimizer": "BootstrapFewShotWithRandomSearch",
+            "score_before": baseline,
+            "score_after": best_score,
+            "best_seed": best_seed,
+            "candidates_scored": len(rows),
+            "scores": {r["seed"]: r["score"] for r in rows},
+            "errors": dict(scorer.error_counts),
+            **run.budget.summary(),
+            "cached_scores": scorer.cache.hits,
+            "resumed": run.resumed,
+            "wall_s": run.elapsed_s,
+            "warnings": list(run.warnings),
+        }
+        logger.info(
+            "random search: best candidate %s scored %s (zero-shot %s) after %d LM calls",
+            best_seed,
+            best_score,
+            baseline,
+            run.budget.calls,
+        )
+        series = {"valset score": ([r["trial"] for r in table], [r["score"] for r in table])}
+        run.write_report(
+            summary={k: v for k, v in self.summary.items() if k not in ("warnings", "scores")},
+            trial_rows=table,
+            columns=["trial", "seed", "candidate", "score", "demos", "errors", "lm_calls", "best"],
+            series=series,
+        )
+
+
+def _demo_count(program: Any) -> dict[str, int]:
+    return {name: len(p.demos) for name, p in program.named_predictors()}
+
+
+def _trial_bar(total: int, initial: int, show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="Random search", dynamic_ncols=True)

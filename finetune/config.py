@@ -1,0 +1,206 @@
+"""The typed SFT config: LoRA shape, optimisation, data filtering, checkpoints. Loaded from YAML.
+
+    cfg = load_finetune_config("configs/sft.yaml", ["learning_rate=1e-3", "lora.r=8"])
+
+Every field has help text (``dspylite.config_io.help_table(FinetuneConfig)`` prints them).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dspylite.config_io import _set_dotted as set_dotted
+from dspylite.config_io import _split_override as split_override
+from dspylite.config_io import from_dict, to_dict
+from dspylite.errors import ConfigError
+
+LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class LoraSettings:
+    r: int = field(default=16, metadata=_help("LoRA rank; must not exceed the server's --max-lora-rank."))
+    alpha: int = field(default=32, metadata=_help("LoRA alpha (the update is scaled by alpha / r)."))
+    dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA input."))
+    target_modules: list[str] = field(
+        default_factory=lambda: list(LLAMA_LINEAR_MODULES),
+        metadata=_help(
+            "Names of the linear modules that get LoRA weights (checked against the model before "
+            "training), or ['all-linear']."
+        ),
+    )
+
+
+@dataclass
+class FinetuneConfig:
+    # ---- model and output
+    model_path: str = field(
+        default="",
+        metadata=_help(
+            "Base model directory (or hub id available offline). Empty: the caller supplies it (the tiny model "
+            "for the demo, the served model for BootstrapFinetune)."
+        ),
+    )
+    run_dir: str = field(
+        default="",
+        metadata=_help(
+            "Run directory for data, checkpoints, metrics and adapters. Empty: the caller decides."
+        ),
+    )
+    resume: bool = field(
+        default=True,
+        metadata=_help("Resume from the latest checkpoint of the same data in run_dir when one exists."),
+    )
+    # ---- LoRA
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata=_help("The LoRA adapter's shape."))
+    # ---- optimisation
+    learning_rate: float = field(default=2e-3, metadata=_help("AdamW peak learning rate."))
+    lr_scheduler_type: str = field(default="cosine", metadata=_help("transformers scheduler name."))
+    warmup_ratio: float = field(
+        default=0.05, metadata=_help("Share of steps spent warming the learning rate up.")
+    )
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    num_train_epochs: float = field(
+        default=2.0, metadata=_help("Epochs over the train rows (max_steps wins).")
+    )
+    max_steps: int = field(
+        default=-1, metadata=_help("Stop after this many optimizer steps; -1: use epochs.")
+    )
+    per_device_train_batch_size: int = field(default=16, metadata=_help("Rows per device per step."))
+    gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
+    max_length: int = field(
+        default=1024,
+        metadata=_help(
+            "Longest row in tokens (prompt + completion). Longer rows are left out and listed in the data card, "
+            "never truncated."
+        ),
+    )
+    seed: int = field(default=0, metadata=_help("Seed for the split, the shuffling and the LoRA init."))
+    # ---- throughput
+    padding_free: bool = field(
+        default=False,
+        metadata=_help(
+            "Concatenate each batch into one row with no padding (TRL padding_free). Wins when rows differ a "
+            "lot in length on a GPU with flash attention; on CPU the attention mask spans the whole batch."
+        ),
+    )
+    packing: bool = field(
+        default=False,
+        metadata=_help("Pack rows into max_length sequences (TRL bfd packing; implies padding_free)."),
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata=_help("Batch rows of similar length together so little compute goes to padding."),
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=_help("Trade compute for memory (TRL turns it on by default; small models do not need it)."),
+    )
+    threads: int = field(
+        default=0,
+        metadata=_help(
+            "torch CPU threads. 0: OMP_NUM_THREADS when set, else half the CPUs this process may use (vLLM and "
+            "the data pipeline need the rest), at least 1."
+        ),
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        default="auto",
+        metadata=_help(
+            "auto: bf16 on a GPU that supports it, else fp32 (bf16 autocast fails or crawls on CPU)."
+        ),
+    )
+    # ---- data
+    metric_threshold: float = field(
+        default=1.0, metadata=_help("A program run becomes training rows when its metric score is >= this.")
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata=_help("Share of examples held out as validation rows (split by example, seeded)."),
+    )
+    dedupe: bool = field(default=True, metadata=_help("Drop rows whose prompt and completion repeat."))
+    keep_truncated: bool = field(
+        default=False,
+        metadata=_help("Keep completions the server cut at max_tokens (finish_reason 'length')."),
+    )
+    # ---- logging, eval, checkpoints
+    logging_steps: int = field(default=5, metadata=_help("Log loss and learning rate every N steps."))
+    eval_steps: int = field(
+        default=0, metadata=_help("Evaluate the val loss every N steps; 0: once, at the end of training.")
+    )
+    save_steps: int = field(default=50, metadata=_help("Checkpoint every N steps (for resume after a kill)."))
+    save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept on disk."))
+    tensorboard: bool = field(default=True, metadata=_help("Also write TensorBoard event files."))
+
+    def __post_init__(self) -> None:
+        if self.lora.r <= 0:
+            raise ValueError(f"lora.r must be positive, got {self.lora.r}")
+        if not self.lora.target_modules:
+            raise ValueError("lora.target_modules is empty; name at least one linear module")
+        if self.max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {self.max_length}")
+        if self.max_steps == 0:
+            raise ValueError("max_steps=0 trains nothing; use -1 for epochs or a positive count")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.per_device_train_batch_size <= 0 or self.gradient_accumulation_steps <= 0:
+            raise ValueError("per_device_train_batch_size and gradient_accumulation_steps must be positive")
+
+
+def resolve_threads(threads: int) -> int:
+    if threads > 0:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
+
+
+def load_finetune_config(
+    source: str | Path | dict[str, Any] | FinetuneConfig | None = None,
+    overrides: list[str] | dict[str, Any] = (),
+) -> FinetuneConfig:
+    """A FinetuneConfig from a YAML file, a dict or an existing config, plus ``key=value`` overrides.
+
+    A job YAML (configs/sft.yaml) keeps these fields under ``sft:``; that section is used, and the
+    overrides are relative to it (``learning_rate=1e-3``, ``lora.r=8``).
+    """
+    if isinstance(source, FinetuneConfig):
+        if not overrides:
+            return source
+        source = to_dict(source)
+    label = "config dict"
+    data: dict[str, Any] = {}
+    if isinstance(source, dict):
+        data = source
+    elif source is not None:
+        import yaml
+
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data, label = loaded, str(path)
+    if isinstance(data.get("sft"), dict):
+        data, label = data["sft"], f"{label} (section sft)"
+    data = copy.deepcopy(data)
+    items = overrides.items() if isinstance(overrides, dict) else (split_override(o) for o in overrides)
+    for key, value in items:
+        set_dotted(data, key, value)
+    return from_dict(FinetuneConfig, data, source=label)

@@ -1,0 +1,197 @@
+"""Build (or reuse) the tiny base model directory: tokenizer, pretraining, save, cache.
+
+A build writes into a temporary sibling directory and renames it into place only when complete, so
+an interrupted build never leaves a directory that looks like a valid model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from dspylite.errors import TrainingError
+from finetune.tiny_model.pretrain import StepCallback, llama_config, pack_tokens, pretrain
+from finetune.tiny_model.recipe import TinyModelRecipe
+from finetune.tiny_model.tokenizer import render_chatml, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+MARKER_FILE = "tiny_model.json"  # written last; its presence and key make a directory a valid build
+
+
+def default_models_root() -> Path:
+    home = os.environ.get("DSPYLITE_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "dspylite"
+    return base / "models"
+
+
+def read_marker(model_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(model_dir) / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_valid_build(model_dir: Path, key: str) -> bool:
+    marker = read_marker(model_dir)
+    return bool(marker) and marker.get("cache_key") == key and (Path(model_dir) / "config.json").is_file()
+
+
+@contextlib.contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """Concurrent callers asking for the same model wait for one build instead of racing."""
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def resolve_recipe(seed: int = 0, recipe: TinyModelRecipe | None = None, **overrides: Any) -> TinyModelRecipe:
+    base = recipe if recipe is not None else TinyModelRecipe(seed=seed)
+    unknown = sorted(set(overrides) - set(asdict(base)))
+    if unknown:
+        raise TypeError(f"unknown tiny-model recipe option(s) {unknown}; known: {sorted(asdict(base))}")
+    return replace(base, **overrides) if overrides else base
+
+
+def build_tiny_model(
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    recipe: TinyModelRecipe | None = None,
+    force: bool = False,
+    num_threads: int | None = None,
+    on_step: StepCallback | None = None,
+    **overrides: Any,
+) -> Path:
+    """Return the directory of the tiny model for this recipe, building it if no valid cache exists.
+
+    ``out_dir`` is the model directory itself; by default it is
+    ``$DSPYLITE_HOME/models/tiny-llama-<key>`` (``~/.cache/dspylite`` without DSPYLITE_HOME), where the
+    key hashes the recipe and the chat format. ``overrides`` are recipe fields (e.g. ``steps=5``).
+    """
+    from finetune.tiny_model.corpus import ChatRenderer
+
+    recipe = resolve_recipe(seed=seed, recipe=recipe, **overrides)
+    renderer = ChatRenderer()
+    key = recipe.cache_key(renderer.fingerprint())
+    target = Path(out_dir) if out_dir is not None else default_models_root() / f"tiny-llama-{key}"
+    target = target.expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    with _build_lock(target):
+        if _is_valid_build(target, key) and not force:
+            logger.info("using cached tiny model %s", target)
+            return target
+        if target.exists() and not force and read_marker(target) is None and any(target.iterdir()):
+            raise TrainingError(
+                f"out_dir {target} exists and is not a tiny-model build; pass force=True to replace it"
+            )
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            _build_into(tmp, recipe, renderer, key, num_threads=num_threads, on_step=on_step)
+            tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    logger.info("tiny model ready at %s", target)
+    return target
+
+
+def _build_into(
+    directory: Path,
+    recipe: TinyModelRecipe,
+    renderer: Any,
+    key: str,
+    *,
+    num_threads: int | None,
+    on_step: StepCallback | None,
+) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    from finetune.tiny_model.corpus import CorpusGenerator
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    started = time.monotonic()
+
+    logger.info("training the tokenizer (vocab %d)", recipe.vocab_size)
+    tokenizer_docs = CorpusGenerator(replace(recipe, seed=recipe.seed + 7919), renderer)
+    texts = [
+        d if isinstance(d, str) else render_chatml(d)
+        for d in islice(tokenizer_docs, recipe.tokenizer_documents)
+    ]
+    tokenizer = train_tokenizer(
+        texts, vocab_size=recipe.vocab_size, model_max_length=recipe.max_position_embeddings
+    )
+
+    logger.info("generating pretraining text")
+    total = recipe.steps * recipe.batch_size * recipe.seq_len
+    token_ids, token_weights = pack_tokens(
+        tokenizer, CorpusGenerator(recipe, renderer), total, prompt_weight=recipe.prompt_loss_weight
+    )
+
+    torch.manual_seed(recipe.seed)
+    model = LlamaForCausalLM(llama_config(recipe, tokenizer))
+    logger.info(
+        "pretraining %.2fM parameters for %d steps on %d tokens",
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        recipe.steps,
+        total,
+    )
+    stats = pretrain(model, token_ids, token_weights, recipe, on_step=on_step)
+    if not torch.isfinite(torch.tensor(stats.final_loss)):
+        raise TrainingError(
+            f"tiny-model pretraining diverged (final loss {stats.final_loss}); lower learning_rate"
+        )
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    _embed_chat_template(directory, tokenizer.chat_template)
+    marker = {
+        "cache_key": key,
+        "format_fingerprint": renderer.fingerprint(),
+        "recipe": recipe.to_dict(),
+        "stats": asdict(stats),
+        "build_seconds": time.monotonic() - started,
+        "torch_threads": torch.get_num_threads(),
+    }
+    (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+    logger.info(
+        "pretraining done: loss %.3f -> %.3f in %.0f s",
+        stats.first_loss,
+        stats.final_loss,
+        stats.wall_seconds,
+    )
+
+
+def _embed_chat_template(directory: Path, template: str) -> None:
+    """Also keep the template inside tokenizer_config.json, for loaders that only look there."""
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if config.get("chat_template") != template:
+        config["chat_template"] = template
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False))

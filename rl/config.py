@@ -1,0 +1,189 @@
+"""The typed GRPO config, loaded from configs/grpo.yaml (section ``grpo``) plus ``key=value`` overrides.
+
+Every field has help text: ``dspylite.config_io.help_table(GRPOConfig)`` lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from finetune.config import LoraSettings
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class GRPOConfig:
+    # ---- where
+    model_path: str = field(
+        default="",
+        metadata=_help(
+            "Base model directory the server runs (the adapters are trained on it). Empty: the caller supplies it."
+        ),
+    )
+    run_dir: str = field(
+        default="",
+        metadata=_help(
+            "Run directory: config, metrics.jsonl, checkpoints/, adapters/, tensorboard/, report. Empty: caller decides."
+        ),
+    )
+    run_name: str = field(
+        default="grpo",
+        metadata=_help(
+            "Adapter versions are named <run_name>-<session>-<step>; <session> is random per run start, so a name is "
+            "never reused, even across runs that share a cache or a server."
+        ),
+    )
+    init_adapter: str | None = field(
+        default=None,
+        metadata=_help(
+            "Where the policy starts. A LoRA adapter directory (e.g. BootstrapFinetune's); 'base' for a fresh LoRA on "
+            "the base model; empty: the adapter the program is bound to when the server handle knows its path, "
+            "else 'base'."
+        ),
+    )
+    resume: bool = field(
+        default=True, metadata=_help("Resume from the latest checkpoint in run_dir when one exists.")
+    )
+    # ---- rollouts
+    num_steps: int = field(default=10, metadata=_help("Optimisation steps (rollouts -> update -> sync)."))
+    examples_per_step: int = field(
+        default=4, metadata=_help("Train examples sampled per step (epoch order).")
+    )
+    num_rollouts_per_example: int = field(
+        default=4, metadata=_help("K: program runs per example per step; the group size (>= 2).")
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata=_help(
+            "Sampling temperature of rollouts (> 0); the loss scores tokens at the same temperature."
+        ),
+    )
+    max_tokens: int = field(
+        default=0, metadata=_help("Completion length limit of rollout calls; 0 keeps the LM's max_tokens.")
+    )
+    format_failure_reward: float = field(
+        default=0.0,
+        metadata=_help(
+            "Reward of a rollout whose output could not be parsed (it is still trained on, and counted)."
+        ),
+    )
+    rollout_threads: int = field(default=16, metadata=_help("Concurrent program runs during rollouts."))
+    train_predictors: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "Predictor names whose calls are trained and which are bound to the new adapter; empty: all (one shared "
+            "adapter)."
+        ),
+    )
+    # ---- advantages and loss
+    scale_rewards: bool = field(
+        default=True,
+        metadata=_help(
+            "Divide group-centred rewards by the group std (False: Dr. GRPO's mean-centring only)."
+        ),
+    )
+    advantage_eps: float = field(default=1e-4, metadata=_help("Added to the group std before dividing."))
+    loss_normalization: Literal["token", "sequence"] = field(
+        default="token",
+        metadata=_help(
+            "token: mean over every completion token of the step; sequence: mean per completion, then over them."
+        ),
+    )
+    epsilon: float = field(default=0.2, metadata=_help("Lower clip range of the ratio: 1 - epsilon."))
+    epsilon_high: float | None = field(
+        default=None, metadata=_help("Upper clip range: 1 + epsilon_high (default: epsilon).")
+    )
+    beta: float = field(
+        default=0.04,
+        metadata=_help(
+            "Weight of the KL penalty to the reference model (the base model: LoRA disabled). 0 turns it off."
+        ),
+    )
+    log_kl: bool = field(
+        default=True,
+        metadata=_help(
+            "Compute and log the KL to the reference even when beta is 0 (one extra forward pass)."
+        ),
+    )
+    num_iterations: int = field(
+        default=1,
+        metadata=_help(
+            "Optimizer steps per rollout batch. Above 1, old log-probs are computed once before the first update "
+            "and the ratio clipping takes effect."
+        ),
+    )
+    # ---- optimisation
+    learning_rate: float = field(default=1e-4, metadata=_help("AdamW learning rate."))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    adam_beta1: float = field(default=0.9, metadata=_help("AdamW beta1."))
+    adam_beta2: float = field(default=0.99, metadata=_help("AdamW beta2."))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm; 0 turns clipping off."))
+    micro_batch_size: int = field(
+        default=64, metadata=_help("Completion rows per forward/backward pass (memory bound).")
+    )
+    micro_batch_tokens: int = field(
+        default=16384,
+        metadata=_help(
+            "Padded tokens per forward/backward pass (distinct prompts count once, completions per row)."
+        ),
+    )
+    lora: LoraSettings = field(
+        default_factory=LoraSettings,
+        metadata=_help(
+            "Shape of a fresh LoRA adapter (ignored when starting from an adapter: its own config is kept)."
+        ),
+    )
+    threads: int = field(
+        default=0,
+        metadata=_help(
+            "torch CPU threads for the update. 0: OMP_NUM_THREADS when set, else half the CPUs (vLLM needs the rest)."
+        ),
+    )
+    seed: int = field(default=0, metadata=_help("Seed for example order and torch."))
+    # ---- validation, records
+    val_every: int = field(
+        default=5,
+        metadata=_help(
+            "Score the valset every N steps (and always at the start and the end); 0: only start and end."
+        ),
+    )
+    val_threads: int = field(default=16, metadata=_help("Concurrent program runs during validation."))
+    keep_loaded: int = field(
+        default=1,
+        metadata=_help(
+            "Adapter versions of this run kept loaded in the server besides the best one; older ones are unloaded."
+        ),
+    )
+    checkpoint_every: int = field(default=1, metadata=_help("Checkpoint every N steps (resume point)."))
+    tensorboard: bool = field(default=True, metadata=_help("Also write TensorBoard event files."))
+
+    def __post_init__(self) -> None:
+        if self.num_rollouts_per_example < 2:
+            raise ValueError(
+                f"num_rollouts_per_example must be >= 2 (a group needs two members), "
+                f"got {self.num_rollouts_per_example}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 so that rollouts differ, got {self.temperature}")
+        for name in (
+            "num_steps",
+            "examples_per_step",
+            "num_iterations",
+            "micro_batch_size",
+            "micro_batch_tokens",
+            "checkpoint_every",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.epsilon < 1.0:
+            raise ValueError(f"epsilon must be in [0, 1), got {self.epsilon}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.val_every < 0 or self.keep_loaded < 1:
+            raise ValueError("val_every must be >= 0 and keep_loaded >= 1")

@@ -1,0 +1,287 @@
+"""The trainable policy: the base model with a PEFT LoRA adapter, its AdamW optimizer, and the update.
+
+The update consumes ``rl.groups.Sample`` objects, i.e. the exact prompt and completion token ids the
+server returned for each call (DESIGN.md, invariant 1): no chat template is applied and no text is
+tokenised here. The reference model for the KL term is the same network with the adapter disabled
+(PEFT's ``disable_adapter()``), so it costs no memory.
+
+Optimizer state and RNG state are saved as safetensors plus JSON (never pickle), so a checkpoint
+can be inspected and loaded without executing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dspylite.errors import TrainingError
+from rl.batching import make_batch, plan_micro_batches
+from rl.config import GRPOConfig
+from rl.loss import completion_logprobs, grpo_loss
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_META = "optimizer.json"
+RNG_TENSORS = "rng.safetensors"
+
+
+class Policy:
+    """``Policy.load(model_path, cfg)``, then ``update(samples)`` and ``save_adapter(dir)`` each step."""
+
+    def __init__(self, model: Any, *, model_path: str, cfg: GRPOConfig, pad_token_id: int, max_length: int):
+        import torch
+
+        self.model = model
+        self.model_path = model_path
+        self.cfg = cfg
+        self.pad_token_id = pad_token_id
+        self.max_length = max_length
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not self.params:
+            raise TrainingError("the policy has no trainable (LoRA) parameters; check lora.target_modules")
+        self.optimizer = torch.optim.AdamW(
+            [p for _, p in self.params],
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.weight_decay,
+        )
+
+    # ---- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_path: str, cfg: GRPOConfig, *, adapter_dir: str | None = None) -> Policy:
+        """The base model in fp32 with a trainable LoRA: fresh from ``cfg.lora``, or ``adapter_dir``'s."""
+        import torch
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from finetune.config import resolve_threads
+
+        torch.set_num_threads(resolve_threads(cfg.threads))
+        torch.manual_seed(cfg.seed)
+        model_path = str(Path(model_path).expanduser().resolve())
+        if not Path(model_path, "config.json").is_file():
+            raise TrainingError(f"model_path {model_path!r} is not a model directory (no config.json)")
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        if adapter_dir is not None:
+            _check_adapter_base(adapter_dir, model_path)
+            model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+        else:
+            present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
+            targets = cfg.lora.target_modules
+            missing = [t for t in targets if t != "all-linear" and t not in present]
+            if missing:
+                raise TrainingError(
+                    f"lora.target_modules {missing} are not modules of {model_path}; "
+                    f"it has e.g. {sorted(present)[:12]}"
+                )
+            lora = LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=targets if targets != ["all-linear"] else "all-linear",
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(base, lora)
+        # Written into adapter_config.json: the server compares it with the model it runs.
+        for peft_config in model.peft_config.values():
+            peft_config.base_model_name_or_path = model_path
+        model.train()
+        config = AutoConfig.from_pretrained(model_path)
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        if isinstance(pad, list):
+            pad = pad[0]
+        return cls(
+            model,
+            model_path=model_path,
+            cfg=cfg,
+            pad_token_id=int(pad or 0),
+            max_length=int(getattr(config, "max_position_embeddings", 1 << 30)),
+        )
+
+    # ---- the update ----------------------------------------------------------------------------------
+    def update(self, samples: Sequence[Any], *, temperature: float) -> dict[str, float]:
+        """One GRPO update (``cfg.num_iterations`` optimizer steps) on the samples of one step."""
+        import torch
+
+        cfg = self.cfg
+        fitting = [
+            s for s in samples if len(s.prompt_token_ids) + len(s.completion_token_ids) <= self.max_length
+        ]
+        stats: dict[str, float] = {"too_long_samples": float(len(samples) - len(fitting))}
+        if len(fitting) < len(samples):
+            logger.warning(
+                "%d sample(s) exceed the model's %d positions and are left out",
+                len(samples) - len(fitting),
+                self.max_length,
+            )
+        if not fitting:
+            return {
+                **stats,
+                "loss": float("nan"),
+                "kl": float("nan"),
+                "clip_fraction": 0.0,
+                "grad_norm": 0.0,
+                "train_tokens": 0.0,
+                "optimizer_steps": 0.0,
+            }
+        plan = plan_micro_batches(fitting, cfg.micro_batch_tokens, cfg.micro_batch_size)
+        batches = [make_batch(fitting, idx, pad_token_id=self.pad_token_id) for idx in plan]
+        total_tokens = float(sum(b.num_tokens for b in batches))
+        normalizer = total_tokens if cfg.loss_normalization == "token" else float(len(fitting))
+
+        need_ref = cfg.beta > 0 or cfg.log_kl
+        ref = (
+            self._frozen_logprobs(batches, temperature, reference=True) if need_ref else [None] * len(batches)
+        )
+        # With one optimizer step the policy that sampled is the policy being updated, so the old
+        # log-probs are the current ones, detached; more steps need them frozen before the first.
+        old = self._frozen_logprobs(batches, temperature, reference=False) if cfg.num_iterations > 1 else None
+
+        losses, kls, clipped, norms = [], [], [], []
+        for iteration in range(cfg.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = kl_sum = clip_sum = 0.0
+            for i, batch in enumerate(batches):
+                logps = completion_logprobs(self.model, batch, temperature=temperature)
+                old_logps = old[i] if old is not None else logps.detach()
+                out = grpo_loss(
+                    logps,
+                    old_logps,
+                    batch.advantages,
+                    batch.completion_mask,
+                    ref_logps=ref[i],
+                    beta=cfg.beta,
+                    epsilon_low=cfg.epsilon,
+                    epsilon_high=cfg.epsilon_high,
+                    normalization=cfg.loss_normalization,
+                    normalizer=normalizer,
+                )
+                out.loss.backward()
+                loss_sum += float(out.loss.detach())
+                kl_sum += out.kl
+                clip_sum += out.clipped_tokens
+            params = [p for _, p in self.params]
+            if cfg.max_grad_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            else:
+                norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            self.optimizer.step()
+            losses.append(loss_sum)
+            kls.append(kl_sum / total_tokens if need_ref else float("nan"))
+            clipped.append(clip_sum / total_tokens)
+            norms.append(float(norm))
+            logger.debug("iteration %d: loss %.4f kl %.4f", iteration, loss_sum, kls[-1])
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            **stats,
+            "loss": losses[0],
+            "kl": kls[0],
+            "clip_fraction": max(clipped),
+            "grad_norm": norms[0],
+            "train_tokens": total_tokens,
+            "train_samples": float(len(fitting)),
+            "micro_batches": float(len(batches)),
+            "optimizer_steps": float(cfg.num_iterations),
+        }
+
+    def _frozen_logprobs(self, batches: list[Any], temperature: float, *, reference: bool) -> list[Any]:
+        import contextlib
+
+        import torch
+
+        results = []
+        with torch.no_grad():
+            context = self.model.disable_adapter() if reference else contextlib.nullcontext()
+            with context:
+                for batch in batches:
+                    results.append(completion_logprobs(self.model, batch, temperature=temperature))
+        return results
+
+    # ---- saving ----------------------------------------------------------------------------------------
+    def save_adapter(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the adapter (safetensors + adapter_config.json) to a temporary sibling, then rename it."""
+        target = Path(directory)
+        if target.exists():
+            raise TrainingError(f"adapter directory {target} already exists; adapter versions are immutable")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def save_training_state(self, directory: Path) -> None:
+        """Optimizer moments and torch's RNG state into ``directory`` (safetensors + JSON)."""
+        import torch
+        from safetensors.torch import save_file
+
+        names = [n for n, _ in self.params]
+        state = self.optimizer.state_dict()["state"]
+        tensors: dict[str, Any] = {}
+        for index, values in state.items():
+            for key, value in values.items():
+                tensor = value if torch.is_tensor(value) else torch.tensor(float(value))
+                tensors[f"{index}.{key}"] = tensor.detach().contiguous().clone()
+        save_file(tensors, str(directory / OPTIMIZER_TENSORS))
+        meta = {"param_names": names, "saved_at": time.time()}
+        (directory / OPTIMIZER_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        save_file({"torch": torch.get_rng_state().contiguous()}, str(directory / RNG_TENSORS))
+
+    def load_training_state(self, directory: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        meta = json.loads((directory / OPTIMIZER_META).read_text(encoding="utf-8"))
+        names = [n for n, _ in self.params]
+        if meta.get("param_names") != names:
+            raise TrainingError(
+                f"checkpoint {directory} holds optimizer state for other parameters "
+                f"({len(meta.get('param_names', []))} vs {len(names)}); was the LoRA shape changed?"
+            )
+        tensors = load_file(str(directory / OPTIMIZER_TENSORS))
+        state: dict[int, dict[str, Any]] = {}
+        for key, tensor in tensors.items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = tensor
+        current = self.optimizer.state_dict()
+        self.optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+        rng = load_file(str(directory / RNG_TENSORS))
+        torch.set_rng_state(rng["torch"])
+
+    def load_adapter_weights(self, adapter_dir: str | os.PathLike[str]) -> None:
+        """Copy the weights of a saved version (same LoRA shape) into the live adapter."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(self.model, weights)
+        unexpected = getattr(result, "unexpected_keys", []) or []
+        if unexpected:
+            raise TrainingError(
+                f"adapter {adapter_dir} does not match the policy's LoRA shape "
+                f"(unexpected keys, e.g. {unexpected[:3]})"
+            )
+
+
+def _check_adapter_base(adapter_dir: str, model_path: str) -> None:
+    from serving.adapter_files import check_base_model, read_adapter
+
+    try:
+        info = read_adapter(adapter_dir)
+    except Exception as exc:
+        raise TrainingError(f"init_adapter {adapter_dir!r} is not a usable LoRA adapter: {exc}") from exc
+    try:
+        check_base_model(info, model_path)
+    except Exception as exc:
+        raise TrainingError(f"init_adapter {adapter_dir!r}: {exc}") from exc

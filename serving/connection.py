@@ -1,0 +1,185 @@
+"""A handle on one or more OpenAI-compatible vLLM endpoints that serve the same base model.
+
+``connect`` is for servers someone else started (no process ownership). ``VLLMServer`` extends
+the same handle with the process it launched. With several endpoints, adapters are loaded on each
+of them (a round-robin client may send any request anywhere), and ``lm()`` gives the dspylite LM
+client the whole list (its ``api_base=[...]`` round-robins).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import httpx
+
+from dspylite.errors import AdapterRegistryError, ServingError
+from serving import adapters as _adapters
+from serving.adapter_files import AdapterInfo, read_adapter
+
+logger = logging.getLogger(__name__)
+
+
+class VLLMConnection:
+    """Health checks, model listing, adapter load/unload and LM clients for running endpoints."""
+
+    def __init__(
+        self,
+        api_bases: list[str],
+        *,
+        api_key: str | None = None,
+        max_lora_rank: int | None = None,
+        base_model: str | None = None,
+    ):
+        if not api_bases:
+            raise ServingError("at least one api_base is needed")
+        self.api_bases = [_adapters.normalize_api_base(b) for b in api_bases]
+        self.api_key = api_key
+        self.max_lora_rank = max_lora_rank
+        # What the server runs, for adapter base-model checks; read from /v1/models when None.
+        self._base_model = base_model
+        self._model_name: str | None = None
+        # Adapters loaded through this handle (by name -> absolute path).
+        self.loaded_adapters: dict[str, str] = {}
+
+    # -- addresses --------------------------------------------------------------------------------
+
+    @property
+    def api_base(self) -> str:
+        """The first endpoint's ``.../v1`` URL (the only one for a single server)."""
+        return self.api_bases[0]
+
+    # -- health -----------------------------------------------------------------------------------
+
+    def is_healthy(self, timeout: float = 2.0) -> bool:
+        """Whether every endpoint answers ``GET /health`` with 200."""
+        return all(self._endpoint_healthy(base, timeout) for base in self.api_bases)
+
+    def _endpoint_healthy(self, api_base: str, timeout: float) -> bool:
+        try:
+            response = httpx.get(
+                _adapters.server_root(api_base) + "/health",
+                timeout=timeout,
+                headers=_adapters.auth_headers(self.api_key),
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def wait_healthy(self, timeout: float = 60.0, interval: float = 0.5) -> None:
+        """Block until every endpoint is healthy; ``ServingError`` naming the laggards on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = [b for b in self.api_bases if not self._endpoint_healthy(b, timeout=2.0)]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise ServingError(f"vLLM endpoint(s) {pending} not healthy after {timeout:.0f}s")
+            time.sleep(interval)
+
+    # -- models -----------------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        """Model cards (base + adapters) of the first endpoint."""
+        return _adapters.list_models(self.api_base, api_key=self.api_key)
+
+    def served_models(self) -> list[str]:
+        """Names a request may use as ``model``: the base model's and each loaded adapter's."""
+        return [str(card.get("id")) for card in self.models()]
+
+    def adapters(self) -> list[str]:
+        """Names of the adapters the first endpoint currently serves."""
+        return [str(card.get("id")) for card in self.models() if card.get("parent")]
+
+    @property
+    def model_name(self) -> str:
+        """The base model's served name (what requests send as ``model``)."""
+        if self._model_name is None:
+            self._model_name = str(_adapters.base_model_card(self.models(), self.api_base)["id"])
+        return self._model_name
+
+    @property
+    def base_model(self) -> str:
+        """The base model's path or hub id, as the server loaded it."""
+        if self._base_model is None:
+            card = _adapters.base_model_card(self.models(), self.api_base)
+            self._base_model = str(card.get("root") or card["id"])
+        return self._base_model
+
+    # -- adapters ---------------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: str | os.PathLike[str]) -> AdapterInfo:
+        """Validate and load an adapter on every endpoint under a new name.
+
+        If a later endpoint refuses, the earlier ones are unloaded again so the fleet stays uniform.
+        """
+        info = read_adapter(path, name=name)
+        done: list[str] = []
+        try:
+            for base in self.api_bases:
+                _adapters.load_adapter(
+                    base,
+                    name,
+                    info.path,
+                    max_lora_rank=self.max_lora_rank,
+                    base_model=self.base_model,
+                    api_key=self.api_key,
+                )
+                done.append(base)
+        except (ServingError, AdapterRegistryError):
+            for base in done:
+                try:
+                    _adapters.unload_adapter(base, name, api_key=self.api_key)
+                except ServingError as undo_error:  # keep the original error; note the leftover
+                    logger.warning("could not roll back adapter %s on %s: %s", name, base, undo_error)
+            raise
+        self.loaded_adapters[name] = info.path
+        return info
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload an adapter from every endpoint."""
+        for base in self.api_bases:
+            _adapters.unload_adapter(base, name, api_key=self.api_key)
+        self.loaded_adapters.pop(name, None)
+
+    # -- clients ----------------------------------------------------------------------------------
+
+    def lm(self, model: str | None = None, **kwargs: Any) -> Any:
+        """A ``dspylite.LM`` for the base model (or ``model``: an adapter name) on these endpoints."""
+        from dspylite.lm import LM
+
+        if self.api_key is not None:
+            kwargs.setdefault("api_key", self.api_key)
+        api_base: str | list[str] = self.api_bases if len(self.api_bases) > 1 else self.api_base
+        return LM(model or self.model_name, api_base=api_base, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api_bases={self.api_bases!r})"
+
+
+def connect(
+    api_base: str | list[str],
+    *,
+    api_key: str | None = None,
+    max_lora_rank: int | None = None,
+    check: bool = True,
+    timeout: float = 10.0,
+) -> VLLMConnection:
+    """Attach to vLLM server(s) that are already running (nothing is started or stopped).
+
+    With ``check`` (the default), waits up to ``timeout`` seconds for every endpoint to be healthy
+    and verifies they serve the same base model, so a mis-typed port fails here, not mid-run.
+    """
+    bases = [api_base] if isinstance(api_base, str) else list(api_base)
+    connection = VLLMConnection(bases, api_key=api_key, max_lora_rank=max_lora_rank)
+    if check:
+        connection.wait_healthy(timeout=timeout)
+        names = {
+            b: _adapters.base_model_card(_adapters.list_models(b, api_key=api_key), b)["id"]
+            for b in connection.api_bases
+        }
+        if len(set(names.values())) > 1:
+            raise ServingError(f"the endpoints serve different base models: {names}")
+    return connection

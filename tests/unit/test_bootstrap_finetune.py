@@ -1,0 +1,288 @@
+"""BootstrapFinetune's orchestration with a scripted LM, a fake server and a fake trainer (no torch, no vLLM).
+
+Real training and a real vLLM are covered by tests/integration/test_finetune.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from serving_helpers import make_adapter
+
+import dspylite as dspy
+from dspylite.completion import Completion
+from dspylite.datasets import fact_qa_metric, load_fact_qa
+from dspylite.datasets.programs import FactQA
+from dspylite.errors import MetricError, OptimizerError, TrainingError
+from dspylite.optimizers import BootstrapFinetune
+from dspylite.utils.dummy_lm import DummyLM
+from finetune.sft import AdapterResult
+from serving.registry import AdapterRegistry
+
+BASE = "/models/base"
+
+
+class FakeServer:
+    model_name = "base"
+    base_model = BASE
+    max_lora_rank = 16
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, str] = {}
+
+    def load_adapter(self, name: str, path: str) -> None:
+        assert name not in self.loaded, "an adapter name was reloaded in place"
+        self.loaded[name] = path
+
+    def adapters(self) -> list[str]:
+        return list(self.loaded)
+
+
+class FakeTrainer:
+    """Records what it was asked to train on and writes a valid-looking adapter directory."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, data, cfg, run, *, adapter_name, model_path, extra_metadata=None, callbacks=None):
+        self.calls.append({"data": data, "name": adapter_name, "model_path": model_path})
+        path = make_adapter(run.adapters_dir / adapter_name, rank=cfg.lora.r, base_model=model_path)
+        return AdapterResult(
+            name=adapter_name,
+            path=str(path),
+            base_model=model_path,
+            data_hash=data.data_hash,
+            metrics={"train_loss": 0.5},
+        )
+
+
+def oracle_lm(examples, model: str = "base", wrong_every: int = 0) -> DummyLM:
+    """Answers every Fact QA example right (or every ``wrong_every``-th one wrong)."""
+    answers = {}
+    for i, ex in enumerate(examples):
+        answers[ex.question + "\n\nRespond with `[[ ## fact"] = {"fact": ex.fact}
+        wrong = wrong_every and i % wrong_every == 0
+        answers[ex.fact + "\n\n[[ ## question ## ]]\n" + ex.question] = {
+            "answer": "nope" if wrong else ex.answer
+        }
+    return DummyLM(answers, model=model)
+
+
+@pytest.fixture
+def examples():
+    return load_fact_qa(n_train=12, n_dev=0, n_test=0)["train"]
+
+
+def make_optimizer(tmp_path: Path, **kwargs) -> tuple[BootstrapFinetune, FakeServer, FakeTrainer]:
+    server, trainer = FakeServer(), FakeTrainer()
+    kwargs.setdefault("config", {"val_fraction": 0.0})
+    optimizer = BootstrapFinetune(
+        fact_qa_metric,
+        server=server,
+        model_path=BASE,
+        run_dir=tmp_path / "run",
+        train_fn=trainer,
+        display_progress=False,
+        num_threads=4,
+        **kwargs,
+    )
+    return optimizer, server, trainer
+
+
+@pytest.fixture(autouse=True)
+def no_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fake base model has no tokenizer on disk; length checks are tested in test_sft_data.py.
+    import finetune.data as data_module
+
+    original = data_module.build_sft_data
+
+    def without_tokenizer(runs, **kwargs):
+        kwargs["tokenizer"] = None
+        return original(runs, **kwargs)
+
+    monkeypatch.setattr(data_module, "build_sft_data", without_tokenizer)
+
+
+def test_compile_returns_a_bound_copy_and_leaves_the_original_alone(tmp_path: Path, examples) -> None:
+    lm = oracle_lm(examples, wrong_every=3)
+    program = FactQA()
+    program.set_lm(lm)
+    optimizer, server, trainer = make_optimizer(tmp_path)
+    tuned = optimizer.compile(program, trainset=examples)
+
+    assert tuned is not program
+    assert [p.lm for p in program.predictors()] == [lm, lm]  # untouched
+    assert {p.lm.model for p in tuned.predictors()} == {"sft-1"}
+    assert server.loaded == {"sft-1": str(tmp_path / "run" / "adapters" / "sft-1")}
+    registry = AdapterRegistry(tmp_path / "run" / "adapters")
+    assert registry.get("sft-1").base_model == BASE
+    assert registry.get("sft-1").metrics == {"train_loss": 0.5}
+
+    [call] = trainer.calls
+    assert call["model_path"] == BASE
+    rows = call["data"].train
+    assert len(rows) == 2 * 8  # 8 of 12 examples pass (every 3rd answer is wrong), 2 predictor calls each
+    assert {r.predictor for r in rows} == {"extract", "answer"}
+    outcome = optimizer.outcome
+    assert outcome.data_card["runs_dropped"]["below_threshold"] == 4
+    assert outcome.bindings == {"extract": "sft-1", "answer": "sft-1"}
+    saved = json.loads((tmp_path / "run" / "program.json").read_text())
+    assert saved["extract"]["lm"]["model"] == "sft-1"
+    assert (tmp_path / "run" / "data" / "data_card.md").exists()
+
+    again = optimizer.compile(program, trainset=examples)
+    assert {p.lm.model for p in again.predictors()} == {"sft-2"}  # a new version, never sft-1 again
+
+
+def test_one_adapter_per_predictor_when_not_multitask(tmp_path: Path, examples) -> None:
+    program = FactQA()
+    optimizer, server, trainer = make_optimizer(tmp_path, multitask=False)
+    with dspy.context(lm=oracle_lm(examples)):
+        tuned = optimizer.compile(program, trainset=examples)
+    assert sorted(server.loaded) == ["sft-answer-1", "sft-extract-1"]
+    assert tuned.extract.lm.model == "sft-extract-1" and tuned.answer.lm.model == "sft-answer-1"
+    assert [{r.predictor for r in c["data"].train} for c in trainer.calls] == [{"extract"}, {"answer"}]
+
+
+def test_samples_run_at_temperature_with_distinct_rollout_ids(tmp_path: Path, examples) -> None:
+    seen: list[tuple[int | None, float | None]] = []
+    lock = threading.Lock()
+    inner = oracle_lm(examples)
+
+    class Recording:
+        model = "base"
+
+        def generate(self, messages, *, n=1, rollout_id=None, **kwargs):
+            with lock:
+                seen.append((rollout_id, kwargs.get("temperature")))
+            return [
+                Completion(text=c.text, model="base", finish_reason="stop")
+                for c in inner.generate(messages, n=n)
+            ]
+
+        def copy(self, **overrides):
+            return self
+
+        def dump_state(self):
+            return {"model": self.model}
+
+    optimizer, _, trainer = make_optimizer(tmp_path, samples_per_example=3, sample_temperature=0.9)
+    with dspy.context(lm=Recording()):
+        optimizer.compile(FactQA(), trainset=examples)
+    assert sorted(set(seen), key=str) == sorted({(None, None), (1, 0.9), (2, 0.9)}, key=str)
+    assert len(seen) == 3 * 12 * 2
+    assert optimizer.outcome.runs == 36
+    # identical completions across samples are deduplicated
+    assert len(trainer.calls[0]["data"].train) == 24
+    assert trainer.calls[0]["data"].card.records_dropped["duplicate"] == 48
+
+
+def test_an_empty_trainset_is_refused(tmp_path: Path) -> None:
+    optimizer, _, _ = make_optimizer(tmp_path)
+    with pytest.raises(OptimizerError, match="trainset is empty"):
+        optimizer.compile(FactQA(), trainset=[])
+
+
+def test_a_teacher_that_never_passes_gives_a_clear_error_and_registers_nothing(
+    tmp_path: Path, examples
+) -> None:
+    optimizer, server, trainer = make_optimizer(tmp_path)
+    with (
+        dspy.context(lm=oracle_lm(examples, wrong_every=1)),
+        pytest.raises(TrainingError, match=r"0/12 runs passed \(dropped: below_threshold=12\)"),
+    ):
+        optimizer.compile(FactQA(), trainset=examples)
+    assert trainer.calls == [] and server.loaded == {}
+
+
+def test_a_metric_that_raises_is_counted_and_reported(tmp_path: Path, examples) -> None:
+    def broken(example, prediction, trace=None):
+        raise ZeroDivisionError("bad metric")
+
+    server, trainer = FakeServer(), FakeTrainer()
+    optimizer = BootstrapFinetune(
+        broken,
+        server=server,
+        model_path=BASE,
+        run_dir=tmp_path / "run",
+        train_fn=trainer,
+        display_progress=False,
+    )
+    with (
+        dspy.context(lm=oracle_lm(examples)),
+        pytest.raises(TrainingError, match=r"metric_error=12.*ZeroDivisionError: bad metric"),
+    ):
+        optimizer.compile(FactQA(), trainset=examples)
+
+
+def test_a_metric_returning_a_non_number_raises_metric_error(tmp_path: Path, examples) -> None:
+    optimizer = BootstrapFinetune(
+        lambda e, p, t=None: "yes",
+        server=FakeServer(),
+        model_path=BASE,
+        run_dir=tmp_path / "run",
+        train_fn=FakeTrainer(),
+        display_progress=False,
+    )
+    with dspy.context(lm=oracle_lm(examples)), pytest.raises(MetricError, match="str"):
+        optimizer.compile(FactQA(), trainset=examples)
+
+
+def test_traces_from_a_different_base_model_are_refused(tmp_path: Path, examples) -> None:
+    optimizer, server, trainer = make_optimizer(tmp_path)
+    with (
+        dspy.context(lm=oracle_lm(examples, model="some-other-model")),
+        pytest.raises(TrainingError, match="'some-other-model'"),
+    ):
+        optimizer.compile(FactQA(), trainset=examples)
+    assert trainer.calls == []
+
+
+def test_traces_from_a_registered_adapter_of_the_base_are_accepted(tmp_path: Path, examples) -> None:
+    registry = AdapterRegistry(tmp_path / "run" / "adapters")
+    registry.register("old-1", make_adapter(tmp_path / "old-1", base_model=BASE))
+    optimizer, server, trainer = make_optimizer(tmp_path, registry=registry)
+    with dspy.context(lm=oracle_lm(examples, model="old-1")):
+        tuned = optimizer.compile(FactQA(), trainset=examples)
+    assert tuned.answer.lm.model == "sft-1"
+
+
+def test_an_explicit_teacher_lm_may_be_another_model(tmp_path: Path, examples) -> None:
+    student_lm = oracle_lm(examples, wrong_every=1)  # the student never passes on its own
+    teacher = oracle_lm(examples, model="big-teacher")
+    program = FactQA()
+    program.set_lm(student_lm)
+    optimizer, server, trainer = make_optimizer(tmp_path, teacher=teacher)
+    tuned = optimizer.compile(program, trainset=examples)
+    assert {r.model for r in trainer.calls[0]["data"].train} == {"big-teacher"}
+    assert tuned.answer.lm.model == "sft-1"
+    assert program.answer.lm is student_lm
+
+
+def test_a_rank_the_server_cannot_serve_is_refused_before_any_work(tmp_path: Path, examples) -> None:
+    optimizer, server, trainer = make_optimizer(tmp_path, config={"lora": {"r": 32}})
+    with dspy.context(lm=oracle_lm(examples)), pytest.raises(OptimizerError, match="max_lora_rank=16"):
+        optimizer.compile(FactQA(), trainset=examples)
+    assert trainer.calls == []
+
+
+def test_a_server_is_required() -> None:
+    with pytest.raises(OptimizerError, match="server="):
+        BootstrapFinetune(fact_qa_metric)
+
+
+def test_importing_the_optimizer_does_not_import_training_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dspylite as dspy; dspy.BootstrapFinetune; "
+        "heavy = [m for m in ('torch', 'trl', 'peft', 'transformers', 'datasets') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
