@@ -39,7 +39,7 @@ endif
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/dspylite demo $(ARGS)
+	$(BIN)/dspylite demo configs/demo.yaml $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q -ra --timeout=1500 tests $(ARGS)

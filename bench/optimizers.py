@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# The repository root goes first: bench/serving.py would otherwise shadow the ``serving`` package.
+sys.path.insert(0, str(ROOT))
 DEFAULT_DSPY_VENV = ROOT / ".cache" / "bench-dspy-venv"
 OPTIMIZERS = ("BootstrapFewShot", "BootstrapFewShotWithRandomSearch")
 
@@ -130,8 +132,7 @@ def run_dspylite(task: dict[str, Any], optimizer: str) -> dict[str, Any]:
 def run_dspy(task: dict[str, Any], optimizer: str) -> dict[str, Any]:
     import dspy
 
-    sys.path.insert(0, str(ROOT))  # for the task's metric only: pure Python, no dspylite runtime
-    from dspylite.datasets.fact_qa import fact_qa_metric
+    from dspylite.datasets.fact_qa import fact_qa_metric  # pure Python: no dspylite runtime in DSPy's venv
 
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)  # cold, like the dspylite half
     opts = task["options"]

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 if __name__ == "serving":  # imported as the `serving` package because bench/ came first on sys.path
-    raise ImportError("bench/serving.py shadows the serving package; put the repository root first on sys.path")
+    raise ImportError(
+        "bench/serving.py shadows the serving package; put the repository root first on sys.path"
+    )
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", help="model directory (default: the tiny model, built if needed)")
     parser.add_argument("--requests-per-worker", type=int, default=8, help="requests per thread per run")
-    parser.add_argument("--min-requests", type=int, default=48, help="at least this many requests per run")
+    parser.add_argument("--min-requests", type=int, default=96, help="at least this many requests per run")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved LM/httpx runs per concurrency")
     parser.add_argument("--dtype", default="float32", help="vLLM --dtype")

@@ -131,7 +131,7 @@ class FinetuneConfig:
         metadata=_help("Keep completions the server cut at max_tokens (finish_reason 'length')."),
     )
     # ---- logging, eval, checkpoints
-    logging_steps: int = field(default=5, metadata=_help("Log loss and learning rate every N steps."))
+    logging_steps: int = field(default=1, metadata=_help("Log loss and learning rate every N steps."))
     eval_steps: int = field(
         default=0, metadata=_help("Evaluate the val loss every N steps; 0: once, at the end of training.")
     )
@@ -148,6 +148,8 @@ class FinetuneConfig:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
         if self.max_steps == 0:
             raise ValueError("max_steps=0 trains nothing; use -1 for epochs or a positive count")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.per_device_train_batch_size <= 0 or self.gradient_accumulation_steps <= 0:

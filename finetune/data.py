@@ -39,14 +39,7 @@ CARD_MD = "data_card.md"
 
 # Reasons a run or a record is left out; the data card reports each count.
 RUN_REASONS = ("below_threshold", "program_error", "metric_error", "no_traces")
-RECORD_REASONS = (
-    "parse_error",
-    "empty_completion",
-    "truncated_completion",
-    "foreign_model",
-    "duplicate",
-    "too_long",
-)
+RECORD_REASONS = ("parse_error", "empty_completion", "truncated_completion", "duplicate", "too_long")
 
 
 @dataclass

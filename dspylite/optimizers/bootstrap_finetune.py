@@ -179,7 +179,7 @@ class BootstrapFinetune:
             errors=sum(1 for r in runs if r.error),
         )
 
-        registry = self._registry or _default_registry(run)
+        registry = self._registry if self._registry is not None else _default_registry(run)
         allowed = self._allowed_models(server, model_path, teacher_models, registry)
         data = build_sft_data(
             runs,
@@ -197,7 +197,7 @@ class BootstrapFinetune:
         require_rows(data)
 
         groups = self._groups(student, data)
-        train_fn = self._train_fn or _default_train_fn()
+        train_fn = self._train_fn if self._train_fn is not None else _default_train_fn()
         started = time.perf_counter()
         trained: list[tuple[list[str] | None, Any]] = []
         for predictors, subset in groups:

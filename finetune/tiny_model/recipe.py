@@ -39,6 +39,7 @@ class TinyModelRecipe:
     share_answer: float = 0.3
     share_topic: float = 0.05
     share_plain: float = 0.2
+    share_repeat: float = 0.0
     # Chats that carry 1-2 demos before the real question (as few-shot programs send them).
     demo_probability: float = 0.25
     # Noise, so the model is unreliable and sampling shows variety (room for SFT and GRPO).

@@ -3,9 +3,9 @@ LoRA adapters made for it.
 
 Use ``vllm_server`` (a ``serving.VLLMServer``): ``vllm_server.lm(...)`` for a client on the base
 model, ``vllm_server.load_adapter(name, path)`` to serve an adapter (names must be new: give each
-test its own), ``vllm_server.lm(name)`` for a client on it. Don't stop the server; a test that
-needs it dead (tests/integration/test_serving.py) restarts it before it ends, and the other tests
-get a healthy server from ``vllm_server`` (it restarts a dead one).
+test its own), ``vllm_server.lm(name)`` for a client on it. Don't stop the server; the one test
+that kills it (tests/integration/test_serving.py) restarts it, with its runtime adapters, before
+it ends.
 
 ``DSPYLITE_TEST_MODEL=/path/to/checkpoint`` runs the suite on another model directory instead of
 the tiny model (a real Llama or Qwen checkpoint works unchanged).
@@ -49,7 +49,8 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def _session_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    """The session's vLLM server on the tiny model (LoRA on, max rank 16, 4 adapter slots)."""
     server = VLLMServer(
         tiny_model_dir,
         served_model_name=SERVED_NAME,
@@ -66,12 +67,10 @@ def _session_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
         server.stop()
 
 
-@pytest.fixture
-def vllm_server(_session_server: VLLMServer) -> VLLMServer:
-    """The session's vLLM server, healthy (restarted, adapters reloaded, if a test left it dead)."""
-    if not _session_server.is_running() or not _session_server.is_healthy():
-        _session_server.restart()
-    return _session_server
+@pytest.fixture(scope="session")
+def _session_server(vllm_server: VLLMServer) -> VLLMServer:
+    """The same server under the name an earlier version of this file used (test_finetune.py)."""
+    return vllm_server
 
 
 def make_peft_adapter(

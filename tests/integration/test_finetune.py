@@ -243,3 +243,26 @@ def test_a_rank_above_the_servers_limit_is_refused_before_training(vllm_server, 
     )
     with pytest.raises(OptimizerError, match="max_lora_rank=16"):
         optimizer.compile(FactQA(), trainset=load_fact_qa(n_train=2, n_dev=0, n_test=0)["train"])
+
+
+def test_a_running_server_by_api_base_and_a_shared_registry(vllm_server, tmp_path: Path) -> None:
+    from serving.registry import AdapterRegistry
+
+    registry = AdapterRegistry(tmp_path / "registry")
+    program = FactQA()
+    program.set_lm(vllm_server.lm(max_tokens=96, cache_dir=str(tmp_path / "cache")))
+    optimizer = BootstrapFinetune(
+        answered,
+        api_base=vllm_server.api_base,
+        registry=registry,
+        config=small_config(max_steps=2, val_fraction=0.0),
+        run_dir=tmp_path / "run",
+        run_name="by-url",
+        display_progress=False,
+        num_threads=4,
+    )
+    tuned = optimizer.compile(program, trainset=load_fact_qa(seed=5, n_train=6, n_dev=0, n_test=0)["train"])
+    entry = registry.latest("by-url")
+    assert entry is not None and entry.name == "by-url-1"
+    assert entry.name in vllm_server.adapters()
+    assert {p.lm.model for p in tuned.predictors()} == {"by-url-1"}

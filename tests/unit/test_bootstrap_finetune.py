@@ -270,6 +270,15 @@ def test_a_rank_the_server_cannot_serve_is_refused_before_any_work(tmp_path: Pat
     assert trainer.calls == []
 
 
+def test_an_empty_shared_registry_is_used_not_replaced(tmp_path: Path, examples) -> None:
+    registry = AdapterRegistry(tmp_path / "shared")  # empty, so len() == 0 and bool() is False
+    optimizer, server, trainer = make_optimizer(tmp_path, registry=registry)
+    with dspy.context(lm=oracle_lm(examples)):
+        optimizer.compile(FactQA(), trainset=examples)
+    assert [e.name for e in registry.list()] == ["sft-1"]
+    assert not (tmp_path / "run" / "adapters" / "registry.json").exists()
+
+
 def test_a_server_is_required() -> None:
     with pytest.raises(OptimizerError, match="server="):
         BootstrapFinetune(fact_qa_metric)

@@ -293,3 +293,90 @@ def test_optimizer_state_round_trips_through_safetensors(model_dir, tmp_path):
     for index in a:
         assert torch.equal(a[index]["exp_avg"], b[index]["exp_avg"])
         assert torch.equal(a[index]["exp_avg_sq"], b[index]["exp_avg_sq"])
+
+
+def test_grpo_front_end_builds_a_typed_config_and_rejects_unknown_options(tmp_path):
+    import dspylite as dspy
+    from dspylite.errors import ConfigError, OptimizerError
+    from finetune.config import LoraSettings
+
+    grpo = dspy.GRPO(
+        metric,
+        server=object(),
+        num_steps=3,
+        beta=0.0,
+        lora=LoraSettings(r=4, alpha=8),
+        run_dir=tmp_path,
+        micro_batch_size=8,
+    )
+    cfg = grpo.config
+    assert (cfg.num_steps, cfg.beta, cfg.lora.r, cfg.micro_batch_size) == (3, 0.0, 4, 8)
+    assert cfg.run_dir == str(tmp_path) and cfg.num_rollouts_per_example == 4
+    with pytest.raises(OptimizerError, match="num_rollout"):
+        dspy.GRPO(metric, server=object(), num_rollout=3)
+    with pytest.raises(ConfigError, match="num_rollouts_per_example"):
+        dspy.GRPO(metric, server=object(), num_rollouts_per_example=1)
+    with pytest.raises(OptimizerError, match="server"):
+        dspy.GRPO(metric, server=None)
+
+
+def test_grpo_holds_out_a_valset_when_none_is_given():
+    from dspylite.optimizers.grpo import _hold_out
+
+    train, val = _hold_out(_data(10), 0.2, seed=0)
+    assert len(train) == 8 and len(val) == 2
+    assert {e.question for e in train}.isdisjoint({e.question for e in val})
+    assert _hold_out(_data(10), 0.2, seed=0)[1] == val  # seeded
+
+
+def test_grpo_yaml_config_loads_with_overrides():
+    from dspylite.errors import ConfigError
+    from rl.job import load_job_config
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_job_config(
+        root / "configs" / "grpo.yaml", ["grpo.num_steps=2", "task.name=fact_topic", "reward=metric"]
+    )
+    assert cfg.grpo.num_steps == 2 and cfg.task.name == "fact_topic"
+    assert (root / "configs" / "grpo.yaml").read_text().startswith("# dspylite grpo configs/grpo.yaml")
+    with pytest.raises(ConfigError, match="grpo.temprature"):
+        load_job_config(root / "configs" / "grpo.yaml", ["grpo.temprature=0.5"])
+
+
+def test_rollouts_reward_parse_failures_and_exclude_server_errors():
+    from dspylite.errors import LMServerError
+    from rl.rollouts import collect_rollouts
+    from rl.trainer import rollout_program
+
+    class FlakyLM(SamplingLM):
+        def generate(self, messages, *, n=1, rollout_id=None, **kwargs):
+            if rollout_id == 2:
+                raise LMServerError("HTTP 503 from the test", status_code=503)
+            if rollout_id == 1:
+                return [
+                    Completion(
+                        text="no markers here", model=self.model, token_ids=[5, 2], prompt_token_ids=[3, 4]
+                    )
+                ]
+            # rollout 0 answers in format (right or wrong): the sampled temperature is irrelevant here
+            return super().generate(messages, n=n, rollout_id=rollout_id, temperature=0.0)
+
+        def copy(self, **overrides):
+            return FlakyLM(overrides.get("model", self.model), self.calls)
+
+    program = rollout_program(TwoStep(), "v1", FlakyLM())
+    batch = collect_rollouts(
+        program, _data(2), metric, num_rollouts=3, temperature=1.0, format_failure_reward=-1.0, num_threads=3
+    )
+    stats = batch.stats()
+    assert stats["rollouts"] == 6 and stats["excluded_rollouts"] == 2 and stats["errors_lm"] == 2
+    assert stats["parse_failures"] == 2 and stats["parse_failure_rate"] == pytest.approx(2 / 6)
+    failed = [r for r in batch.rollouts if r.error_kind == "parse"]
+    assert all(r.reward == -1.0 for r in failed)
+    assert all(
+        r.traces and r.traces[-1].error and r.traces[-1].completion == "no markers here" for r in failed
+    )
+    assert {r.rollout_id for r in batch.rollouts} == {0, 1}
+    assert all(t.model == "v1" for r in batch.rollouts for t in r.traces)
+    with pytest.raises(ValueError, match="temperature"):
+        collect_rollouts(program, _data(1), metric, num_rollouts=2, temperature=0.0)

