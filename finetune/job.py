@@ -343,9 +343,11 @@ def _figure(run: RunDir, result: JobResult, title: str) -> Any:
     fig, (bars, curve) = plt.subplots(1, 2, figsize=(10, 4))
     labels = ["baseline", "BootstrapFinetune"]
     means = [result.before["mean"], result.after["mean"]]
+    summaries = (result.before, result.after)
+    # max(0, ...): a Wilson bound can sit a rounding error inside the mean at 0% or 100%
     errors = [
-        [m - s["ci95"][0] for m, s in zip(means, (result.before, result.after), strict=True)],
-        [s["ci95"][1] - m for m, s in zip(means, (result.before, result.after), strict=True)],
+        [max(0.0, m - s["ci95"][0]) for m, s in zip(means, summaries, strict=True)],
+        [max(0.0, s["ci95"][1] - m) for m, s in zip(means, summaries, strict=True)],
     ]
     bars.bar(labels, means, yerr=errors, capsize=6, color=["#999999", "#3a7bd5"])
     bars.set_ylim(0, 1)
