@@ -74,6 +74,13 @@ class FinetuneConfig:
     max_steps: int = field(
         default=-1, metadata=_help("Stop after this many optimizer steps; -1: use epochs.")
     )
+    min_steps: int = field(
+        default=100,
+        metadata=_help(
+            "With max_steps=-1: run more epochs when the rows are few, so training takes at least this many "
+            "optimizer steps (a few hundred bootstrapped rows need more than 2 epochs); 0: off."
+        ),
+    )
     per_device_train_batch_size: int = field(default=16, metadata=_help("Rows per device per step."))
     gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
     max_length: int = field(
@@ -146,6 +153,8 @@ class FinetuneConfig:
             raise ValueError("lora.target_modules is empty; name at least one linear module")
         if self.max_length <= 0:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         if self.max_steps == 0:
             raise ValueError("max_steps=0 trains nothing; use -1 for epochs or a positive count")
         if not 0.0 <= self.warmup_ratio < 1.0:

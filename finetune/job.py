@@ -71,12 +71,18 @@ class LMSettings:
 @dataclass
 class BootstrapSettings:
     samples_per_example: int = field(
-        default=4,
+        default=8,
         metadata=_help(
             "Teacher runs per training example (sample 0 greedy, the others at sample_temperature)."
         ),
     )
     sample_temperature: float = field(default=0.8, metadata=_help("Temperature of the extra samples."))
+    sample_seed: int = field(
+        default=0,
+        metadata=_help(
+            "Sample k is drawn with server seed sample_seed + k, so a rerun reproduces the data; -1: unseeded."
+        ),
+    )
     multitask: bool = field(default=True, metadata=_help("One adapter shared by every predictor."))
     num_threads: int = field(default=16, metadata=_help("Concurrent teacher runs."))
     run_name: str = field(default="sft", metadata=_help("Adapter names are <run_name>-<n>."))
@@ -175,6 +181,7 @@ def run_finetune_job(cfg_path: str | Path | None, overrides: list[str] | dict[st
                 num_threads=cfg.bootstrap.num_threads,
                 samples_per_example=cfg.bootstrap.samples_per_example,
                 sample_temperature=cfg.bootstrap.sample_temperature,
+                sample_seed=cfg.bootstrap.sample_seed if cfg.bootstrap.sample_seed >= 0 else None,
                 run_name=cfg.bootstrap.run_name,
                 lm=lm,
             )

@@ -22,6 +22,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -398,6 +399,14 @@ def _next_adapter_name(adapters_dir: Path, run: str) -> str:
     return f"{run}-{max(steps, default=0) + 1}"
 
 
+def epochs_for(cfg: FinetuneConfig, rows: int) -> float:
+    """``num_train_epochs``, raised so that at least ``min_steps`` optimizer steps run (max_steps=-1 only)."""
+    if cfg.max_steps > 0 or cfg.min_steps <= 0 or rows <= 0:
+        return cfg.num_train_epochs
+    steps_per_epoch = math.ceil(rows / (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps))
+    return max(cfg.num_train_epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+
+
 def _precision(cfg: FinetuneConfig) -> tuple[Any, bool, bool, bool]:
     """(torch dtype to load, bf16 flag, fp16 flag, use_cpu) for TRL's config."""
     import torch
@@ -452,7 +461,7 @@ def _build_trainer(
         lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio
         weight_decay=cfg.weight_decay,
-        num_train_epochs=cfg.num_train_epochs,
+        num_train_epochs=epochs_for(cfg, len(train_ds)),
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,

@@ -68,6 +68,8 @@ class BootstrapFinetune:
         run_name: adapter names are ``<run_name>-<n>``.
         samples_per_example: program runs per training example (the first at the program's own
             settings, the others at ``sample_temperature`` with distinct rollout ids).
+        sample_seed: sample k > 0 is requested with the server-side seed ``sample_seed + k``, so a
+            rerun draws the same samples and trains the same adapter; None: unseeded.
         allowed_models: extra served model names whose traces may be trained on (distillation).
         exclude_demos: drop the demos of the returned program's predictors (the weights learned them).
         lm: the LM the returned program's predictors are bound through (its endpoint and sampling
@@ -93,6 +95,7 @@ class BootstrapFinetune:
         run_name: str = "sft",
         samples_per_example: int = 1,
         sample_temperature: float = 0.8,
+        sample_seed: int | None = 0,
         allowed_models: Sequence[str] = (),
         exclude_demos: bool = False,
         lm: Any = None,
@@ -125,6 +128,7 @@ class BootstrapFinetune:
         self.run_name = run_name
         self.samples_per_example = samples_per_example
         self.sample_temperature = sample_temperature
+        self.sample_seed = sample_seed
         self.allowed_models = list(allowed_models)
         self.exclude_demos = exclude_demos
         self.lm = lm
@@ -242,12 +246,15 @@ class BootstrapFinetune:
         jobs = [(k, example) for k in range(self.samples_per_example) for example in trainset]
         metric = self.metric
         temperature = self.sample_temperature
+        seed = self.sample_seed
 
         def run(job: tuple[int, Example]) -> ExampleResult:
             k, example = job
             if k == 0:
                 return run_one(program, example, metric, keep_traces=True)
             lm_kwargs = {**_settings.current().lm_kwargs, "temperature": temperature}
+            if seed is not None:
+                lm_kwargs["seed"] = seed + k
             with _settings.context(lm_kwargs=lm_kwargs):
                 return run_one(program, example, metric, keep_traces=True, rollout_id=k)
 

@@ -25,7 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for data, tokenizer and weights")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the same seed gives the same weights)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
@@ -34,13 +37,23 @@ def _parser() -> argparse.ArgumentParser:
     for f in fields(TinyModelRecipe):
         if f.name == "seed":
             continue
+        default = getattr(defaults, f.name)
         recipe_group.add_argument(
             f"--{f.name.replace('_', '-')}",
-            type=type(getattr(defaults, f.name)),
+            type=_parse_bool if isinstance(default, bool) else type(default),
             default=None,
-            help=f"default: {getattr(defaults, f.name)}",
+            help=f"default: {default}",
         )
     return parser
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,17 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         for f in fields(TinyModelRecipe)
         if f.name != "seed" and getattr(args, f.name) is not None
     }
-    bar = None
+    bars: list = []  # created on the first step, so a cache hit shows no bar
     on_step = None
     if not args.quiet:
         from tqdm import tqdm
 
         steps = overrides.get("steps", TinyModelRecipe().steps)
-        bar = tqdm(total=steps, desc="pretraining", unit="step", leave=False)
 
         def on_step(step: int, loss: float) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            if not bars:
+                bars.append(tqdm(total=steps, desc="pretraining", unit="step", leave=False))
+            bars[0].update(1)
+            bars[0].set_postfix(loss=f"{loss:.3f}")
 
     try:
         path = build_tiny_model(
@@ -75,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             **overrides,
         )
     finally:
-        if bar is not None:
+        for bar in bars:
             bar.close()
     marker = read_marker(path) or {}
     print(json.dumps({"model_dir": str(path), "stats": marker.get("stats")}, indent=2))

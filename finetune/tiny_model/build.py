@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dspylite.errors import TrainingError
+from finetune.tiny_model.plant import plant_copy_circuits
 from finetune.tiny_model.pretrain import StepCallback, llama_config, pack_tokens, pretrain
 from finetune.tiny_model.recipe import TinyModelRecipe
 from finetune.tiny_model.tokenizer import render_chatml, train_tokenizer
@@ -74,7 +75,7 @@ def build_tiny_model(
     *,
     recipe: TinyModelRecipe | None = None,
     force: bool = False,
-    num_threads: int | None = None,
+    num_threads: int = 1,
     on_step: StepCallback | None = None,
     **overrides: Any,
 ) -> Path:
@@ -83,6 +84,9 @@ def build_tiny_model(
     ``out_dir`` is the model directory itself; by default it is
     ``$DSPYLITE_HOME/models/tiny-llama-<key>`` (``~/.cache/dspylite`` without DSPYLITE_HOME), where the
     key hashes the recipe and the chat format. ``overrides`` are recipe fields (e.g. ``steps=5``).
+    ``num_threads``: torch threads while building (restored afterwards). The same seed gives the
+    same weights only at the same thread count, since float sums split differently across threads,
+    so the default is a fixed 1 (about two minutes on a laptop-class CPU).
     """
     from finetune.tiny_model.corpus import ChatRenderer
 
@@ -104,7 +108,10 @@ def build_tiny_model(
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             _build_into(tmp, recipe, renderer, key, num_threads=num_threads, on_step=on_step)
-            tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
+            # mkdtemp (and the weights writer) make things private; a model directory is for sharing.
+            tmp.chmod(0o755)
+            for path in tmp.iterdir():
+                path.chmod(0o644)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -121,16 +128,27 @@ def _build_into(
     renderer: Any,
     key: str,
     *,
-    num_threads: int | None,
+    num_threads: int,
     on_step: StepCallback | None,
+) -> None:
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        _train_and_save(directory, recipe, renderer, key, on_step=on_step)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_and_save(
+    directory: Path, recipe: TinyModelRecipe, renderer: Any, key: str, *, on_step: StepCallback | None
 ) -> None:
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
     from finetune.tiny_model.corpus import CorpusGenerator
 
-    if num_threads:
-        torch.set_num_threads(num_threads)
     started = time.monotonic()
 
     logger.info("training the tokenizer (vocab %d)", recipe.vocab_size)
@@ -151,6 +169,13 @@ def _build_into(
 
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM(llama_config(recipe, tokenizer))
+    if recipe.plant_copy_circuits:
+        plant_copy_circuits(
+            model,
+            answer_token_ids=answer_token_ids(tokenizer),
+            word_variants=word_variants(tokenizer),
+            newline_token_ids=newline_token_ids(tokenizer),
+        )
     logger.info(
         "pretraining %.2fM parameters for %d steps on %d tokens",
         sum(p.numel() for p in model.parameters()) / 1e6,
@@ -186,6 +211,31 @@ def _build_into(
         stats.final_loss,
         stats.wall_seconds,
     )
+
+
+def answer_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of every token of every value in the tasks' world (as they appear after a space)."""
+    from dspylite.datasets.vocab import CITIES, COLOURS, JOBS, OBJECTS
+
+    values = [*CITIES, *COLOURS, *JOBS, *OBJECTS, *(str(n) for n in range(2, 96))]
+    ids = {i for value in values for i in tokenizer(" " + value, add_special_tokens=False)["input_ids"]}
+    return sorted(i for i in ids if tokenizer.decode([i]).strip())
+
+
+def word_variants(tokenizer: Any) -> list[tuple[int, int]]:
+    """(bare, space-prefixed) id pairs of the same word, e.g. ("lamp", " lamp")."""
+    vocab = tokenizer.get_vocab()
+    space = "\u0120"  # byte-level BPE's visible form of a leading space
+    return sorted(
+        (vocab[token[1:]], token_id)
+        for token, token_id in vocab.items()
+        if token.startswith(space) and len(token) > 1 and token[1:] in vocab
+    )
+
+
+def newline_token_ids(tokenizer: Any) -> list[int]:
+    vocab = tokenizer.get_vocab()
+    return sorted(i for t, i in vocab.items() if tokenizer.convert_tokens_to_string([t]).endswith("\n"))
 
 
 def _embed_chat_template(directory: Path, template: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dspylite.datasets.fact_qa import FactQAItem, fact_qa_splits, iter_fact_qa_items
-from dspylite.datasets.vocab import CITIES, COLOURS, JOBS, NAMES, OBJECTS, RELATIONS_BY_NAME, random_fact
+from dspylite.datasets.vocab import NAMES, RELATIONS_BY_NAME, random_fact
 from finetune.tiny_model.recipe import TinyModelRecipe
 
 Messages = list[dict[str, str]]
@@ -104,7 +104,6 @@ class CorpusGenerator:
             "answer": recipe.share_answer,
             "topic": recipe.share_topic,
             "plain": recipe.share_plain,
-            "repeat": recipe.share_repeat,
         }
         self.kinds = [k for k, w in kinds.items() if w > 0]
         self.weights = [kinds[k] for k in self.kinds]
@@ -159,8 +158,7 @@ class CorpusGenerator:
     def _plain(self) -> str:
         """A few facts, then the program's two steps in compact form: question, fact, answer.
 
-        Short and dense on purpose: most of the copying skill is learnt here, where one document
-        carries several supervised copies instead of one per chat.
+        Short and dense: one document carries several supervised copies instead of one per chat.
         """
         people = self.rng.sample(NAMES, k=self.rng.randint(2, 3))
         drawn = [random_fact(self.rng, person=self.rng.choice(people)) for _ in range(self.rng.randint(3, 6))]
@@ -170,15 +168,3 @@ class CorpusGenerator:
         for fact in self.rng.sample(facts, k=min(3, len(facts))):
             lines.append(f"Q: {fact.question}\nF: {fact.sentence}\nA: {fact.value}")
         return "\n".join(lines)
-
-    def _repeat(self) -> str:
-        """A random run of words, then the same run again.
-
-        The densest signal there is for learning to copy from the context (induction heads), which
-        both steps of the task need and which plain task text teaches far too slowly.
-        """
-        words = [self.rng.choice(_WORDS) for _ in range(self.rng.randint(6, 16))]
-        return " ".join(words) + "\n" + " ".join(words)
-
-
-_WORDS: tuple[str, ...] = (*NAMES, *CITIES, *COLOURS, *OBJECTS, *JOBS, *(str(n) for n in range(2, 96)))

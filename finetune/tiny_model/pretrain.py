@@ -38,7 +38,7 @@ def llama_config(recipe: TinyModelRecipe, tokenizer: Any) -> Any:
         num_key_value_heads=recipe.num_attention_heads,
         head_dim=recipe.head_dim,
         max_position_embeddings=recipe.max_position_embeddings,
-        rope_theta=10000.0,
+        rope_theta=recipe.rope_theta,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

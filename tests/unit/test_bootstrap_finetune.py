@@ -149,7 +149,7 @@ def test_one_adapter_per_predictor_when_not_multitask(tmp_path: Path, examples) 
 
 
 def test_samples_run_at_temperature_with_distinct_rollout_ids(tmp_path: Path, examples) -> None:
-    seen: list[tuple[int | None, float | None]] = []
+    seen: list[tuple[int | None, float | None, int | None]] = []
     lock = threading.Lock()
     inner = oracle_lm(examples)
 
@@ -158,7 +158,7 @@ def test_samples_run_at_temperature_with_distinct_rollout_ids(tmp_path: Path, ex
 
         def generate(self, messages, *, n=1, rollout_id=None, **kwargs):
             with lock:
-                seen.append((rollout_id, kwargs.get("temperature")))
+                seen.append((rollout_id, kwargs.get("temperature"), kwargs.get("seed")))
             return [
                 Completion(text=c.text, model="base", finish_reason="stop")
                 for c in inner.generate(messages, n=n)
@@ -170,10 +170,12 @@ def test_samples_run_at_temperature_with_distinct_rollout_ids(tmp_path: Path, ex
         def dump_state(self):
             return {"model": self.model}
 
-    optimizer, _, trainer = make_optimizer(tmp_path, samples_per_example=3, sample_temperature=0.9)
+    optimizer, _, trainer = make_optimizer(
+        tmp_path, samples_per_example=3, sample_temperature=0.9, sample_seed=10
+    )
     with dspy.context(lm=Recording()):
         optimizer.compile(FactQA(), trainset=examples)
-    assert sorted(set(seen), key=str) == sorted({(None, None), (1, 0.9), (2, 0.9)}, key=str)
+    assert sorted(set(seen), key=str) == sorted({(None, None, None), (1, 0.9, 11), (2, 0.9, 12)}, key=str)
     assert len(seen) == 3 * 12 * 2
     assert optimizer.outcome.runs == 36
     # identical completions across samples are deduplicated

@@ -15,7 +15,14 @@ from sft_helpers import build_micro_model, qa_runs
 from dspylite.errors import TrainingError
 from finetune.config import FinetuneConfig, LoraSettings
 from finetune.data import build_sft_data
-from finetune.sft import METADATA_FILE, build_sft_trainer, latest_checkpoint, linear_module_names, train_lora
+from finetune.sft import (
+    METADATA_FILE,
+    build_sft_trainer,
+    epochs_for,
+    latest_checkpoint,
+    linear_module_names,
+    train_lora,
+)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +215,11 @@ def test_latest_checkpoint_skips_an_incomplete_one(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-4").mkdir()  # killed while writing: no trainer_state.json yet
     assert latest_checkpoint(tmp_path).endswith("checkpoint-2")
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_few_rows_get_more_epochs_so_min_steps_run() -> None:
+    cfg = FinetuneConfig(num_train_epochs=2, min_steps=100, per_device_train_batch_size=16)
+    assert epochs_for(cfg, 160) == 10  # 10 steps per epoch
+    assert epochs_for(cfg, 10_000) == 2  # plenty of rows: the configured epochs
+    assert epochs_for(FinetuneConfig(min_steps=0), 160) == 2.0
+    assert epochs_for(FinetuneConfig(max_steps=7), 160) == 2.0  # max_steps decides; epochs are ignored

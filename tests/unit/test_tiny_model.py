@@ -14,10 +14,10 @@ from finetune.tiny_model import TinyModelRecipe, build_tiny_model, read_marker
 
 TOY = dict(
     vocab_size=400,
-    hidden_size=64,
+    hidden_size=96,
     intermediate_size=128,
-    num_hidden_layers=1,
-    num_attention_heads=2,
+    num_hidden_layers=2,
+    num_attention_heads=3,
     head_dim=32,
     max_position_embeddings=512,
     steps=3,
@@ -76,6 +76,61 @@ def test_loads_with_transformers_renders_chat_and_generates(toy_model: Path) -> 
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_build_is_deterministic_for_a_seed(toy_model: Path, tmp_path: Path) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    try:
+        again = build_tiny_model(tmp_path / "again", seed=0, num_threads=1, **TOY)
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(1)
+    assert (again / "model.safetensors").read_bytes() == (toy_model / "model.safetensors").read_bytes()
+    assert (again / "tokenizer.json").read_text() == (toy_model / "tokenizer.json").read_text()
+
+
+def test_planted_circuit_copies_a_repeated_sequence_before_any_training() -> None:
+    import random
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune.tiny_model.plant import plant_copy_circuits
+
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=128,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=32,
+        max_position_embeddings=512,
+        rope_theta=1e8,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    rng = random.Random(0)
+
+    def copy_accuracy() -> float:
+        hits = total = 0
+        for _ in range(20):
+            words = [rng.randrange(10, 300) for _ in range(12)]
+            ids = torch.tensor([words + [1] + words])
+            with torch.no_grad():
+                predicted = model(input_ids=ids).logits[0].argmax(-1)
+            # Position 12 + i predicts the second copy's token i; skip its first token (no cue yet).
+            for i in range(1, 12):
+                hits += int(predicted[12 + i] == words[i])
+                total += 1
+        return hits / total
+
+    assert copy_accuracy() < 0.2  # a random init does not copy
+    plant_copy_circuits(model)
+    assert copy_accuracy() > 0.7
 
 
 def test_same_recipe_reuses_the_cache_and_a_new_recipe_rebuilds(toy_model: Path, tmp_path: Path) -> None:
