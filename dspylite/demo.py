@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 ALL_STAGES = ["baseline", "prompt", "sft", "sft_grpo", "better_together"]
 STAGE_TITLES = {
     "baseline": "baseline",
-    "prompt": "prompt-only (BootstrapFewShot)",
+    "prompt": "prompt-only (BootstrapFewShotWithRandomSearch)",
     "sft": "weights-only (BootstrapFinetune SFT)",
     "sft_grpo": "SFT + GRPO",
     "better_together": "BetterTogether (p -> w)",
@@ -44,7 +44,7 @@ class DemoConfig:
     )
     run_dir: str = field(default="runs/demo", metadata={"help": "Run directory; rerunning resumes it."})
     seed: int = field(default=0, metadata={"help": "Seed for data, optimizers and training."})
-    n_train: int = field(default=300, metadata={"help": "Training examples (fact QA)."})
+    n_train: int = field(default=600, metadata={"help": "Training examples (fact QA)."})
     n_dev: int = field(default=200, metadata={"help": "Dev examples (held out; picks and reports)."})
     n_test: int = field(default=200, metadata={"help": "Test examples (held out; reported only)."})
     num_threads: int = field(default=16, metadata={"help": "Concurrent requests to vLLM."})
@@ -53,13 +53,20 @@ class DemoConfig:
         metadata={"help": f"Which stages to run, from {ALL_STAGES}."},
     )
     max_bootstrapped_demos: int = field(default=2, metadata={"help": "Prompt stage: bootstrapped demos."})
+    num_candidate_programs: int = field(
+        default=3,
+        metadata={"help": "Prompt stage: random-search candidates besides zero-shot and labeled-only."},
+    )
+    prompt_valset_size: int = field(
+        default=60, metadata={"help": "Dev examples the prompt search and BetterTogether select on."}
+    )
     max_labeled_demos: int = field(default=0, metadata={"help": "Prompt stage: labeled demos."})
     sft_config: str = field(default="configs/sft.yaml", metadata={"help": "LoRA SFT config (YAML)."})
     sft_overrides: list[str] = field(
         default_factory=list, metadata={"help": "key=value overrides for sft_config."}
     )
     sft_samples_per_example: int = field(
-        default=2, metadata={"help": "Teacher samples per training example when collecting SFT traces."}
+        default=8, metadata={"help": "Teacher samples per training example when collecting SFT traces."}
     )
     grpo_config: str = field(default="configs/grpo.yaml", metadata={"help": "GRPO config (YAML)."})
     grpo_overrides: list[str] = field(
@@ -125,6 +132,9 @@ class _Demo:
         self.cfg = cfg
         self.run_dir = run
         self.say = say
+        # Optimizer results keyed by (step kind, input program state): BetterTogether's steps reuse
+        # the single-stage results when their input program is the same one.
+        self._memo: dict[tuple[str, str], Any] = {}
         self.scores: dict[str, StageScores] = {
             name: StageScores(**row) for name, row in (run.load_json("stages.json", {}) or {}).items()
         }
@@ -233,14 +243,17 @@ class _Demo:
     def _compile_baseline(self, baseline: Any, programs: dict[str, Any], stage_dir: Path) -> Any:
         return baseline.deepcopy()
 
-    def _prompt_optimizer(self):
-        from dspylite.optimizers import BootstrapFewShot
+    def _prompt_optimizer(self, stage_dir: Path):
+        from dspylite.optimizers import BootstrapFewShotWithRandomSearch
 
-        return BootstrapFewShot(
+        return BootstrapFewShotWithRandomSearch(
             metric=self.metric,
             max_bootstrapped_demos=self.cfg.max_bootstrapped_demos,
             max_labeled_demos=self.cfg.max_labeled_demos,
+            num_candidate_programs=self.cfg.num_candidate_programs,
             num_threads=self.cfg.num_threads,
+            seed=self.cfg.seed,
+            run_dir=stage_dir / "search",
         )
 
     def _weight_optimizer(self, stage_dir: Path, run_name: str):
@@ -259,12 +272,17 @@ class _Demo:
         )
 
     def _compile_prompt(self, baseline: Any, programs: dict[str, Any], stage_dir: Path) -> Any:
-        return self._prompt_optimizer().compile(baseline.deepcopy(), trainset=self.data["train"])
+        optimizer = _Memo(self._prompt_optimizer(stage_dir), "p", self._memo)
+        return optimizer.compile(
+            baseline.deepcopy(), trainset=self.data["train"], valset=self._selection_set()
+        )
 
     def _compile_sft(self, baseline: Any, programs: dict[str, Any], stage_dir: Path) -> Any:
-        return self._weight_optimizer(stage_dir, "sft").compile(
-            baseline.deepcopy(), trainset=self.data["train"]
-        )
+        optimizer = _Memo(self._weight_optimizer(stage_dir, "sft"), "w", self._memo)
+        return optimizer.compile(baseline.deepcopy(), trainset=self.data["train"])
+
+    def _selection_set(self) -> list[Any]:
+        return self.data["dev"][: self.cfg.prompt_valset_size]
 
     def _compile_sft_grpo(self, baseline: Any, programs: dict[str, Any], stage_dir: Path) -> Any:
         from dspylite.optimizers import GRPO
@@ -295,8 +313,8 @@ class _Demo:
 
         bt = BetterTogether(
             self.metric,
-            prompt_optimizer=self._prompt_optimizer(),
-            weight_optimizer=self._weight_optimizer(stage_dir, "bt"),
+            prompt_optimizer=_Memo(self._prompt_optimizer(stage_dir / "p"), "p", self._memo),
+            weight_optimizer=_Memo(self._weight_optimizer(stage_dir, "bt"), "w", self._memo),
             num_threads=self.cfg.num_threads,
             seed=self.cfg.seed,
             run_dir=stage_dir / "bt",
@@ -304,7 +322,7 @@ class _Demo:
         return bt.compile(
             baseline.deepcopy(),
             trainset=self.data["train"],
-            valset=self.data["dev"][: self.cfg.grpo_valset_size],
+            valset=self._selection_set(),
             strategy=self.cfg.strategy,
         )
 
@@ -383,6 +401,28 @@ def _load_grpo_config(cfg: DemoConfig) -> Any:
     for key, value in (_split_override(o) for o in cfg.grpo_overrides):
         _set_dotted(data, key, value)
     return from_dict(GRPOConfig, data, source=f"{path} (grpo section)")
+
+
+class _Memo:
+    """Wraps an optimizer so that compiling the same program state twice in one demo trains once."""
+
+    def __init__(self, optimizer: Any, kind: str, memo: dict[tuple[str, str], Any]):
+        self.optimizer = optimizer
+        self.kind = kind
+        self.memo = memo
+        self.server = getattr(optimizer, "server", None)
+        self._registry = getattr(optimizer, "_registry", None)
+
+    def compile(self, program: Any, **kwargs: Any) -> Any:
+        import json
+
+        key = (self.kind, json.dumps(program.dump_state(), sort_keys=True, default=str))
+        if key in self.memo:
+            logger.info("reusing the %s-step result for an identical input program", self.kind)
+            return self.memo[key].deepcopy()
+        result = self.optimizer.compile(program, **kwargs)
+        self.memo[key] = result.deepcopy()
+        return result
 
 
 class _NullContext:
