@@ -4,7 +4,7 @@ LoRA adapters made for it.
 Use ``vllm_server`` (a ``serving.VLLMServer``): ``vllm_server.lm(...)`` for a client on the base
 model, ``vllm_server.load_adapter(name, path)`` to serve an adapter (names must be new: give each
 test its own), ``vllm_server.lm(name)`` for a client on it. Don't stop the server; the one test
-that kills it (tests/integration/test_serving.py) restarts it, with its runtime adapters, before
+that kills it (tests/integration/test_serving_vllm.py) restarts it, with its runtime adapters, before
 it ends.
 
 ``DSPYLITE_TEST_MODEL=/path/to/checkpoint`` runs the suite on another model directory instead of

@@ -1,6 +1,6 @@
 """BootstrapFinetune's orchestration with a scripted LM, a fake server and a fake trainer (no torch, no vLLM).
 
-Real training and a real vLLM are covered by tests/integration/test_finetune.py.
+Real training and a real vLLM are covered by tests/integration/test_finetune_vllm.py.
 """
 
 from __future__ import annotations

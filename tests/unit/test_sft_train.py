@@ -1,6 +1,6 @@
 """LoRA SFT (finetune.sft) on a micro Llama built in the test: label masking, adapter files, bad input.
 
-Real TRL + PEFT, a few optimizer steps, no vLLM. The vLLM side is in tests/integration/test_finetune.py.
+Real TRL + PEFT, a few optimizer steps, no vLLM. The vLLM side is in tests/integration/test_finetune_vllm.py.
 """
 
 from __future__ import annotations
