@@ -34,7 +34,7 @@ HELP_KEYS = {
     "demo": ["n_dev", "n_test", "stages", "strategy", "api_base"],
     "serve": ["max_lora_rank", "extra_args", "adapters"],
     "finetune": ["sft.learning_rate", "sft.lora.r", "task.n_dev"],
-    "grpo": ["grpo.num_steps", "task.reward"],
+    "grpo": ["grpo.num_steps", "reward"],
 }
 JOB_CONFIGS = {
     "eval": "eval.yaml",
