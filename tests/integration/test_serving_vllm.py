@@ -204,17 +204,6 @@ def test_two_adapters_in_one_concurrent_batch(
 # -- a crash ------------------------------------------------------------------------------------
 
 
-def _wait_for_running_requests(api_base: str, count: int, timeout: float = 30.0) -> None:
-    url = api_base.removesuffix("/v1") + "/metrics"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)", httpx.get(url, timeout=5).text, re.M)
-        if found and float(found.group(1)) >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{count} requests never ran at once on {api_base}")
-
-
 def test_server_killed_mid_run_then_restarted(vllm_server: VLLMServer, lora_adapter_factory) -> None:  # noqa: ANN001
     vllm_server.load_adapter("crash-1", str(lora_adapter_factory(seed=31)))
     before = _greedy(vllm_server.lm("crash-1", cache=False, max_tokens=16))
@@ -234,7 +223,9 @@ def test_server_killed_mid_run_then_restarted(vllm_server: VLLMServer, lora_adap
     try:
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(lm.generate, MESSAGES) for _ in range(4)]
-            _wait_for_running_requests(vllm_server.api_base, 1)
+            # Kill while the requests are being sent/served (the tiny model answers within a fraction
+            # of a second, so waiting for vLLM's running gauge raced with completion).
+            time.sleep(0.05)
             os.killpg(vllm_server.pid, signal.SIGKILL)
             outcomes = [future.exception(timeout=120) for future in futures]
         # A request the server finished before it died is answered; every other one fails the same
