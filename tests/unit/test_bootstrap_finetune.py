@@ -281,6 +281,32 @@ def test_an_empty_shared_registry_is_used_not_replaced(tmp_path: Path, examples)
     assert not (tmp_path / "run" / "adapters" / "registry.json").exists()
 
 
+def test_a_server_that_stops_answering_stops_the_collection_early(tmp_path: Path, examples) -> None:
+    from dspylite.errors import LMConnectionError
+
+    calls = []
+
+    class Dead:
+        model = "base"
+
+        def generate(self, messages, *, n=1, rollout_id=None, **kwargs):
+            calls.append(1)
+            raise LMConnectionError("connection refused")
+
+        def copy(self, **overrides):
+            return self
+
+        def dump_state(self):
+            return {"model": self.model}
+
+    optimizer, server, trainer = make_optimizer(tmp_path, samples_per_example=8, max_lm_errors=5)
+    optimizer.num_threads = 1
+    with dspy.context(lm=Dead()), pytest.raises(OptimizerError, match=r"more than 5 teacher runs failed"):
+        optimizer.compile(FactQA(), trainset=examples)
+    assert len(calls) == 6  # stopped at the 6th failure, not after all 96 runs
+    assert trainer.calls == []
+
+
 def test_a_server_is_required() -> None:
     with pytest.raises(OptimizerError, match="server="):
         BootstrapFinetune(fact_qa_metric)
