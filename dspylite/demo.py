@@ -12,6 +12,7 @@ Each finished stage is saved in the run directory; a rerun with the same run_dir
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,6 +124,9 @@ def run_demo(
         raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {ALL_STAGES}")
     say = progress or (lambda msg: logger.info("%s", msg))
     run = RunDir(cfg.run_dir)
+    # LM responses are cached by model name, and adapter names (sft-1, ...) restart in every fresh run
+    # directory: a cache shared across runs would answer a new adapter with an old one's outputs.
+    os.environ["DSPYLITE_CACHE_DIR"] = str(run.path.resolve() / "lm-cache")
     run.write_config(cfg)
     return _Demo(cfg, run, say).run()
 
