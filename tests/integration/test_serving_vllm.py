@@ -221,11 +221,10 @@ def test_server_killed_mid_run_then_restarted(vllm_server: VLLMServer, lora_adap
     )
 
     try:
-        with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(lm.generate, MESSAGES) for _ in range(4)]
-            # Kill while the requests are being sent/served (the tiny model answers within a fraction
-            # of a second, so waiting for vLLM's running gauge raced with completion).
-            time.sleep(0.05)
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(lm.generate, MESSAGES) for _ in range(8)]
+            # Kill at once, while the requests are being sent or served: the tiny model answers within
+            # a fraction of a second, so any wait (even for vLLM's running gauge) races with completion.
             os.killpg(vllm_server.pid, signal.SIGKILL)
             outcomes = [future.exception(timeout=120) for future in futures]
         # A request the server finished before it died is answered; every other one fails the same
