@@ -114,8 +114,9 @@ class FinetuneConfig:
     threads: int = field(
         default=0,
         metadata=_help(
-            "torch CPU threads. 0: OMP_NUM_THREADS when set, else half the CPUs this process may use (vLLM and "
-            "the data pipeline need the rest), at least 1."
+            "torch CPU threads. 0: OMP_NUM_THREADS when set, else every CPU this process may use (vLLM sits "
+            "idle while the adapter trains). Set it lower when other work shares the cores: oversubscribed "
+            "cores slow torch down many times over."
         ),
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
@@ -175,7 +176,7 @@ def resolve_threads(threads: int) -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cpus = os.cpu_count() or 1
-    return max(1, cpus // 2)
+    return max(1, cpus)
 
 
 def load_finetune_config(
