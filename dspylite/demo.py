@@ -124,8 +124,8 @@ def run_demo(
         raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {ALL_STAGES}")
     say = progress or (lambda msg: logger.info("%s", msg))
     run = RunDir(cfg.run_dir)
-    # LM responses are cached by model name, and adapter names (sft-1, ...) restart in every fresh run
-    # directory: a cache shared across runs would answer a new adapter with an old one's outputs.
+    # A cache of the run's own: a resumed demo replays its finished calls, and no other run's entries
+    # (the default cache is shared by every program on the machine) can change its numbers.
     os.environ["DSPYLITE_CACHE_DIR"] = str(run.path.resolve() / "lm-cache")
     run.write_config(cfg)
     return _Demo(cfg, run, say).run()

@@ -8,7 +8,9 @@
 2. ``finetune.data`` turns passing runs into SFT rows (exact messages + raw completions).
 3. ``finetune.sft.train_lora`` trains one adapter shared by every predictor (``multitask=True``) or
    one per predictor.
-4. Each adapter is registered under a new name ``<run_name>-<n>`` and loaded into the running vLLM.
+4. Each adapter is registered under a new name ``<run_name>-<token>-<n>`` and loaded into the running vLLM.
+   The random token makes names unique across registries: LM responses are cached by model name, so
+   a name reused by another run's registry would otherwise be answered from the old adapter's cache.
 5. A deep copy of the program is bound to it and returned; the program passed in is not changed.
 
 Heavy libraries (torch, TRL, PEFT) load only when training starts.
@@ -17,6 +19,7 @@ Heavy libraries (torch, TRL, PEFT) load only when training starts.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -66,7 +69,7 @@ class BootstrapFinetune:
         run_dir: where data, checkpoints, adapters and metrics go; default ``config.run_dir`` or
             ``runs/bootstrap_finetune-<time>``.
         registry: a ``serving.registry.AdapterRegistry``; default one in ``<run_dir>/adapters``.
-        run_name: adapter names are ``<run_name>-<n>``.
+        run_name: adapter names are ``<run_name>-<token>-<n>`` (a random token per compile).
         samples_per_example: program runs per training example (the first at the program's own
             settings, the others at ``sample_temperature`` with distinct rollout ids).
         sample_seed: sample k > 0 is requested with the server-side seed ``sample_seed + k``, so a
@@ -211,8 +214,9 @@ class BootstrapFinetune:
         train_fn = self._train_fn if self._train_fn is not None else _default_train_fn()
         started = time.perf_counter()
         trained: list[tuple[list[str] | None, Any]] = []
+        token = os.urandom(3).hex()
         for predictors, subset in groups:
-            name = _fresh_name(registry, run.adapters_dir, self._adapter_run_name(predictors))
+            name = _fresh_name(registry, run.adapters_dir, f"{self._adapter_run_name(predictors)}-{token}")
             result = train_fn(
                 subset,
                 cfg,

@@ -6,6 +6,7 @@ Real training and a real vLLM are covered by tests/integration/test_finetune_vll
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from finetune.sft import AdapterResult
 from serving.registry import AdapterRegistry
 
 BASE = "/models/base"
+SFT_NAME = re.compile(r"^sft-[0-9a-f]{6}-\d+$")
 
 
 class FakeServer:
@@ -116,11 +118,12 @@ def test_compile_returns_a_bound_copy_and_leaves_the_original_alone(tmp_path: Pa
 
     assert tuned is not program
     assert [p.lm for p in program.predictors()] == [lm, lm]  # untouched
-    assert {p.lm.model for p in tuned.predictors()} == {"sft-1"}
-    assert server.loaded == {"sft-1": str(tmp_path / "run" / "adapters" / "sft-1")}
+    [name] = {p.lm.model for p in tuned.predictors()}
+    assert SFT_NAME.match(name) and name.endswith("-1")
+    assert server.loaded == {name: str(tmp_path / "run" / "adapters" / name)}
     registry = AdapterRegistry(tmp_path / "run" / "adapters")
-    assert registry.get("sft-1").base_model == BASE
-    assert registry.get("sft-1").metrics == {"train_loss": 0.5}
+    assert registry.get(name).base_model == BASE
+    assert registry.get(name).metrics == {"train_loss": 0.5}
 
     [call] = trainer.calls
     assert call["model_path"] == BASE
@@ -129,13 +132,25 @@ def test_compile_returns_a_bound_copy_and_leaves_the_original_alone(tmp_path: Pa
     assert {r.predictor for r in rows} == {"extract", "answer"}
     outcome = optimizer.outcome
     assert outcome.data_card["runs_dropped"]["below_threshold"] == 4
-    assert outcome.bindings == {"extract": "sft-1", "answer": "sft-1"}
+    assert outcome.bindings == {"extract": name, "answer": name}
     saved = json.loads((tmp_path / "run" / "program.json").read_text())
-    assert saved["extract"]["lm"]["model"] == "sft-1"
+    assert saved["extract"]["lm"]["model"] == name
     assert (tmp_path / "run" / "data" / "data_card.md").exists()
 
     again = optimizer.compile(program, trainset=examples)
-    assert {p.lm.model for p in again.predictors()} == {"sft-2"}  # a new version, never sft-1 again
+    [second] = {p.lm.model for p in again.predictors()}
+    assert SFT_NAME.match(second) and second != name  # a new version, never the first name again
+
+
+def test_adapter_names_differ_across_fresh_registries(tmp_path: Path, examples) -> None:
+    # LM responses are cached by model name: two runs with their own registries must not share one.
+    names = []
+    for run in ("a", "b"):
+        optimizer, server, trainer = make_optimizer(tmp_path / run)
+        with dspy.context(lm=oracle_lm(examples)):
+            tuned = optimizer.compile(FactQA(), trainset=examples)
+        names.append(tuned.answer.lm.model)
+    assert all(SFT_NAME.match(n) for n in names) and names[0] != names[1]
 
 
 def test_one_adapter_per_predictor_when_not_multitask(tmp_path: Path, examples) -> None:
@@ -143,8 +158,9 @@ def test_one_adapter_per_predictor_when_not_multitask(tmp_path: Path, examples) 
     optimizer, server, trainer = make_optimizer(tmp_path, multitask=False)
     with dspy.context(lm=oracle_lm(examples)):
         tuned = optimizer.compile(program, trainset=examples)
-    assert sorted(server.loaded) == ["sft-answer-1", "sft-extract-1"]
-    assert tuned.extract.lm.model == "sft-extract-1" and tuned.answer.lm.model == "sft-answer-1"
+    assert sorted(server.loaded) == sorted({tuned.extract.lm.model, tuned.answer.lm.model})
+    assert re.fullmatch(r"sft-extract-[0-9a-f]{6}-1", tuned.extract.lm.model)
+    assert re.fullmatch(r"sft-answer-[0-9a-f]{6}-1", tuned.answer.lm.model)
     assert [{r.predictor for r in c["data"].train} for c in trainer.calls] == [{"extract"}, {"answer"}]
 
 
@@ -250,7 +266,7 @@ def test_traces_from_a_registered_adapter_of_the_base_are_accepted(tmp_path: Pat
     optimizer, server, trainer = make_optimizer(tmp_path, registry=registry)
     with dspy.context(lm=oracle_lm(examples, model="old-1")):
         tuned = optimizer.compile(FactQA(), trainset=examples)
-    assert tuned.answer.lm.model == "sft-1"
+    assert SFT_NAME.match(tuned.answer.lm.model)
 
 
 def test_an_explicit_teacher_lm_may_be_another_model(tmp_path: Path, examples) -> None:
@@ -261,7 +277,7 @@ def test_an_explicit_teacher_lm_may_be_another_model(tmp_path: Path, examples) -
     optimizer, server, trainer = make_optimizer(tmp_path, teacher=teacher)
     tuned = optimizer.compile(program, trainset=examples)
     assert {r.model for r in trainer.calls[0]["data"].train} == {"big-teacher"}
-    assert tuned.answer.lm.model == "sft-1"
+    assert SFT_NAME.match(tuned.answer.lm.model)
     assert program.answer.lm is student_lm
 
 
@@ -277,7 +293,8 @@ def test_an_empty_shared_registry_is_used_not_replaced(tmp_path: Path, examples)
     optimizer, server, trainer = make_optimizer(tmp_path, registry=registry)
     with dspy.context(lm=oracle_lm(examples)):
         optimizer.compile(FactQA(), trainset=examples)
-    assert [e.name for e in registry.list()] == ["sft-1"]
+    [entry] = registry.list()
+    assert SFT_NAME.match(entry.name)
     assert not (tmp_path / "run" / "adapters" / "registry.json").exists()
 
 
