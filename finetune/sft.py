@@ -127,7 +127,10 @@ def train_lora(
     with _disk_errors(output_dir):
         train_output = trainer.train(resume_from_checkpoint=resume)
     metrics = _collect_metrics(trainer, train_output, setup.val_rows, time.perf_counter() - started)
-    run.log_metrics(step=trainer.state.global_step, phase="sft_done", adapter=name, **metrics)
+    accelerator = getattr(trainer, "accelerator", None)
+    main_process = accelerator is None or accelerator.is_main_process
+    if main_process:
+        run.log_metrics(step=trainer.state.global_step, phase="sft_done", adapter=name, **metrics)
 
     metadata = {
         "name": name,
@@ -141,7 +144,7 @@ def train_lora(
         "versions": _versions(),
         **(extra_metadata or {}),
     }
-    path = save_adapter_atomically(trainer.model, run.adapters_dir / name, metadata)
+    path = _save_from_every_process(trainer, run.adapters_dir / name, metadata)
     return AdapterResult(
         name=name,
         path=str(path),
@@ -272,8 +275,31 @@ def latest_checkpoint(directory: str | Path) -> str | None:
 # ---- saving -------------------------------------------------------------------------------------------
 
 
-def save_adapter_atomically(model: Any, target: Path, metadata: dict[str, Any]) -> Path:
-    """Write the adapter (safetensors) and its metadata into a temp dir, then rename it to ``target``."""
+def _save_from_every_process(trainer: Any, target: Path, metadata: dict[str, Any]) -> Path:
+    """Save the adapter once, however many processes ``accelerate launch`` started.
+
+    Under FSDP each process holds a shard of the LoRA weights, so every process takes part in gathering
+    the full state dict; only the main process writes it, and the others wait until it is on disk.
+    """
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is None or accelerator.num_processes == 1:
+        return save_adapter_atomically(trainer.model, target, metadata)
+    state_dict = accelerator.get_state_dict(trainer.model)
+    if accelerator.is_main_process:
+        save_adapter_atomically(
+            accelerator.unwrap_model(trainer.model), target, metadata, state_dict=state_dict
+        )
+    accelerator.wait_for_everyone()
+    return Path(target)
+
+
+def save_adapter_atomically(
+    model: Any, target: Path, metadata: dict[str, Any], *, state_dict: dict[str, Any] | None = None
+) -> Path:
+    """Write the adapter (safetensors) and its metadata into a temp dir, then rename it to ``target``.
+
+    ``state_dict``: the full (gathered) weights when they are sharded across processes.
+    """
     target = Path(target)
     if target.exists():
         raise TrainingError(
@@ -284,7 +310,7 @@ def save_adapter_atomically(model: Any, target: Path, metadata: dict[str, Any]) 
     with _disk_errors(target.parent):
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
             _fix_base_model_path(tmp, metadata["base_model"])
             (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
             _fsync_tree(tmp)

@@ -100,7 +100,8 @@ class GRPOConfig:
     beta: float = field(
         default=0.04,
         metadata=_help(
-            "Weight of the KL penalty to the reference model (the base model: LoRA disabled). 0 turns it off."
+            "Weight of the KL penalty to the reference: the starting policy (init_adapter when given, else the "
+            "base model with LoRA disabled). 0 turns it off."
         ),
     )
     log_kl: bool = field(

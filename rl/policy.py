@@ -2,8 +2,10 @@
 
 The update consumes ``rl.groups.Sample`` objects, i.e. the exact prompt and completion token ids the
 server returned for each call (DESIGN.md, invariant 1): no chat template is applied and no text is
-tokenised here. The reference model for the KL term is the same network with the adapter disabled
-(PEFT's ``disable_adapter()``), so it costs no memory.
+tokenised here. The reference for the KL term is the policy GRPO started from: from a fresh LoRA, the
+same network with the adapter disabled (PEFT's ``disable_adapter()``, no extra memory); from an
+``init_adapter`` (e.g. BootstrapFinetune's), a frozen second copy of that adapter, so the penalty
+keeps the policy near what SFT learned instead of pulling it back to the untuned base model.
 
 Optimizer state and RNG state are saved as safetensors plus JSON (never pickle), so a checkpoint
 can be inspected and loaded without executing anything.
@@ -29,6 +31,8 @@ from rl.loss import completion_logprobs, grpo_loss
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_TENSORS = "optimizer.safetensors"
+TRAINED_ADAPTER = "default"
+REFERENCE_ADAPTER = "reference"
 OPTIMIZER_META = "optimizer.json"
 RNG_TENSORS = "rng.safetensors"
 
@@ -36,10 +40,21 @@ RNG_TENSORS = "rng.safetensors"
 class Policy:
     """``Policy.load(model_path, cfg)``, then ``update(samples)`` and ``save_adapter(dir)`` each step."""
 
-    def __init__(self, model: Any, *, model_path: str, cfg: GRPOConfig, pad_token_id: int, max_length: int):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        model_path: str,
+        cfg: GRPOConfig,
+        pad_token_id: int,
+        max_length: int,
+        reference_adapter: str | None = None,
+    ):
         import torch
 
         self.model = model
+        # None: the reference is the base model (adapter disabled); else a frozen adapter's name.
+        self.reference_adapter = reference_adapter
         self.model_path = model_path
         self.cfg = cfg
         self.pad_token_id = pad_token_id
@@ -70,9 +85,14 @@ class Policy:
         if not Path(model_path, "config.json").is_file():
             raise TrainingError(f"model_path {model_path!r} is not a model directory (no config.json)")
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        reference: str | None = None
         if adapter_dir is not None:
             _check_adapter_base(adapter_dir, model_path)
             model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+            if cfg.beta > 0 or cfg.log_kl:
+                model.load_adapter(adapter_dir, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+                model.set_adapter(TRAINED_ADAPTER)
+                reference = REFERENCE_ADAPTER
         else:
             present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
             targets = cfg.lora.target_modules
@@ -104,6 +124,7 @@ class Policy:
             cfg=cfg,
             pad_token_id=int(pad or 0),
             max_length=int(getattr(config, "max_position_embeddings", 1 << 30)),
+            reference_adapter=reference,
         )
 
     # ---- the update ----------------------------------------------------------------------------------
@@ -199,11 +220,28 @@ class Policy:
 
         results = []
         with torch.no_grad():
-            context = self.model.disable_adapter() if reference else contextlib.nullcontext()
+            context = self._reference_context() if reference else contextlib.nullcontext()
             with context:
                 for batch in batches:
                     results.append(completion_logprobs(self.model, batch, temperature=temperature))
         return results
+
+    def _reference_context(self) -> Any:
+        import contextlib
+
+        if self.reference_adapter is None:
+            return self.model.disable_adapter()
+
+        @contextlib.contextmanager
+        def frozen_start() -> Any:
+            self.model.set_adapter(self.reference_adapter, inference_mode=True)
+            try:
+                yield
+            finally:
+                # Makes the trained adapter active and trainable again (PEFT toggles requires_grad).
+                self.model.set_adapter(TRAINED_ADAPTER)
+
+        return frozen_start()
 
     # ---- saving ----------------------------------------------------------------------------------------
     def save_adapter(self, directory: str | os.PathLike[str]) -> Path:
@@ -214,7 +252,7 @@ class Policy:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            self.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -380,3 +380,34 @@ def test_rollouts_reward_parse_failures_and_exclude_server_errors():
     assert all(t.model == "v1" for r in batch.rollouts for t in r.traces)
     with pytest.raises(ValueError, match="temperature"):
         collect_rollouts(program, _data(1), metric, num_rollouts=2, temperature=0.0)
+
+
+def test_from_an_init_adapter_the_kl_reference_is_that_adapter_not_the_base(model_dir, tmp_path):
+    from rl.groups import Sample
+    from rl.policy import Policy
+
+    cfg = _config(model_dir, tmp_path / "run")
+    cfg.learning_rate = 5e-2
+    samples = [
+        Sample("p", "e", 0, r, float(r), adv, [3, 4, 5], [6, 7, 2]) for r, adv in enumerate((1.0, -1.0))
+    ]
+    # A start adapter that differs from the base model: one big update from a fresh LoRA.
+    start = Policy.load(str(model_dir), cfg)
+    for _ in range(3):
+        start.update(samples, temperature=1.0)
+    start_dir = start.save_adapter(tmp_path / "start")
+    assert start.update(samples, temperature=1.0)["kl"] > 1e-4  # it is far from the base
+
+    policy = Policy.load(str(model_dir), cfg, adapter_dir=str(start_dir))
+    assert policy.reference_adapter == "reference"
+    trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n for n in trainable)
+    first = policy.update(samples, temperature=1.0)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == its start before any update
+    second = policy.update(samples, temperature=1.0)
+    assert second["kl"] > 0.0  # the trained copy moved, the reference did not
+    assert {n for n, p in policy.model.named_parameters() if p.requires_grad} == trainable
+
+    saved = policy.save_adapter(tmp_path / "next")
+    assert not (saved / "reference").exists()  # only the trained adapter is written
+    assert (saved / "adapter_model.safetensors").is_file()
