@@ -22,33 +22,45 @@ from dspylite.errors import ConfigError
 T = TypeVar("T")
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()
+) -> T:
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        import yaml
-
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        data = loaded
-        source = str(path)
+        data = read_yaml_mapping(path)
+        source = str(Path(path))
     if isinstance(overrides, dict):
         override_items = list(overrides.items())
     else:
-        override_items = [_split_override(o) for o in overrides]
+        override_items = [split_override(o) for o in overrides]
     for key, value in override_items:
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     return from_dict(cls, data, source=source)
 
 
-def _split_override(text: str) -> tuple[str, Any]:
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML config file.
+
+    A missing file, bad YAML or a top level that is not a mapping each raise a ConfigError naming
+    the file, so every loader reports a broken config the same way.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return loaded
+
+
+def split_override(text: str) -> tuple[str, Any]:
+    """``"a.b=1e-4"`` -> ``("a.b", 0.0001)``: the value is parsed as YAML, so lists and numbers work."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value (e.g. learning_rate=1e-4)")
     key, raw = text.split("=", 1)
@@ -61,7 +73,8 @@ def _split_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for the key ``"a.b"``, creating sections that are missing."""
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
@@ -163,7 +176,10 @@ def help_table(cls: type) -> str:
     """One line per field: name, type, default and help; used by ``--help`` texts."""
     lines = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            "<factory>" if f.default_factory is not dataclasses.MISSING else "<required>")
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else ("<factory>" if f.default_factory is not dataclasses.MISSING else "<required>")
+        )
         lines.append(f"{f.name} = {default!r}: {f.metadata.get('help', '')}")
     return "\n".join(lines)

@@ -393,7 +393,7 @@ def _load_grpo_config(cfg: DemoConfig) -> Any:
     """The ``grpo:`` section of a GRPO job YAML, with ``key=value`` overrides relative to it."""
     import yaml
 
-    from dspylite.config_io import _set_dotted, _split_override, from_dict
+    from dspylite.config_io import from_dict, set_dotted, split_override
     from rl.config import GRPOConfig
 
     path = Path(cfg.grpo_config)
@@ -402,8 +402,8 @@ def _load_grpo_config(cfg: DemoConfig) -> Any:
 
         raise ConfigError(f"grpo_config: file not found: {path}")
     data = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("grpo", {}) or {}
-    for key, value in (_split_override(o) for o in cfg.grpo_overrides):
-        _set_dotted(data, key, value)
+    for key, value in (split_override(o) for o in cfg.grpo_overrides):
+        set_dotted(data, key, value)
     return from_dict(GRPOConfig, data, source=f"{path} (grpo section)")
 
 

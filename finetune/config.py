@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dspylite.config_io import _set_dotted as set_dotted
-from dspylite.config_io import _split_override as split_override
-from dspylite.config_io import from_dict, to_dict
-from dspylite.errors import ConfigError
+from dspylite.config_io import from_dict, read_yaml_mapping, set_dotted, split_override, to_dict
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -197,18 +194,7 @@ def load_finetune_config(
     if isinstance(source, dict):
         data = source
     elif source is not None:
-        import yaml
-
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        data, label = loaded, str(path)
+        data, label = read_yaml_mapping(source), str(Path(source))
     if isinstance(data.get("sft"), dict):
         data, label = data["sft"], f"{label} (section sft)"
     data = copy.deepcopy(data)

@@ -24,16 +24,12 @@ from dspylite.jobs.common import (
     ServerSettings,
     describe_model,
     ensure_adapters_served,
-    evaluate,
     lm_usage,
-    load_program,
     log_say,
-    make_adapter,
-    make_lm,
+    open_program_session,
     open_run,
-    open_server,
     resolve_model,
-    score_record,
+    score_on_splits,
 )
 from dspylite.jobs.optimize_job import PromptOptimizerSettings, build_prompt_optimizer
 from dspylite.jobs.tasks import TaskSettings, load_task
@@ -156,7 +152,6 @@ class PerStage:
 def run_better_together_job(
     config: str | Path | None, overrides: list[str] | dict[str, Any] = (), *, say: Say = log_say
 ) -> BetterTogetherJobResult:
-    import dspylite
     from dspylite.jobs.report_job import render_report
     from dspylite.optimizers import BetterTogether
 
@@ -177,43 +172,30 @@ def run_better_together_job(
     run = open_run(cfg.run_dir, cfg, "better_together")
     model_dir = resolve_model(cfg.model, say) if (cfg.model or not cfg.server.api_base) else ""
     started = time.perf_counter()
-    scores: dict[str, dict[str, dict[str, Any]]] = {"baseline": {}, "best": {}}
-    with open_server(model_dir, cfg.server, run, say) as server:
-        lm = make_lm(server, cfg.lm, run)
-        with dspylite.context(lm=lm, adapter=make_adapter(cfg.lm)):
-            student = load_program(task, cfg.program_path, server)
-            prompt = PerStage(
-                "p",
-                lambda path: build_prompt_optimizer(cfg.prompt, task.metric, path, cfg.lm.num_threads),
-                run,
-                server,
-            )
-            weights = PerStage(
-                "w", _weight_builder(cfg, task.metric, server, model_dir, lm, run), run, server
-            )
-            bt = BetterTogether(
-                task.metric,
-                prompt_optimizer=prompt,
-                weight_optimizer=weights,
-                num_threads=cfg.lm.num_threads,
-                seed=cfg.task.seed,
-                run_dir=run,
-            )
-            say(
-                f"BetterTogether {cfg.strategy!r} ({cfg.weights}): {len(trainset)} train, {len(valset)} dev to select"
-            )
-            best = bt.compile(student, trainset=trainset, valset=valset, strategy=cfg.strategy)
-            best_stage = max(bt.stages, key=lambda s: (s.score, -s.index))
-            ensure_adapters_served(best, server, search_root=run.path)
-            for split in ("dev", "test"):
-                examples = task.split(split)
-                if not examples:
-                    continue
-                for label, program in (("baseline", student), ("best", best)):
-                    say(f"scoring the {label} program on {len(examples)} {split} examples ...")
-                    result = evaluate(program, examples, task.metric, cfg.lm.num_threads)
-                    scores[label][split] = score_record(result)
-                    run.log_metrics(phase="eval", program=label, split=split, **result.summary())
+    with open_program_session(model_dir, cfg.server, cfg.lm, run, task, cfg.program_path, say) as session:
+        server, lm, student = session.server, session.lm, session.program
+        prompt = PerStage(
+            "p",
+            lambda path: build_prompt_optimizer(cfg.prompt, task.metric, path, cfg.lm.num_threads),
+            run,
+            server,
+        )
+        weights = PerStage("w", _weight_builder(cfg, task.metric, server, model_dir, lm, run), run, server)
+        bt = BetterTogether(
+            task.metric,
+            prompt_optimizer=prompt,
+            weight_optimizer=weights,
+            num_threads=cfg.lm.num_threads,
+            seed=cfg.task.seed,
+            run_dir=run,
+        )
+        say(
+            f"BetterTogether {cfg.strategy!r} ({cfg.weights}): {len(trainset)} train, {len(valset)} dev to select"
+        )
+        best = bt.compile(student, trainset=trainset, valset=valset, strategy=cfg.strategy)
+        best_stage = max(bt.stages, key=lambda s: (s.score, -s.index))
+        ensure_adapters_served(best, server, search_root=run.path)
+        scores = score_on_splits({"baseline": student, "best": best}, task, run, cfg.lm.num_threads, say)
     seconds = round(time.perf_counter() - started, 1)
     run.save_json(
         JOB_FILE,

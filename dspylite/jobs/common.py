@@ -165,6 +165,38 @@ def load_program(task: Task, program_path: str, server: Any) -> Any:
     return program
 
 
+@dataclass
+class ProgramSession:
+    """What a job works with once its server is up: the server, the job's LM and the loaded program."""
+
+    server: Any
+    lm: Any
+    program: Any
+
+
+@contextlib.contextmanager
+def open_program_session(
+    model: str,
+    server_settings: ServerSettings,
+    lm_settings: LMSettings,
+    run: RunDir,
+    task: Task,
+    program_path: str,
+    say: Say = log_say,
+) -> Iterator[ProgramSession]:
+    """Serve ``model``, make the job's LM and adapter the context defaults, and load the task's program.
+
+    The program is loaded inside that context because its saved adapter bindings re-attach to the
+    context LM's server. The server is stopped when the block ends, as with ``open_server``.
+    """
+    import dspylite
+
+    with open_server(model, server_settings, run, say) as server:
+        lm = make_lm(server, lm_settings, run)
+        with dspylite.context(lm=lm, adapter=make_adapter(lm_settings)):
+            yield ProgramSession(server, lm, load_program(task, program_path, server))
+
+
 def ensure_adapters_served(program: Any, server: Any, *, search_root: Path) -> list[str]:
     """Load the adapters ``program`` is bound to that ``server`` does not serve yet; returns their names."""
     from serving import bindings
@@ -205,6 +237,27 @@ def evaluate(program: Any, examples: list[Any], metric: Callable[..., Any], num_
     from dspylite.evaluate import Evaluate
 
     return Evaluate(devset=examples, metric=metric, num_threads=num_threads, display_progress=True)(program)
+
+
+def score_on_splits(
+    programs: dict[str, Any], task: Task, run: RunDir, num_threads: int, say: Say = log_say
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Score every program on the task's dev and test splits: label -> split -> score record.
+
+    Every program sees the same examples, so reports can compare them split by split; an empty
+    split is skipped rather than reported as a zero.
+    """
+    scores: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in programs}
+    for split in ("dev", "test"):
+        examples = task.split(split)
+        if not examples:
+            continue
+        for label, program in programs.items():
+            say(f"scoring the {label} program on {len(examples)} {split} examples ...")
+            result = evaluate(program, examples, task.metric, num_threads)
+            scores[label][split] = score_record(result)
+            run.log_metrics(phase="eval", program=label, split=split, **result.summary())
+    return scores
 
 
 def score_record(result: Any) -> dict[str, Any]:

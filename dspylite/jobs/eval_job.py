@@ -20,12 +20,9 @@ from dspylite.jobs.common import (
     describe_model,
     evaluate,
     lm_usage,
-    load_program,
     log_say,
-    make_adapter,
-    make_lm,
+    open_program_session,
     open_run,
-    open_server,
     score_record,
     write_results,
 )
@@ -77,7 +74,6 @@ class EvalJobResult:
 def run_eval_job(
     config: str | Path | None, overrides: list[str] | dict[str, Any] = (), *, say: Say = log_say
 ) -> EvalJobResult:
-    import dspylite
     from dspylite.jobs.report_job import render_report
 
     cfg = load_config(EvalJobConfig, config, overrides)
@@ -87,16 +83,14 @@ def run_eval_job(
         raise ConfigError(f"split={cfg.split!r} holds no examples for task {cfg.task.name!r}")
     run = open_run(cfg.run_dir, cfg, "eval")
     started = time.perf_counter()
-    with open_server(cfg.model, cfg.server, run, say) as server:
-        lm = make_lm(server, cfg.lm, run)
-        with dspylite.context(lm=lm, adapter=make_adapter(cfg.lm)):
-            program = load_program(task, cfg.program_path, server)
-            say(f"scoring {type(program).__name__} on {len(examples)} {cfg.split} examples ...")
-            result = evaluate(program, examples, task.metric, cfg.lm.num_threads)
-            program.save(run.program_path)
+    with open_program_session(cfg.model, cfg.server, cfg.lm, run, task, cfg.program_path, say) as session:
+        program = session.program
+        say(f"scoring {type(program).__name__} on {len(examples)} {cfg.split} examples ...")
+        result = evaluate(program, examples, task.metric, cfg.lm.num_threads)
+        program.save(run.program_path)
     seconds = round(time.perf_counter() - started, 1)
     record = score_record(result)
-    usage = lm_usage(lm)
+    usage = lm_usage(session.lm)
     run.log_metrics(phase="eval", split=cfg.split, **result.summary(), usage=usage, seconds=seconds)
     write_results(run, RESULTS_FILE, result)
     run.save_json(

@@ -18,15 +18,11 @@ from dspylite.jobs.common import (
     Say,
     ServerSettings,
     describe_model,
-    evaluate,
     lm_usage,
-    load_program,
     log_say,
-    make_adapter,
-    make_lm,
+    open_program_session,
     open_run,
-    open_server,
-    score_record,
+    score_on_splits,
 )
 from dspylite.jobs.tasks import TaskSettings, load_task
 
@@ -169,7 +165,6 @@ class OptimizeJobResult:
 def run_optimize_job(
     config: str | Path | None, overrides: list[str] | dict[str, Any] = (), *, say: Say = log_say
 ) -> OptimizeJobResult:
-    import dspylite
     from dspylite.jobs.report_job import render_report
 
     cfg = load_config(OptimizeJobConfig, config, overrides)
@@ -180,29 +175,20 @@ def run_optimize_job(
     run = open_run(cfg.run_dir, cfg, "optimize")
     name = OPTIMIZER_NAMES[cfg.optimizer.kind]
     started = time.perf_counter()
-    scores: dict[str, dict[str, dict[str, Any]]] = {"baseline": {}, "optimized": {}}
-    with open_server(cfg.model, cfg.server, run, say) as server:
-        lm = make_lm(server, cfg.lm, run)
-        with dspylite.context(lm=lm, adapter=make_adapter(cfg.lm)):
-            baseline = load_program(task, cfg.program_path, server)
-            optimizer = build_prompt_optimizer(
-                cfg.optimizer, task.metric, run.path / OPTIMIZER_DIR, cfg.lm.num_threads
-            )
-            say(f"{name}: compiling on {len(trainset)} train examples, selecting on {len(devset)} dev ...")
-            clock = time.perf_counter()
-            optimized = optimizer.compile(baseline, trainset=trainset, valset=devset or None)
-            compile_seconds = round(time.perf_counter() - clock, 1)
-            optimized.save(run.program_path)
-            run.log_metrics(phase="compile", optimizer=name, seconds=compile_seconds)
-            for split in ("dev", "test"):
-                examples = task.split(split)
-                if not examples:
-                    continue
-                for label, program in (("baseline", baseline), ("optimized", optimized)):
-                    say(f"scoring the {label} program on {len(examples)} {split} examples ...")
-                    result = evaluate(program, examples, task.metric, cfg.lm.num_threads)
-                    scores[label][split] = score_record(result)
-                    run.log_metrics(phase="eval", program=label, split=split, **result.summary())
+    with open_program_session(cfg.model, cfg.server, cfg.lm, run, task, cfg.program_path, say) as session:
+        baseline = session.program
+        optimizer = build_prompt_optimizer(
+            cfg.optimizer, task.metric, run.path / OPTIMIZER_DIR, cfg.lm.num_threads
+        )
+        say(f"{name}: compiling on {len(trainset)} train examples, selecting on {len(devset)} dev ...")
+        clock = time.perf_counter()
+        optimized = optimizer.compile(baseline, trainset=trainset, valset=devset or None)
+        compile_seconds = round(time.perf_counter() - clock, 1)
+        optimized.save(run.program_path)
+        run.log_metrics(phase="compile", optimizer=name, seconds=compile_seconds)
+        scores = score_on_splits(
+            {"baseline": baseline, "optimized": optimized}, task, run, cfg.lm.num_threads, say
+        )
     seconds = round(time.perf_counter() - started, 1)
     run.save_json(
         JOB_FILE,
@@ -217,7 +203,7 @@ def run_optimize_job(
             "n_train": len(trainset),
             "scores": scores,
             "demos": {n: len(p.demos) for n, p in optimized.named_predictors()},
-            "usage": lm_usage(lm),
+            "usage": lm_usage(session.lm),
             "seconds": {"compile": compile_seconds, "total": seconds},
         },
     )

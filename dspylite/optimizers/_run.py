@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from dspylite.errors import OptimizerError
-from dspylite.optimizers._eval import LMBudget, ScoreCache
+from dspylite.optimizers._eval import (
+    LMBudget,
+    Metric,
+    ProgramScorer,
+    ScoreCache,
+    examples_key,
+    program_key,
+)
 from dspylite.run_dir import RunDir, line_plot, markdown_table
 from dspylite.utils.io import append_jsonl, read_jsonl
 
@@ -70,6 +77,19 @@ class OptimizerRun:
                 f"the LM-call budget (max_lm_calls={max_lm_calls}) was already spent before this resume"
             )
         self.score_cache = ScoreCache(self.dir.path / SCORE_CACHE_FILE if self.dir is not None else None)
+
+    def make_scorer(self, metric: Metric, *, num_threads: int, progress: bool) -> ProgramScorer:
+        """A scorer that spends this run's LM budget and keeps its scores in this run's cache.
+
+        Sharing the cache is what lets a resumed run skip evaluations it already paid for.
+        """
+        return ProgramScorer(
+            metric,
+            budget=self.budget,
+            cache=self.score_cache,
+            num_threads=num_threads,
+            progress=progress,
+        )
 
     # ---- trials -------------------------------------------------------------------------------------
     def done(self, kind: str, **match: Any) -> list[dict[str, Any]]:
@@ -129,6 +149,21 @@ class OptimizerRun:
     def elapsed_s(self) -> float:
         return round(time.perf_counter() - self.started, 2)
 
+    def summary_fields(self, scorer: ProgramScorer) -> dict[str, Any]:
+        """The cost and health part of an optimizer's summary (errors, LM calls, cache, resume, time, warnings).
+
+        BootstrapFewShot, random search and MIPROv2 all end their ``summary`` with these keys, in
+        this order, so their reports and summaries read alike.
+        """
+        return {
+            "errors": dict(scorer.error_counts),
+            **self.budget.summary(),
+            "cached_scores": scorer.cache.hits,
+            "resumed": self.resumed,
+            "wall_s": self.elapsed_s,
+            "warnings": list(self.warnings),
+        }
+
     def write_report(
         self,
         *,
@@ -158,6 +193,49 @@ class OptimizerRun:
 
             plt.close(figure)
         return path
+
+
+def start_compile_run(
+    run_dir: str | Path | RunDir | None,
+    *,
+    optimizer: str,
+    options: dict[str, Any],
+    max_lm_calls: int | None,
+    trainset: list[Any],
+    valset: list[Any] | None,
+    student: Any,
+    teacher: Any,
+) -> OptimizerRun:
+    """The OptimizerRun of one ``compile``, fingerprinted by its options, data, student and teacher.
+
+    The fingerprint is what makes a resume with other data or another program fail loudly instead
+    of mixing its trials with the old ones.
+    """
+    return OptimizerRun(
+        run_dir,
+        optimizer=optimizer,
+        config=options,
+        max_lm_calls=max_lm_calls,
+        fingerprint={
+            **options,
+            "trainset": examples_key(trainset),
+            "valset": examples_key(valset) if valset else None,
+            "student": program_key(student),
+            "teacher": program_key(teacher) if teacher is not None else None,
+        },
+    )
+
+
+def trial_bar(total: int, desc: str, *, show: bool, initial: int = 0) -> Any:
+    """A progress bar over an optimizer's trials, or None when progress is off.
+
+    ``initial`` counts the trials a resumed run replays, so the bar shows the whole search.
+    """
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
 
 
 def _check_same_setup(path: Path, state: dict[str, Any], optimizer: str, fingerprint: dict[str, Any]) -> None:

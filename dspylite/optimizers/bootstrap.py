@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dspylite import settings as _settings
 from dspylite.errors import OptimizerError
@@ -28,13 +28,11 @@ from dspylite.optimizers._eval import (
     ScoredRun,
     check_examples,
     check_positive,
-    examples_key,
     passes,
-    program_key,
     run_scored,
     strip_demos,
 )
-from dspylite.optimizers._run import OptimizerRun, fingerprint_value
+from dspylite.optimizers._run import OptimizerRun, fingerprint_value, start_compile_run
 from dspylite.optimizers.labeled_fewshot import attach_labeled, fits
 from dspylite.run_dir import RunDir
 from dspylite.trace import _jsonable
@@ -44,6 +42,18 @@ logger = logging.getLogger(__name__)
 
 def _always_pass(example: Any, prediction: Any, trace: Any = None) -> bool:
     return True
+
+
+class TeacherOptions(Protocol):
+    """The teacher-run settings that BootstrapFewShot, random search and MIPROv2 each hold as attributes."""
+
+    metric: Metric | None
+    metric_threshold: float | None
+    teacher_settings: dict
+    max_rounds: int
+    max_errors: int | None
+    num_threads: int
+    progress: bool
 
 
 @dataclass
@@ -91,6 +101,37 @@ class Bootstrapper:
         self.run = run
         self.progress = progress
         self.labeled_seed = labeled_seed
+
+    @classmethod
+    def for_optimizer(
+        cls,
+        optimizer: TeacherOptions,
+        *,
+        max_bootstrapped_demos: int,
+        max_labeled_demos: int,
+        labeled_seed: int,
+        scorer: ProgramScorer,
+        run: OptimizerRun,
+    ) -> Bootstrapper:
+        """A Bootstrapper that runs the teacher as ``optimizer`` is configured to.
+
+        Only the demo budgets and the labeled-demo seed are per call: random search and MIPROv2 draw
+        them anew for every candidate demo set.
+        """
+        return cls(
+            metric=optimizer.metric,
+            metric_threshold=optimizer.metric_threshold,
+            teacher_settings=optimizer.teacher_settings,
+            max_bootstrapped_demos=max_bootstrapped_demos,
+            max_labeled_demos=max_labeled_demos,
+            max_rounds=optimizer.max_rounds,
+            max_errors=optimizer.max_errors,
+            num_threads=optimizer.num_threads,
+            scorer=scorer,
+            run=run,
+            progress=optimizer.progress,
+            labeled_seed=labeled_seed,
+        )
 
     # ---- the teacher ----------------------------------------------------------------------------------
     def prepare_teacher(self, student: Any, teacher: Any, trainset: list[Example]) -> Any:
@@ -355,42 +396,28 @@ class BootstrapFewShot:
         valset = check_examples(valset, "valset") if valset is not None else None
         if not student.predictors():
             raise OptimizerError(f"the student program {type(student).__name__} has no predictors")
-        options = self._options()
-        run = OptimizerRun(
+        run = start_compile_run(
             self.run_dir,
             optimizer="BootstrapFewShot",
-            config=options,
+            options=self._options(),
             max_lm_calls=self.max_lm_calls,
-            fingerprint={
-                **options,
-                "trainset": examples_key(trainset),
-                "valset": examples_key(valset) if valset else None,
-                "student": program_key(student),
-                "teacher": program_key(teacher) if teacher is not None else None,
-            },
+            trainset=trainset,
+            valset=valset,
+            student=student,
+            teacher=teacher,
         )
-        scorer = ProgramScorer(
-            self.metric or _always_pass,
-            budget=run.budget,
-            cache=run.score_cache,
-            num_threads=self.num_threads,
-            progress=self.progress,
+        scorer = run.make_scorer(
+            self.metric or _always_pass, num_threads=self.num_threads, progress=self.progress
         )
         score_valset = self.metric is not None and bool(valset)
         before = scorer.evaluate(student, valset, desc="Evaluate student") if score_valset else None
-        bootstrapper = Bootstrapper(
-            metric=self.metric,
-            metric_threshold=self.metric_threshold,
-            teacher_settings=self.teacher_settings,
+        bootstrapper = Bootstrapper.for_optimizer(
+            self,
             max_bootstrapped_demos=self.max_bootstrapped_demos,
             max_labeled_demos=self.max_labeled_demos,
-            max_rounds=self.max_rounds,
-            max_errors=self.max_errors,
-            num_threads=self.num_threads,
+            labeled_seed=self.seed,
             scorer=scorer,
             run=run,
-            progress=self.progress,
-            labeled_seed=self.seed,
         )
         outcome = bootstrapper.bootstrap(student, teacher, trainset, tag="main")
         if self.max_bootstrapped_demos > 0 and outcome.n_passed == 0:
@@ -445,12 +472,7 @@ class BootstrapFewShot:
             "teacher_runs": outcome.n_tried,
             "passed": outcome.n_passed,
             "bootstrapped_demos": {k: len(v) for k, v in outcome.augmented.items()},
-            "errors": dict(scorer.error_counts),
-            **run.budget.summary(),
-            "cached_scores": scorer.cache.hits,
-            "resumed": run.resumed,
-            "wall_s": run.elapsed_s,
-            "warnings": list(run.warnings),
+            **run.summary_fields(scorer),
         }
         logger.info(
             "BootstrapFewShot: %d of %d teacher runs passed; valset %s -> %s; %d LM calls",

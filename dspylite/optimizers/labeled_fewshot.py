@@ -11,7 +11,6 @@ from dspylite.errors import OptimizerError
 from dspylite.example import Example
 from dspylite.optimizers._eval import (
     Metric,
-    ProgramScorer,
     check_examples,
     check_positive,
     examples_key,
@@ -119,13 +118,7 @@ class LabeledFewShot:
         )
         before = after = None
         if self.metric is not None and valset:
-            scorer = ProgramScorer(
-                self.metric,
-                budget=run.budget,
-                cache=run.score_cache,
-                num_threads=self.num_threads,
-                progress=self.progress,
-            )
+            scorer = run.make_scorer(self.metric, num_threads=self.num_threads, progress=self.progress)
             before = scorer.evaluate(student, valset, desc="Evaluate student").score
             after = scorer.evaluate(program, valset, desc="Evaluate compiled").score
         rows = [

@@ -33,12 +33,10 @@ from dspylite.optimizers._eval import (
     check_examples,
     check_metric,
     check_positive,
-    examples_key,
-    program_key,
     strip_demos,
 )
 from dspylite.optimizers._proposer import InstructionProposer, Proposals
-from dspylite.optimizers._run import OptimizerRun, fingerprint_value
+from dspylite.optimizers._run import OptimizerRun, fingerprint_value, start_compile_run, trial_bar
 from dspylite.optimizers.bootstrap import Bootstrapper
 from dspylite.optimizers.labeled_fewshot import attach_labeled
 from dspylite.run_dir import RunDir
@@ -235,26 +233,17 @@ class MIPROv2:
                 ],
             }
         )
-        run = OptimizerRun(
+        run = start_compile_run(
             self.run_dir,
             optimizer="MIPROv2",
-            config=options,
+            options=options,
             max_lm_calls=self.max_lm_calls,
-            fingerprint={
-                **options,
-                "trainset": examples_key(trainset),
-                "valset": examples_key(valset),
-                "student": program_key(student),
-                "teacher": program_key(teacher) if teacher is not None else None,
-            },
+            trainset=trainset,
+            valset=valset,
+            student=student,
+            teacher=teacher,
         )
-        scorer = ProgramScorer(
-            self.metric,
-            budget=run.budget,
-            cache=run.score_cache,
-            num_threads=self.num_threads,
-            progress=self.progress,
-        )
+        scorer = run.make_scorer(self.metric, num_threads=self.num_threads, progress=self.progress)
         with self._task_context():
             demo_sets = self._demo_sets(student, teacher, trainset, cfg, scorer, run)
             proposals = self._instructions(student, trainset, demo_sets, cfg, run)
@@ -338,19 +327,13 @@ class MIPROv2:
             rng = random.Random(f"{seed}:demos:{k}")
             rng.shuffle(shuffled)
             size = rng.randint(1, max_boot)
-        bootstrapper = Bootstrapper(
-            metric=self.metric,
-            metric_threshold=self.metric_threshold,
-            teacher_settings=self.teacher_settings,
+        bootstrapper = Bootstrapper.for_optimizer(
+            self,
             max_bootstrapped_demos=size,
             max_labeled_demos=max_lab,
-            max_rounds=self.max_rounds,
-            max_errors=self.max_errors,
-            num_threads=self.num_threads,
+            labeled_seed=seed,
             scorer=scorer,
             run=run,
-            progress=self.progress,
-            labeled_seed=seed,
         )
         outcome = bootstrapper.bootstrap(student, teacher, shuffled, tag=f"demos_{k}")
         return outcome.program, outcome.n_passed > 0
@@ -458,7 +441,7 @@ class MIPROv2:
         use_minibatch = cfg["minibatch"] and cfg["minibatch_size"] < len(valset)
         fully_scored = {json.dumps(default, sort_keys=True)}
         num_trials = cfg["num_trials"]
-        bar = _trial_bar(num_trials, self.progress)
+        bar = trial_bar(num_trials, "MIPROv2 trials", show=self.progress)
         stopped = False
         with _quiet_optuna():
             study = optuna.create_study(
@@ -579,12 +562,7 @@ class MIPROv2:
             "demo_sets": len(demo_sets),
             "instruction_candidates": {k: len(v) for k, v in proposals.instructions.items()},
             "proposer_failures": proposals.failures,
-            "errors": dict(scorer.error_counts),
-            **run.budget.summary(),
-            "cached_scores": scorer.cache.hits,
-            "resumed": run.resumed,
-            "wall_s": run.elapsed_s,
-            "warnings": list(run.warnings),
+            **run.summary_fields(scorer),
         }
         logger.info(
             "MIPROv2: valset score %s -> %s (%s) after %d LM calls",
@@ -646,14 +624,6 @@ def _best_unscored(rows: list[dict[str, Any]], fully_scored: set[str]) -> dict[s
 
 def _params_text(params: dict[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "(defaults)"
-
-
-def _trial_bar(total: int, show: bool):
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="MIPROv2 trials", dynamic_ncols=True)
 
 
 @contextlib.contextmanager

@@ -21,11 +21,9 @@ from dspylite.optimizers._eval import (
     check_examples,
     check_metric,
     check_positive,
-    examples_key,
-    program_key,
     strip_demos,
 )
-from dspylite.optimizers._run import OptimizerRun, fingerprint_value
+from dspylite.optimizers._run import OptimizerRun, fingerprint_value, start_compile_run, trial_bar
 from dspylite.optimizers.bootstrap import Bootstrapper
 from dspylite.optimizers.labeled_fewshot import attach_labeled
 from dspylite.run_dir import RunDir
@@ -100,31 +98,21 @@ class BootstrapFewShotWithRandomSearch:
         valset = check_examples(valset, "valset") if valset is not None else trainset
         if not student.predictors():
             raise OptimizerError(f"the student program {type(student).__name__} has no predictors")
-        options = self._options()
-        run = OptimizerRun(
+        run = start_compile_run(
             self.run_dir,
             optimizer="BootstrapFewShotWithRandomSearch",
-            config=options,
+            options=self._options(),
             max_lm_calls=self.max_lm_calls,
-            fingerprint={
-                **options,
-                "trainset": examples_key(trainset),
-                "valset": examples_key(valset),
-                "student": program_key(student),
-                "teacher": program_key(teacher) if teacher is not None else None,
-            },
+            trainset=trainset,
+            valset=valset,
+            student=student,
+            teacher=teacher,
         )
-        scorer = ProgramScorer(
-            self.metric,
-            budget=run.budget,
-            cache=run.score_cache,
-            num_threads=self.num_threads,
-            progress=self.progress,
-        )
+        scorer = run.make_scorer(self.metric, num_threads=self.num_threads, progress=self.progress)
         done = {r["seed"]: r for r in run.done("candidate")}
         scored: list[tuple[float, int, Any]] = []
         seeds = list(range(-3, self.num_candidate_programs))
-        bar = _trial_bar(len(seeds), len(done), self.progress)
+        bar = trial_bar(len(seeds), "Random search", show=self.progress, initial=len(done))
         try:
             for seed in seeds:
                 if seed in done:
@@ -233,19 +221,13 @@ class BootstrapFewShotWithRandomSearch:
             size = random.Random(draw_seed).randint(
                 min(1, self.max_bootstrapped_demos), self.max_bootstrapped_demos
             )
-        bootstrapper = Bootstrapper(
-            metric=self.metric,
-            metric_threshold=self.metric_threshold,
-            teacher_settings=self.teacher_settings,
+        bootstrapper = Bootstrapper.for_optimizer(
+            self,
             max_bootstrapped_demos=size,
             max_labeled_demos=self.max_labeled_demos,
-            max_rounds=self.max_rounds,
-            max_errors=self.max_errors,
-            num_threads=self.num_threads,
+            labeled_seed=self.seed,
             scorer=scorer,
             run=run,
-            progress=self.progress,
-            labeled_seed=self.seed,
         )
         outcome = bootstrapper.bootstrap(student, teacher, shuffled, tag=f"candidate_{seed}")
         label = f"bootstrapped {outcome.n_passed}/{size}" + (" (shuffled)" if seed >= 0 else "")
@@ -280,12 +262,7 @@ class BootstrapFewShotWithRandomSearch:
             "best_seed": best_seed,
             "candidates_scored": len(rows),
             "scores": {r["seed"]: r["score"] for r in rows},
-            "errors": dict(scorer.error_counts),
-            **run.budget.summary(),
-            "cached_scores": scorer.cache.hits,
-            "resumed": run.resumed,
-            "wall_s": run.elapsed_s,
-            "warnings": list(run.warnings),
+            **run.summary_fields(scorer),
         }
         logger.info(
             "random search: best candidate %s scored %s (zero-shot %s) after %d LM calls",
@@ -305,11 +282,3 @@ class BootstrapFewShotWithRandomSearch:
 
 def _demo_count(program: Any) -> dict[str, int]:
     return {name: len(p.demos) for name, p in program.named_predictors()}
-
-
-def _trial_bar(total: int, initial: int, show: bool):
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="Random search", dynamic_ncols=True)
