@@ -38,8 +38,9 @@ class LanguageModel(Protocol):
 
     model: str
 
-    def generate(self, messages: list[dict[str, Any]], *, n: int = 1, rollout_id: int | None = None,
-                 **kwargs: Any) -> list[Completion]: ...
+    def generate(
+        self, messages: list[dict[str, Any]], *, n: int = 1, rollout_id: int | None = None, **kwargs: Any
+    ) -> list[Completion]: ...
 
     def copy(self, **overrides: Any) -> LanguageModel: ...
 

@@ -25,8 +25,15 @@ class AdapterParseError(DSPyLiteError, ValueError):
     ``completion`` holds the raw text the model produced, so nothing is lost.
     """
 
-    def __init__(self, message: str, *, completion: str, adapter: str, signature: str | None = None,
-                 parsed: dict | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        completion: str,
+        adapter: str,
+        signature: str | None = None,
+        parsed: dict | None = None,
+    ):
         super().__init__(message)
         self.completion = completion
         self.adapter = adapter

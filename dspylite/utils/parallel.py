@@ -21,8 +21,14 @@ class Outcome:
     error: BaseException | None = None
 
 
-def parallel_map(fn: Callable[[T], Any], items: Iterable[T], *, num_threads: int = 8,
-                 progress: Any = None, max_errors: int | None = None) -> list[Outcome]:
+def parallel_map(
+    fn: Callable[[T], Any],
+    items: Iterable[T],
+    *,
+    num_threads: int = 8,
+    progress: Any = None,
+    max_errors: int | None = None,
+) -> list[Outcome]:
     """Apply ``fn`` to every item; errors are captured per item, not raised.
 
     ``progress`` is any object with ``update(n)`` (a tqdm bar) or None. When more than ``max_errors``
