@@ -269,6 +269,12 @@ def grpo(
         )
     diff, low, high = result.improvement()
     typer.echo(f"best - start: {diff:+.3f}  95% CI [{low:+.3f}, {high:+.3f}]")
+    test_diff = result.test_improvement()
+    if test_diff is not None:
+        typer.echo(
+            f"held-out test: start {result.test_start.score:.3f}, best {result.test_best.score:.3f}; "
+            f"best - start {test_diff[0]:+.3f}  95% CI [{test_diff[1]:+.3f}, {test_diff[2]:+.3f}]"
+        )
     typer.echo(f"report: {result.run_dir.report_md}")
 
 

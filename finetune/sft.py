@@ -140,6 +140,7 @@ def train_lora(
         "config": to_dict(cfg),
         "metrics": metrics,
         "resumed_from": resume,
+        "world_size": accelerator.num_processes if accelerator is not None else 1,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
         **(extra_metadata or {}),
@@ -550,6 +551,8 @@ def _build_trainer(
 
 
 def _tensorboard_callback(log_dir: Path) -> Any:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun/accelerate only the main process writes events
+        return None
     try:
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
@@ -567,7 +570,7 @@ def _metrics_callback(run: RunDir) -> Any:
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
         ) -> None:
-            if logs:
+            if logs and state.is_world_process_zero:  # one line per step, however many processes
                 clean = {k: v for k, v in logs.items() if isinstance(v, (int, float, str))}
                 run.log_metrics(step=state.global_step, phase="sft", **clean)
                 logger.info("step %d: %s", state.global_step, clean)

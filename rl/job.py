@@ -4,6 +4,7 @@
 2. start vLLM with LoRA and runtime loading (or use ``server.api_base`` of a running one);
 3. ``rl.trainer.GRPOTrainer`` on the task's program: dev score at the start, rollouts, LoRA updates,
    a new adapter version served each step, dev score every ``grpo.val_every`` steps and at the end;
+   with a test split, the start and the best version are also scored on it (dev picked the best);
 4. the run directory gets config, metrics.jsonl, tensorboard/, checkpoints/, adapters/, program.json,
    result.json, report.md and report.png. Re-running with the same run_dir resumes.
 """
@@ -93,7 +94,9 @@ def run_grpo_job(
             trainer = GRPOTrainer(
                 cfg.grpo, reward, server, lm=lm, val_metric=task.metric, display_progress=display_progress
             )
-            return trainer.fit(task.make_program(), task.split("train"), task.split("dev"))
+            return trainer.fit(
+                task.make_program(), task.split("train"), task.split("dev"), testset=task.split("test")
+            )
 
 
 def _reward(cfg: GRPOJobConfig, task: Any) -> Any:

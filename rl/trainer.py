@@ -83,10 +83,20 @@ class GRPOResult:
     final: ValPoint
     history: list[ValPoint]
     run_dir: RunDir
+    # Start and best versions scored on a held-out testset (when ``fit`` got one): the valset picked
+    # the best version, so only these two measure the gain without that selection's optimism.
+    test_start: ValPoint | None = None
+    test_best: ValPoint | None = None
 
     def improvement(self, confidence: float = 0.95) -> tuple[float, float, float]:
         """Paired difference best - start on the valset, with its interval."""
         return paired_diff_ci(self.start.scores, self.best.scores, confidence)
+
+    def test_improvement(self, confidence: float = 0.95) -> tuple[float, float, float] | None:
+        """Paired difference best - start on the testset, with its interval; None without a testset."""
+        if self.test_start is None or self.test_best is None:
+            return None
+        return paired_diff_ci(self.test_start.scores, self.test_best.scores, confidence)
 
 
 def bound_program(program: Any, version: str, lm: Any, predictors: Sequence[str] | None = None) -> Any:
@@ -146,7 +156,14 @@ class GRPOTrainer:
         self._writer: Any = None
 
     # ---- public -----------------------------------------------------------------------------------------
-    def fit(self, program: Any, trainset: Sequence[Example], valset: Sequence[Example]) -> GRPOResult:
+    def fit(
+        self,
+        program: Any,
+        trainset: Sequence[Example],
+        valset: Sequence[Example],
+        testset: Sequence[Example] | None = None,
+    ) -> GRPOResult:
+        """Train; ``valset`` picks the best version, ``testset`` (optional) scores start and best at the end."""
         from serving.registry import AdapterRegistry
 
         cfg = self.cfg
@@ -163,7 +180,7 @@ class GRPOTrainer:
         if checkpoint is not None:
             self._resume(checkpoint)
         else:
-            self._start(program, valset)
+            self._start(program, valset, list(testset or []))
         bar = self._progress(cfg.num_steps, initial=self.state["step"])
         try:
             while self.state["step"] < cfg.num_steps:
@@ -180,10 +197,10 @@ class GRPOTrainer:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-        return self._finish(program)
+        return self._finish(program, list(testset or []))
 
     # ---- start / resume ---------------------------------------------------------------------------------
-    def _start(self, program: Any, valset: list[Example]) -> None:
+    def _start(self, program: Any, valset: list[Example], testset: list[Example]) -> None:
         from rl.policy import Policy
 
         cfg = self.cfg
@@ -207,6 +224,11 @@ class GRPOTrainer:
             self._sync(0)
         start = self._validate(0, program, valset)
         self.state["best"] = {**_val_to_dict(start), "dir": self.state["version_dir"]}
+        if testset:
+            # Scored now, while the start version is served: the end of the run only loads the best one.
+            self.state["test_start"] = _val_to_dict(
+                self._score_version(program, start, testset), with_scores=True
+            )
         row = {
             "step": 0,
             "version": self.state["version"],
@@ -467,7 +489,7 @@ class GRPOTrainer:
         return directory
 
     # ---- end --------------------------------------------------------------------------------------------------------
-    def _finish(self, program: Any) -> GRPOResult:
+    def _finish(self, program: Any, testset: list[Example]) -> GRPOResult:
         best = self.state["best"]
         history = [_val_from_dict(v, self.state.get("val_scores", {})) for v in self.state["val"]]
         start = history[0]
@@ -489,19 +511,53 @@ class GRPOTrainer:
             history=history,
             run_dir=self.run,
         )
-        self.run.save_json(
-            "result.json",
-            {
-                "best_version": result.best_version,
-                "best_adapter_dir": result.best_adapter_dir,
-                "start": _val_to_dict(start, with_scores=False),
-                "best": _val_to_dict(best_point, with_scores=False),
-                "final": _val_to_dict(final, with_scores=False),
-                "improvement_best_vs_start": list(result.improvement()),
-            },
-        )
+        if testset:
+            saved = self.state.get("test_start")
+            result.test_start = (
+                ValPoint(**saved) if saved is not None else self._score_version(program, start, testset)
+            )
+            result.test_best = (
+                result.test_start
+                if best_point.version == start.version
+                else self._score_version(program, best_point, testset)
+            )
+        summary = {
+            "best_version": result.best_version,
+            "best_adapter_dir": result.best_adapter_dir,
+            "start": _val_to_dict(start, with_scores=False),
+            "best": _val_to_dict(best_point, with_scores=False),
+            "final": _val_to_dict(final, with_scores=False),
+            "improvement_best_vs_start": list(result.improvement()),
+        }
+        if result.test_start is not None and result.test_best is not None:
+            summary["test_start"] = _val_to_dict(result.test_start, with_scores=False)
+            summary["test_best"] = _val_to_dict(result.test_best, with_scores=False)
+            summary["test_improvement_best_vs_start"] = list(result.test_improvement() or ())
+        self.run.save_json("result.json", summary)
         self._write_report(result)
         return result
+
+    def _score_version(self, program: Any, point: ValPoint, testset: list[Example]) -> ValPoint:
+        """Score the version ``point`` names on ``testset``, loading it back into the server if needed."""
+        version = point.version
+        loaded_here = False
+        if version != self.server.model_name and version not in self.server.adapters():
+            self.server.load_adapter(version, self.registry.get(version).path)
+            loaded_here = True
+        try:
+            bound = bound_program(program, version, self.base_lm, self.cfg.train_predictors)
+            result = Evaluate(
+                devset=testset,
+                metric=self.val_metric,
+                num_threads=self.cfg.val_threads,
+                display_progress=self.display_progress,
+            )(bound)
+        finally:
+            if loaded_here:
+                self.server.unload_adapter(version)
+        mean, lo, hi = mean_ci(result.scores)
+        logger.info("GRPO %s (step %d) on %d test examples: %.3f", version, point.step, len(testset), mean)
+        return ValPoint(point.step, version, mean, lo, hi, list(result.scores), dict(result.error_counts))
 
     def _write_report(self, result: GRPOResult) -> None:
         rows = [r for r in self.run.metrics() if r.get("step") is not None]
@@ -539,6 +595,24 @@ class GRPOTrainer:
             f"\n\nBest - start (paired over {len(result.start.scores)} val examples): "
             f"{diff:+.3f}, 95% CI [{dlo:+.3f}, {dhi:+.3f}]."
         )
+        test_diff = result.test_improvement()
+        if test_diff is not None and result.test_start is not None and result.test_best is not None:
+            summary += "\n\n" + markdown_table(
+                [
+                    {
+                        "": label,
+                        "version": point.version,
+                        "test mean": point.score,
+                        "95% CI": f"[{point.lo:.3f}, {point.hi:.3f}]",
+                    }
+                    for label, point in (("start", result.test_start), ("best", result.test_best))
+                ]
+            )
+            summary += (
+                f"\n\nOn the held-out test set (never used to pick a version), best - start (paired over "
+                f"{len(result.test_start.scores)} examples): {test_diff[0]:+.3f}, "
+                f"95% CI [{test_diff[1]:+.3f}, {test_diff[2]:+.3f}]."
+            )
         steps = [r for r in ordered if r["step"] > 0]
         timing = ""
         if steps:

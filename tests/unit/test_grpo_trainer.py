@@ -411,3 +411,37 @@ def test_from_an_init_adapter_the_kl_reference_is_that_adapter_not_the_base(mode
     saved = policy.save_adapter(tmp_path / "next")
     assert not (saved / "reference").exists()  # only the trained adapter is written
     assert (saved / "adapter_model.safetensors").is_file()
+
+
+def test_a_testset_scores_start_and_best_without_reloading_any_version(model_dir, tmp_path):
+    from rl.trainer import GRPOTrainer
+
+    lm = SamplingLM()
+    server = FakeServer(model_dir, lm)  # refuses a second load of any name
+    cfg = _config(model_dir, tmp_path / "run", num_steps=2, val_every=1)
+    trainer = GRPOTrainer(cfg, metric, server, lm=lm)
+    testset = _data(8, offset=200)
+    result = trainer.fit(TwoStep(), _data(6), _data(6, offset=100), testset=testset)
+
+    assert result.test_start is not None and result.test_best is not None
+    assert len(result.test_start.scores) == len(result.test_best.scores) == 8
+    assert (
+        result.test_start.version == result.start.version and result.test_best.version == result.best_version
+    )
+    # Greedy answers are right exactly for even question numbers (SamplingLM): the base start scores 4/8.
+    assert result.test_start.score == pytest.approx(0.5)
+    diff, lo, hi = result.test_improvement()
+    assert diff == pytest.approx(result.test_best.score - result.test_start.score) and lo <= diff <= hi
+    saved = json.loads((trainer.run.path / "result.json").read_text())
+    assert saved["test_start"]["score"] == pytest.approx(result.test_start.score)
+    assert len(saved["test_improvement_best_vs_start"]) == 3
+    assert "held-out test set" in (trainer.run.path / "report.md").read_text()
+
+
+def test_without_a_testset_there_is_no_test_score(model_dir, tmp_path):
+    lm = SamplingLM()
+    trainer, result = _run(
+        _config(model_dir, tmp_path / "run", num_steps=1, val_every=0), FakeServer(model_dir, lm), lm
+    )
+    assert result.test_improvement() is None
+    assert "test_start" not in json.loads((trainer.run.path / "result.json").read_text())
