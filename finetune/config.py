@@ -163,7 +163,13 @@ class FinetuneConfig:
             raise ValueError("per_device_train_batch_size and gradient_accumulation_steps must be positive")
 
 
-def resolve_threads(threads: int) -> int:
+def resolve_threads(threads: int, *, share_with_server: bool = False) -> int:
+    """The torch thread count for ``threads`` (0: automatic).
+
+    Automatic: OMP_NUM_THREADS when set; else every CPU this process may use, or half of them when
+    ``share_with_server`` (GRPO: vLLM works between updates, and oversubscribed cores slow torch
+    down many times over).
+    """
     if threads > 0:
         return threads
     env = os.environ.get("OMP_NUM_THREADS", "")
@@ -173,7 +179,7 @@ def resolve_threads(threads: int) -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cpus = os.cpu_count() or 1
-    return max(1, cpus)
+    return max(1, cpus // 2 if share_with_server else cpus)
 
 
 def load_finetune_config(

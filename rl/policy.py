@@ -79,7 +79,7 @@ class Policy:
 
         from finetune.config import resolve_threads
 
-        torch.set_num_threads(resolve_threads(cfg.threads))
+        torch.set_num_threads(resolve_threads(cfg.threads, share_with_server=True))
         torch.manual_seed(cfg.seed)
         model_path = str(Path(model_path).expanduser().resolve())
         if not Path(model_path, "config.json").is_file():

@@ -98,3 +98,15 @@ def test_accelerate_config_is_read_by_accelerate(name: str) -> None:
     assert set(raw) <= known, f"{name}: keys accelerate does not know: {set(raw) - known}"
     if ACCELERATE_CONFIGS[name] == "FSDP":
         assert cfg.fsdp_config["fsdp_version"] == 2
+
+
+def test_automatic_thread_count(monkeypatch) -> None:
+    from finetune.config import resolve_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert resolve_threads(3) == 3  # an explicit count wins
+    assert resolve_threads(0) == 4  # SFT: the server idles while the adapter trains
+    assert resolve_threads(0, share_with_server=True) == 2  # GRPO: vLLM keeps working
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert resolve_threads(0) == 1 and resolve_threads(0, share_with_server=True) == 1
