@@ -249,7 +249,8 @@ def grpo(
     """GRPO on the built-in task: rollouts from vLLM, LoRA updates, a new adapter version served each step.
 
     Writes the run directory (config, metrics.jsonl, tensorboard/, checkpoints/, adapters/, program.json,
-    report.md, report.png) and prints the val score at the start and of the best version, with 95% intervals.
+    report.md, report.png) and prints the val score at the start and of the best version, with 95% intervals,
+    and (with task.n_test > 0) both versions' scores on the held-out test split, which never picks a version.
     Re-running with the same run_dir resumes from the last checkpoint.
 
     Example: dspylite grpo configs/grpo.yaml run_dir=runs/grpo-1 grpo.num_steps=20
