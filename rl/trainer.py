@@ -412,16 +412,7 @@ class GRPOTrainer:
 
     # ---- validation ---------------------------------------------------------------------------------------------
     def _validate(self, step: int, program: Any, valset: list[Example]) -> ValPoint:
-        version = self.state["version"]
-        bound = bound_program(program, version, self.base_lm, self.cfg.train_predictors)
-        result = Evaluate(
-            devset=valset,
-            metric=self.val_metric,
-            num_threads=self.cfg.val_threads,
-            display_progress=self.display_progress,
-        )(bound)
-        mean, lo, hi = mean_ci(result.scores)
-        point = ValPoint(step, version, mean, lo, hi, list(result.scores), dict(result.error_counts))
+        point = self._score(step, self.state["version"], program, valset)
         self.state["val"].append(_val_to_dict(point, with_scores=False))
         self.state.setdefault("val_scores", {})[str(step)] = point.scores
         return point
@@ -545,19 +536,26 @@ class GRPOTrainer:
             self.server.load_adapter(version, self.registry.get(version).path)
             loaded_here = True
         try:
-            bound = bound_program(program, version, self.base_lm, self.cfg.train_predictors)
-            result = Evaluate(
-                devset=testset,
-                metric=self.val_metric,
-                num_threads=self.cfg.val_threads,
-                display_progress=self.display_progress,
-            )(bound)
+            scored = self._score(point.step, version, program, testset)
         finally:
             if loaded_here:
                 self.server.unload_adapter(version)
+        logger.info(
+            "GRPO %s (step %d) on %d test examples: %.3f", version, point.step, len(testset), scored.score
+        )
+        return scored
+
+    def _score(self, step: int, version: str, program: Any, examples: list[Example]) -> ValPoint:
+        """The program bound to ``version``, scored with the val metric on ``examples``."""
+        bound = bound_program(program, version, self.base_lm, self.cfg.train_predictors)
+        result = Evaluate(
+            devset=examples,
+            metric=self.val_metric,
+            num_threads=self.cfg.val_threads,
+            display_progress=self.display_progress,
+        )(bound)
         mean, lo, hi = mean_ci(result.scores)
-        logger.info("GRPO %s (step %d) on %d test examples: %.3f", version, point.step, len(testset), mean)
-        return ValPoint(point.step, version, mean, lo, hi, list(result.scores), dict(result.error_counts))
+        return ValPoint(step, version, mean, lo, hi, list(result.scores), dict(result.error_counts))
 
     def _write_report(self, result: GRPOResult) -> None:
         rows = [r for r in self.run.metrics() if r.get("step") is not None]
