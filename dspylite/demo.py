@@ -100,11 +100,12 @@ class StageScores:
             "dev": f"{100 * dev_mean:.1f} [{100 * dev_lo:.1f}, {100 * dev_hi:.1f}]",
             "test": f"{100 * test_mean:.1f} [{100 * test_lo:.1f}, {100 * test_hi:.1f}]",
         }
-        if baseline is not None and baseline is not self:
-            d, lo, hi = paired_diff_ci(baseline.test, self.test)
-            row["test vs baseline"] = f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        else:
-            row["test vs baseline"] = "-"
+        for split in ("dev", "test"):
+            if baseline is not None and baseline is not self:
+                d, lo, hi = paired_diff_ci(getattr(baseline, split), getattr(self, split))
+                row[f"{split} vs baseline"] = f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            else:
+                row[f"{split} vs baseline"] = "-"
         row["adapter"] = self.adapter or "-"
         row["seconds"] = f"{self.seconds:.0f}"
         return row
@@ -375,8 +376,9 @@ def render_report(run: RunDir) -> Path:
     ax.legend()
     notes = (
         f"Model: `{info.get('model', '?')}`. Dev n={n_dev}, test n={n_test}; brackets are 95% intervals "
-        "(Wilson for the scores, paired normal for the difference to the baseline on the same test "
-        f"examples). Total wall time {info.get('seconds', 0) / 60:.1f} min."
+        "(Wilson for the scores, paired normal for the difference to the baseline on the same "
+        "examples). Dev picks (prompt candidates, GRPO versions, BetterTogether stages); test never does. "
+        f"Total wall time {info.get('seconds', 0) / 60:.1f} min."
     )
     path = run.write_report("dspylite demo", [("Scores", markdown_table(rows)), ("Notes", notes)], figure=fig)
     plt.close(fig)

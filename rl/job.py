@@ -41,11 +41,12 @@ class GRPOJobConfig:
             "The task: its program is trained, its train split feeds rollouts, its dev split picks the best version."
         ),
     )
-    reward: Literal["metric", "partial"] = field(
+    reward: Literal["metric", "partial", "copy"] = field(
         default="metric",
         metadata=_help(
-            "Rollout reward: the task's metric, or (fact_qa only) partial credit: 0.75 for the answer + 0.25 for the "
-            "extracted fact. The dev score always uses the task's metric."
+            "Rollout reward: the task's metric; or, fact_qa only, partial (0.75 answer + 0.25 exact fact) or copy "
+            "(0.6 answer + 0.2 exact fact + 0.2 for copying a context line whole). The dev score always uses the "
+            "task's metric."
         ),
     )
     server: ServerSettings = field(default_factory=ServerSettings, metadata=_help("vLLM."))
@@ -103,7 +104,7 @@ def _reward(cfg: GRPOJobConfig, task: Any) -> Any:
     if cfg.reward == "metric":
         return task.metric
     if cfg.task.name != "fact_qa":
-        raise ConfigError(f"reward=partial is defined for task.name=fact_qa only, not {cfg.task.name!r}")
-    from dspylite.datasets import fact_qa_partial_metric
+        raise ConfigError(f"reward={cfg.reward} is defined for task.name=fact_qa only, not {cfg.task.name!r}")
+    from dspylite.datasets import fact_qa_copy_reward, fact_qa_partial_metric
 
-    return fact_qa_partial_metric
+    return fact_qa_partial_metric if cfg.reward == "partial" else fact_qa_copy_reward

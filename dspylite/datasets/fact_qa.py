@@ -139,3 +139,22 @@ def fact_match_metric(example: object, prediction: object, trace: object = None)
 def fact_qa_partial_metric(example: object, prediction: object, trace: object = None) -> float:
     """A denser reward for RL: 0.75 for the right answer, 0.25 for the right fact."""
     return 0.75 * fact_qa_metric(example, prediction) + 0.25 * fact_match_metric(example, prediction)
+
+
+def fact_qa_copy_reward(example: object, prediction: object, trace: object = None) -> float:
+    """A shaped RL reward: 0.6 for the answer, 0.2 for the exact fact, 0.2 for copying any context line whole.
+
+    Most of the tiny model's misses are garbled copies (a third of its extractions on held-out data),
+    and an answer-only reward says nothing about them when the answer is wrong anyway; the copy term
+    rewards a clean copy even of the wrong line, so groups differ and carry a gradient.
+    """
+    predicted = _field(prediction, "fact")
+    lines = {
+        normalize_answer(line) for line in str(_field(example, "context") or "").splitlines() if line.strip()
+    }
+    copied = float(predicted is not None and normalize_answer(str(predicted)) in lines)
+    return (
+        0.6 * fact_qa_metric(example, prediction)
+        + 0.2 * fact_match_metric(example, prediction)
+        + 0.2 * copied
+    )

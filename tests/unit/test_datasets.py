@@ -8,6 +8,7 @@ import dspylite
 from dspylite.datasets import (
     TOPICS,
     fact_match_metric,
+    fact_qa_copy_reward,
     fact_qa_metric,
     fact_qa_partial_metric,
     fact_qa_splits,
@@ -123,3 +124,22 @@ def test_fact_topic_program_parses_literal_topic() -> None:
 def test_split_sizes_are_respected(n_dev: int) -> None:
     data = load_fact_qa(seed=9, n_train=3, n_dev=n_dev, n_test=2)
     assert [len(data[s]) for s in ("train", "dev", "test")] == [3, n_dev, 2]
+
+
+def test_copy_reward_credits_a_whole_context_line_even_when_the_answer_is_wrong() -> None:
+    example = Example(
+        context="Ava lives in Paris.\nBo lives in Lima.",
+        question="Where does Ava live?",
+        fact="Ava lives in Paris.",
+        answer="Paris",
+    ).with_inputs("context", "question")
+    assert fact_qa_copy_reward(
+        example, Prediction(fact="Ava lives in Paris.", answer="Paris")
+    ) == pytest.approx(1.0)
+    assert fact_qa_copy_reward(example, Prediction(fact="Bo lives in Lima.", answer="Lima")) == pytest.approx(
+        0.2
+    )
+    assert fact_qa_copy_reward(example, Prediction(fact="Ava lives Paris", answer="Paris")) == pytest.approx(
+        0.6
+    )
+    assert fact_qa_copy_reward(example, Prediction(fact="Bo lives in Li", answer="x")) == 0.0
