@@ -188,14 +188,20 @@ def test_two_adapters_in_one_concurrent_batch(
         # Longer than the sequential answers, so the requests overlap on the server for many steps.
         return vllm_server.lm(model, cache=False, max_tokens=128, ignore_eos=True).generate(MESSAGES)[0]
 
-    with ThreadPoolExecutor(len(plan)) as pool:
-        results = list(pool.map(call, plan))
-    for model, completion in zip(plan, results, strict=True):
-        assert completion.model == model
-        n = len(sequential[model].token_ids)
-        # Same greedy tokens as when served alone (ignore_eos may only make it longer).
-        assert completion.token_ids[:n] == sequential[model].token_ids
-    running = _lora_info_series(vllm_server.api_base)
+    # The scheduler decides what shares a step; under a loaded machine one wave may happen to run the
+    # two adapters in separate steps, so up to three waves are sent until the metrics show a shared one.
+    for _wave in range(3):
+        barrier.reset()
+        with ThreadPoolExecutor(len(plan)) as pool:
+            results = list(pool.map(call, plan))
+        for model, completion in zip(plan, results, strict=True):
+            assert completion.model == model
+            n = len(sequential[model].token_ids)
+            # Same greedy tokens as when served alone (ignore_eos may only make it longer).
+            assert completion.token_ids[:n] == sequential[model].token_ids
+        running = _lora_info_series(vllm_server.api_base)
+        if any({"mix-a", "mix-b"} <= set(s.split(",")) for s in running):
+            break
     assert any({"mix-a", "mix-b"} <= set(s.split(",")) for s in running), running
     vllm_server.unload_adapter("mix-a")
     vllm_server.unload_adapter("mix-b")
