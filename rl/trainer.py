@@ -450,7 +450,7 @@ class GRPOTrainer:
         target = root / f"step-{step:05d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
         try:
-            self.policy.model.save_pretrained(str(tmp / ADAPTER_SUBDIR), safe_serialization=True)
+            self.policy.save_adapter(tmp / ADAPTER_SUBDIR)  # the trained adapter only, not the reference
             self.policy.save_training_state(tmp)
             self.state["pending_row"] = row
             atomic_write_json(tmp / STATE_FILE, self.state)

@@ -445,3 +445,22 @@ def test_without_a_testset_there_is_no_test_score(model_dir, tmp_path):
     )
     assert result.test_improvement() is None
     assert "test_start" not in json.loads((trainer.run.path / "result.json").read_text())
+
+
+def test_a_run_from_an_init_adapter_checkpoints_only_the_trained_adapter(model_dir, tmp_path):
+    from rl.policy import Policy
+
+    start_dir = Policy.load(str(model_dir), _config(model_dir, tmp_path / "x")).save_adapter(
+        tmp_path / "start"
+    )
+    lm = SamplingLM()
+    cfg = _config(model_dir, tmp_path / "run", num_steps=1, val_every=0, init_adapter=str(start_dir))
+    trainer, result = _run(cfg, FakeServer(model_dir, lm), lm)
+    assert trainer.policy.reference_adapter == "reference"
+    checkpoints = list((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert checkpoints
+    for checkpoint in checkpoints:
+        saved = [p.name for p in checkpoint.rglob("*") if p.is_dir()]
+        assert "reference" not in saved
+    versions = [p for p in (tmp_path / "run" / "adapters").iterdir() if p.is_dir()]
+    assert versions and all(not (v / "reference").exists() for v in versions)
