@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.cache import CACHE_DIR_ENV
 from dspylite.config_io import load_config
 from dspylite.run_dir import RunDir, markdown_table
 from dspylite.utils.stats import mean_ci, paired_diff_ci
@@ -125,11 +126,19 @@ def run_demo(
         raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {ALL_STAGES}")
     say = progress or (lambda msg: logger.info("%s", msg))
     run = RunDir(cfg.run_dir)
-    # A cache of the run's own: a resumed demo replays its finished calls, and no other run's entries
-    # (the default cache is shared by every program on the machine) can change its numbers.
-    os.environ["DSPYLITE_CACHE_DIR"] = str(run.path.resolve() / "lm-cache")
     run.write_config(cfg)
-    return _Demo(cfg, run, say).run()
+    # A cache of the run's own: a resumed demo replays its finished calls, and no other run's entries
+    # (the default cache is shared by every program on the machine) can change its numbers. Every LM
+    # the stages create reads the variable, so it is set for the run and restored afterwards.
+    previous = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(run.path.resolve() / "lm-cache")
+    try:
+        return _Demo(cfg, run, say).run()
+    finally:
+        if previous is None:
+            os.environ.pop(CACHE_DIR_ENV, None)
+        else:
+            os.environ[CACHE_DIR_ENV] = previous
 
 
 class _Demo:
@@ -393,9 +402,7 @@ def _load_sft_config(cfg: DemoConfig) -> Any:
 
 def _load_grpo_config(cfg: DemoConfig) -> Any:
     """The ``grpo:`` section of a GRPO job YAML, with ``key=value`` overrides relative to it."""
-    import yaml
-
-    from dspylite.config_io import from_dict, set_dotted, split_override
+    from dspylite.config_io import from_dict, read_yaml_mapping, set_dotted, split_override
     from rl.config import GRPOConfig
 
     path = Path(cfg.grpo_config)
@@ -403,7 +410,7 @@ def _load_grpo_config(cfg: DemoConfig) -> Any:
         from dspylite.errors import ConfigError
 
         raise ConfigError(f"grpo_config: file not found: {path}")
-    data = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("grpo", {}) or {}
+    data = read_yaml_mapping(path).get("grpo") or {}
     for key, value in (split_override(o) for o in cfg.grpo_overrides):
         set_dotted(data, key, value)
     return from_dict(GRPOConfig, data, source=f"{path} (grpo section)")

@@ -167,7 +167,7 @@ class GRPOTrainer:
         from serving.registry import AdapterRegistry
 
         cfg = self.cfg
-        trainset, valset = list(trainset), list(valset)
+        trainset, valset, testset = list(trainset), list(valset), list(testset or [])
         if not trainset:
             raise OptimizerError("GRPO: the trainset is empty")
         if not valset:
@@ -180,7 +180,7 @@ class GRPOTrainer:
         if checkpoint is not None:
             self._resume(checkpoint)
         else:
-            self._start(program, valset, list(testset or []))
+            self._start(program, valset, testset)
         bar = self._progress(cfg.num_steps, initial=self.state["step"])
         try:
             while self.state["step"] < cfg.num_steps:
@@ -197,7 +197,7 @@ class GRPOTrainer:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-        return self._finish(program, list(testset or []))
+        return self._finish(program, testset)
 
     # ---- start / resume ---------------------------------------------------------------------------------
     def _start(self, program: Any, valset: list[Example], testset: list[Example]) -> None:
@@ -564,30 +564,8 @@ class GRPOTrainer:
             by_step[int(r["step"])] = r  # a redone step after a kill keeps its last row
         ordered = [by_step[s] for s in sorted(by_step)]
         diff, dlo, dhi = result.improvement()
-        summary = markdown_table(
-            [
-                {
-                    "": "start",
-                    "version": result.start.version,
-                    "step": result.start.step,
-                    "val mean": result.start.score,
-                    "95% CI": f"[{result.start.lo:.3f}, {result.start.hi:.3f}]",
-                },
-                {
-                    "": "best",
-                    "version": result.best.version,
-                    "step": result.best.step,
-                    "val mean": result.best.score,
-                    "95% CI": f"[{result.best.lo:.3f}, {result.best.hi:.3f}]",
-                },
-                {
-                    "": "final",
-                    "version": result.final.version,
-                    "step": result.final.step,
-                    "val mean": result.final.score,
-                    "95% CI": f"[{result.final.lo:.3f}, {result.final.hi:.3f}]",
-                },
-            ]
+        summary = _points_table(
+            [("start", result.start), ("best", result.best), ("final", result.final)], "val"
         )
         summary += (
             f"\n\nBest - start (paired over {len(result.start.scores)} val examples): "
@@ -595,16 +573,8 @@ class GRPOTrainer:
         )
         test_diff = result.test_improvement()
         if test_diff is not None and result.test_start is not None and result.test_best is not None:
-            summary += "\n\n" + markdown_table(
-                [
-                    {
-                        "": label,
-                        "version": point.version,
-                        "test mean": point.score,
-                        "95% CI": f"[{point.lo:.3f}, {point.hi:.3f}]",
-                    }
-                    for label, point in (("start", result.test_start), ("best", result.test_best))
-                ]
+            summary += "\n\n" + _points_table(
+                [("start", result.test_start), ("best", result.test_best)], "test"
             )
             summary += (
                 f"\n\nOn the held-out test set (never used to pick a version), best - start (paired over "
@@ -691,6 +661,22 @@ class GRPOTrainer:
         from tqdm.auto import tqdm
 
         return tqdm(total=total, initial=initial, desc="GRPO", dynamic_ncols=True)
+
+
+def _points_table(points: list[tuple[str, ValPoint]], split: str) -> str:
+    """A report table of labelled scores on one split (val or test), with their intervals."""
+    return markdown_table(
+        [
+            {
+                "": label,
+                "version": point.version,
+                "step": point.step,
+                f"{split} mean": point.score,
+                "95% CI": f"[{point.lo:.3f}, {point.hi:.3f}]",
+            }
+            for label, point in points
+        ]
+    )
 
 
 def _val_to_dict(point: ValPoint, *, with_scores: bool = False) -> dict[str, Any]:
