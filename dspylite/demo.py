@@ -70,6 +70,10 @@ class DemoConfig:
     sft_samples_per_example: int = field(
         default=8, metadata={"help": "Teacher samples per training example when collecting SFT traces."}
     )
+    sft_sample_temperature: float = field(
+        default=0.3,
+        metadata={"help": "Temperature of the teacher samples after the first (greedy) one."},
+    )
     grpo_config: str = field(default="configs/grpo.yaml", metadata={"help": "GRPO config (YAML)."})
     grpo_overrides: list[str] = field(
         default_factory=list, metadata={"help": "key=value overrides for grpo_config."}
@@ -283,6 +287,7 @@ class _Demo:
             registry=self.registry,
             run_name=run_name,
             samples_per_example=self.cfg.sft_samples_per_example,
+            sample_temperature=self.cfg.sft_sample_temperature,
         )
 
     def _compile_prompt(self, baseline: Any, programs: dict[str, Any], stage_dir: Path) -> Any:

@@ -10,6 +10,8 @@ from typing import Literal
 
 from finetune.config import LoraSettings
 
+LR_SCHEDULES = ("linear", "cosine", "constant")
+
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
@@ -118,7 +120,18 @@ class GRPOConfig:
         ),
     )
     # ---- optimisation
-    learning_rate: float = field(default=1e-4, metadata=_help("AdamW learning rate."))
+    learning_rate: float = field(default=1e-4, metadata=_help("AdamW learning rate (the peak, see lr_scheduler_type)."))
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata=_help(
+            "How the learning rate moves over num_steps: 'linear' decays to 0 (TRL's GRPOConfig default), "
+            "'cosine' decays on a half cosine, 'constant' keeps it. Computed from the step number, so a "
+            "resumed run continues the same schedule."
+        ),
+    )
+    warmup_ratio: float = field(
+        default=0.0, metadata=_help("Fraction of num_steps over which the learning rate ramps up from 0.")
+    )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     adam_beta1: float = field(default=0.9, metadata=_help("AdamW beta1."))
     adam_beta2: float = field(default=0.99, metadata=_help("AdamW beta2."))
@@ -186,5 +199,25 @@ class GRPOConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.lr_scheduler_type not in LR_SCHEDULES:
+            raise ValueError(f"lr_scheduler_type must be one of {LR_SCHEDULES}, got {self.lr_scheduler_type!r}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.val_every < 0 or self.keep_loaded < 1:
             raise ValueError("val_every must be >= 0 and keep_loaded >= 1")
+
+
+def learning_rate_at(cfg: GRPOConfig, step: int) -> float:
+    """The learning rate of (1-based) ``step`` under ``cfg``'s warmup and schedule."""
+    import math
+
+    total = max(1, cfg.num_steps)
+    warmup = int(cfg.warmup_ratio * total)
+    if step <= warmup:
+        return cfg.learning_rate * step / (warmup + 1)
+    progress = (step - 1 - warmup) / max(1, total - warmup)
+    if cfg.lr_scheduler_type == "linear":
+        return cfg.learning_rate * (1.0 - progress)
+    if cfg.lr_scheduler_type == "cosine":
+        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.learning_rate

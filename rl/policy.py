@@ -128,11 +128,19 @@ class Policy:
         )
 
     # ---- the update ----------------------------------------------------------------------------------
-    def update(self, samples: Sequence[Any], *, temperature: float) -> dict[str, float]:
-        """One GRPO update (``cfg.num_iterations`` optimizer steps) on the samples of one step."""
+    def update(
+        self, samples: Sequence[Any], *, temperature: float, learning_rate: float | None = None
+    ) -> dict[str, float]:
+        """One GRPO update (``cfg.num_iterations`` optimizer steps) on the samples of one step.
+
+        ``learning_rate`` (the schedule's value for this step) replaces ``cfg.learning_rate`` when given.
+        """
         import torch
 
         cfg = self.cfg
+        lr = cfg.learning_rate if learning_rate is None else learning_rate
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         fitting = [
             s for s in samples if len(s.prompt_token_ids) + len(s.completion_token_ids) <= self.max_length
         ]
@@ -211,6 +219,7 @@ class Policy:
             "train_samples": float(len(fitting)),
             "micro_batches": float(len(batches)),
             "optimizer_steps": float(cfg.num_iterations),
+            "learning_rate": lr,
         }
 
     def _frozen_logprobs(self, batches: list[Any], temperature: float, *, reference: bool) -> list[Any]:

@@ -36,7 +36,7 @@ from dspylite.example import Example
 from dspylite.run_dir import RunDir, line_plot, markdown_table
 from dspylite.utils.io import atomic_write_json
 from dspylite.utils.stats import mean_ci, paired_diff_ci
-from rl.config import GRPOConfig
+from rl.config import GRPOConfig, learning_rate_at
 from rl.groups import build_groups
 from rl.rollouts import collect_rollouts
 
@@ -312,7 +312,9 @@ class GRPOTrainer:
         )
         t_train = time.perf_counter()
         if grouping.samples:
-            train_stats = self.policy.update(grouping.samples, temperature=cfg.temperature)
+            train_stats = self.policy.update(
+                grouping.samples, temperature=cfg.temperature, learning_rate=learning_rate_at(cfg, step)
+            )
             updated = train_stats.get("optimizer_steps", 0) > 0
         else:
             train_stats = {"loss": float("nan"), "kl": float("nan")}

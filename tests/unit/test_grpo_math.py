@@ -264,3 +264,24 @@ def test_shared_prompt_logprobs_and_gradients_equal_separate_sequences():
     total.backward()
     for name, param in model.named_parameters():
         assert torch.allclose(param.grad, shared_grads[name], atol=1e-5), name
+
+
+def test_learning_rate_schedules_match_hand_values():
+    from rl.config import GRPOConfig, learning_rate_at
+
+    linear = GRPOConfig(num_steps=4, learning_rate=1.0)
+    assert [learning_rate_at(linear, s) for s in (1, 2, 3, 4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    constant = GRPOConfig(num_steps=4, learning_rate=1.0, lr_scheduler_type="constant")
+    assert [learning_rate_at(constant, s) for s in (1, 4)] == [1.0, 1.0]
+    cosine = GRPOConfig(num_steps=4, learning_rate=1.0, lr_scheduler_type="cosine")
+    assert learning_rate_at(cosine, 3) == pytest.approx(0.5)
+    warm = GRPOConfig(num_steps=10, learning_rate=1.0, warmup_ratio=0.2)  # 2 warmup steps
+    assert [learning_rate_at(warm, s) for s in (1, 2, 3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert learning_rate_at(warm, 10) == pytest.approx(1.0 - 7 / 8)
+
+
+def test_unknown_lr_schedule_is_rejected_by_name():
+    from rl.config import GRPOConfig
+
+    with pytest.raises(ValueError, match="lr_scheduler_type"):
+        GRPOConfig(lr_scheduler_type="step")
