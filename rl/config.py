@@ -120,7 +120,9 @@ class GRPOConfig:
         ),
     )
     # ---- optimisation
-    learning_rate: float = field(default=1e-4, metadata=_help("AdamW learning rate (the peak, see lr_scheduler_type)."))
+    learning_rate: float = field(
+        default=1e-4, metadata=_help("AdamW learning rate (the peak, see lr_scheduler_type).")
+    )
     lr_scheduler_type: str = field(
         default="linear",
         metadata=_help(
@@ -200,7 +202,9 @@ class GRPOConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.lr_scheduler_type not in LR_SCHEDULES:
-            raise ValueError(f"lr_scheduler_type must be one of {LR_SCHEDULES}, got {self.lr_scheduler_type!r}")
+            raise ValueError(
+                f"lr_scheduler_type must be one of {LR_SCHEDULES}, got {self.lr_scheduler_type!r}"
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.val_every < 0 or self.keep_loaded < 1:
