@@ -46,9 +46,11 @@ class DemoConfig:
     )
     run_dir: str = field(default="runs/demo", metadata={"help": "Run directory; rerunning resumes it."})
     seed: int = field(default=0, metadata={"help": "Seed for data, optimizers and training."})
-    n_train: int = field(default=600, metadata={"help": "Training examples (fact QA)."})
-    n_dev: int = field(default=200, metadata={"help": "Dev examples (held out; picks and reports)."})
-    n_test: int = field(default=200, metadata={"help": "Test examples (held out; reported only)."})
+    n_train: int = field(
+        default=2000, metadata={"help": "Training examples (fact QA): the teacher runs on each."}
+    )
+    n_dev: int = field(default=400, metadata={"help": "Dev examples (held out; picks and reports)."})
+    n_test: int = field(default=400, metadata={"help": "Test examples (held out; reported only)."})
     num_threads: int = field(default=16, metadata={"help": "Concurrent requests to vLLM."})
     stages: list[str] = field(
         default_factory=lambda: list(ALL_STAGES),
@@ -60,7 +62,7 @@ class DemoConfig:
         metadata={"help": "Prompt stage: random-search candidates besides zero-shot and labeled-only."},
     )
     prompt_valset_size: int = field(
-        default=60, metadata={"help": "Dev examples the prompt search and BetterTogether select on."}
+        default=150, metadata={"help": "Dev examples the prompt search and BetterTogether select on."}
     )
     max_labeled_demos: int = field(default=0, metadata={"help": "Prompt stage: labeled demos."})
     sft_config: str = field(default="configs/sft.yaml", metadata={"help": "LoRA SFT config (YAML)."})
@@ -68,7 +70,11 @@ class DemoConfig:
         default_factory=list, metadata={"help": "key=value overrides for sft_config."}
     )
     sft_samples_per_example: int = field(
-        default=8, metadata={"help": "Teacher samples per training example when collecting SFT traces."}
+        default=1,
+        metadata={
+            "help": "Teacher runs per training example when collecting SFT traces: the first greedy, the "
+            "rest sampled at sft_sample_temperature."
+        },
     )
     sft_sample_temperature: float = field(
         default=0.3,
@@ -78,7 +84,7 @@ class DemoConfig:
     grpo_overrides: list[str] = field(
         default_factory=list, metadata={"help": "key=value overrides for grpo_config."}
     )
-    grpo_valset_size: int = field(default=60, metadata={"help": "Dev examples GRPO validates on."})
+    grpo_valset_size: int = field(default=150, metadata={"help": "Dev examples GRPO validates on."})
     strategy: str = field(default="p -> w", metadata={"help": "BetterTogether strategy over p and w."})
     max_lora_rank: int = field(default=16, metadata={"help": "vLLM --max-lora-rank."})
     api_base: str | None = field(

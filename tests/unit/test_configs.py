@@ -110,3 +110,15 @@ def test_automatic_thread_count(monkeypatch) -> None:
     assert resolve_threads(0, share_with_server=True) == 2  # GRPO: vLLM keeps working
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert resolve_threads(0) == 1 and resolve_threads(0, share_with_server=True) == 1
+
+
+def test_demo_section_overrides_resolve_against_their_configs() -> None:
+    """The demo's sft_overrides / grpo_overrides are relative to the sft: and grpo: sections."""
+    from dspylite.demo import DemoConfig, _load_grpo_config, _load_sft_config
+
+    cfg = load_config(DemoConfig, CONFIGS / "demo.yaml", [])
+    assert _load_sft_config(cfg).threads == 2
+    assert _load_grpo_config(cfg).num_steps == 10
+    wrong = load_config(DemoConfig, CONFIGS / "demo.yaml", ["sft_overrides=[sft.threads=2]"])
+    with pytest.raises(Exception, match="sft"):
+        _load_sft_config(wrong)
