@@ -55,6 +55,14 @@ class GRPOConfig:
     examples_per_step: int = field(
         default=4, metadata=_help("Train examples sampled per step (epoch order).")
     )
+    dynamic_sampling_rounds: int = field(
+        default=0,
+        metadata=_help(
+            "Extra rollout rounds per step (DAPO's dynamic sampling): while fewer than examples_per_step "
+            "examples have reward variance across their rollouts, roll out the next examples_per_step "
+            "examples too, at most this many more times. 0: one round."
+        ),
+    )
     num_rollouts_per_example: int = field(
         default=4, metadata=_help("K: program runs per example per step; the group size (>= 2).")
     )
@@ -207,6 +215,8 @@ class GRPOConfig:
             )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.dynamic_sampling_rounds < 0:
+            raise ValueError(f"dynamic_sampling_rounds must be >= 0, got {self.dynamic_sampling_rounds}")
         if self.val_every < 0 or self.keep_loaded < 1:
             raise ValueError("val_every must be >= 0 and keep_loaded >= 1")
 

@@ -55,6 +55,19 @@ class RolloutBatch:
     def all(self) -> list[Rollout]:
         return self.rollouts + self.excluded
 
+    def extend(self, other: RolloutBatch) -> None:
+        """Add another round of rollouts (their example keys must not collide: see ``index_base``)."""
+        self.rollouts.extend(other.rollouts)
+        self.excluded.extend(other.excluded)
+        self.seconds += other.seconds
+
+    def examples_with_signal(self) -> int:
+        """Examples whose kept rollouts do not all share one reward: their groups carry a gradient."""
+        rewards: dict[str, set[float]] = {}
+        for r in self.rollouts:
+            rewards.setdefault(r.example_key, set()).add(r.reward)
+        return sum(1 for values in rewards.values() if len(values) > 1)
+
     def stats(self) -> dict[str, float]:
         rewards = [r.reward for r in self.rollouts]
         total = len(self.rollouts) + len(self.excluded)
@@ -91,19 +104,21 @@ def collect_rollouts(
     rollout_id_base: int = 0,
     lm_kwargs: dict[str, Any] | None = None,
     progress: Any = None,
+    index_base: int = 0,
 ) -> RolloutBatch:
     """Run ``program`` ``num_rollouts`` times on each example, concurrently.
 
     ``program`` should already talk to the served policy with the cache off (see
     ``rl.trainer.rollout_program``). Rollout r of every example gets id ``rollout_id_base + r``.
-    ``lm_kwargs`` are extra sampling parameters (``top_p``, ``max_tokens``, ...).
+    ``lm_kwargs`` are extra sampling parameters (``top_p``, ``max_tokens``, ...). Example i is
+    numbered ``index_base + i``, so batches of one step collected in several rounds keep apart.
     """
     if num_rollouts < 2:
         raise ValueError(f"num_rollouts must be at least 2 for group-relative advantages, got {num_rollouts}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for rollouts (K samples must differ), got {temperature}")
     jobs = [(i, r) for i in range(len(examples)) for r in range(num_rollouts)]
-    keys = [f"{i}:{example_id(ex)}" for i, ex in enumerate(examples)]
+    keys = [f"{index_base + i}:{example_id(ex)}" for i, ex in enumerate(examples)]
 
     def run(job: tuple[int, int]) -> Rollout:
         index, r = job
@@ -111,7 +126,7 @@ def collect_rollouts(
         result = run_one(program, examples[index], metric, keep_traces=True, rollout_id=rid)
         if result.error_kind is None:
             return Rollout(
-                index,
+                index_base + index,
                 keys[index],
                 rid,
                 result.score,
@@ -120,7 +135,9 @@ def collect_rollouts(
                 prediction=result.prediction,
             )
         reward = format_failure_reward if result.error_kind in POLICY_FAILURES else float("nan")
-        return Rollout(index, keys[index], rid, reward, None, result.error_kind, result.error, result.traces)
+        return Rollout(
+            index_base + index, keys[index], rid, reward, None, result.error_kind, result.error, result.traces
+        )
 
     sampling = {**_settings.current().lm_kwargs, **(lm_kwargs or {}), "temperature": temperature}
     started = time.perf_counter()
@@ -133,7 +150,7 @@ def collect_rollouts(
             if isinstance(outcome.error, MetricError):
                 raise outcome.error
             rollout = Rollout(
-                index,
+                index_base + index,
                 keys[index],
                 rollout_id_base + r,
                 float("nan"),

@@ -292,16 +292,11 @@ class GRPOTrainer:
         examples = self._next_examples(trainset)
         version = self.state["version"]
         rollout_prog = rollout_program(program, version, self.rollout_lm, cfg.train_predictors)
-        batch = collect_rollouts(
-            rollout_prog,
-            examples,
-            self.metric,
-            num_rollouts=cfg.num_rollouts_per_example,
-            temperature=cfg.temperature,
-            format_failure_reward=cfg.format_failure_reward,
-            num_threads=cfg.rollout_threads,
-            rollout_id_base=step * cfg.num_rollouts_per_example,
-        )
+        batch = self._rollouts(rollout_prog, examples, step, 0)
+        rounds = 1
+        while rounds <= cfg.dynamic_sampling_rounds and batch.examples_with_signal() < cfg.examples_per_step:
+            batch.extend(self._rollouts(rollout_prog, self._next_examples(trainset), step, rounds))
+            rounds += 1
         rollout_s = time.perf_counter() - started
 
         grouping = build_groups(
@@ -332,6 +327,8 @@ class GRPOTrainer:
             "version": self.state["version"],
             "updated": updated,
             **batch.stats(),
+            "sampling_rounds": rounds,
+            "examples_with_signal": batch.examples_with_signal(),
             **grouping.stats(),
             **train_stats,
             "rollout_s": rollout_s,
@@ -355,6 +352,21 @@ class GRPOTrainer:
             self._checkpoint(step, row)
         self._log_row(row)
         return row
+
+    def _rollouts(self, program: Any, examples: list[Example], step: int, round_index: int) -> Any:
+        """One round of K rollouts per example; rounds of one step number their examples apart."""
+        cfg = self.cfg
+        return collect_rollouts(
+            program,
+            examples,
+            self.metric,
+            num_rollouts=cfg.num_rollouts_per_example,
+            temperature=cfg.temperature,
+            format_failure_reward=cfg.format_failure_reward,
+            num_threads=cfg.rollout_threads,
+            rollout_id_base=step * cfg.num_rollouts_per_example,
+            index_base=round_index * cfg.examples_per_step,
+        )
 
     def _val_due(self, step: int) -> bool:
         every = self.cfg.val_every

@@ -464,3 +464,31 @@ def test_a_run_from_an_init_adapter_checkpoints_only_the_trained_adapter(model_d
         assert "reference" not in saved
     versions = [p for p in (tmp_path / "run" / "adapters").iterdir() if p.is_dir()]
     assert versions and all(not (v / "reference").exists() for v in versions)
+
+
+def test_dynamic_sampling_rolls_out_more_examples_until_enough_carry_signal(model_dir, tmp_path):
+    from rl.trainer import GRPOTrainer
+
+    def no_signal(example, prediction, trace=None):  # every rollout scores the same: no group has variance
+        return 0.0
+
+    lm = SamplingLM()
+    cfg = _config(model_dir, tmp_path / "flat", num_steps=2, val_every=0, dynamic_sampling_rounds=2)
+    trainer = GRPOTrainer(cfg, no_signal, FakeServer(model_dir, lm), lm=lm)
+    trainer.fit(TwoStep(), _data(6), _data(2, offset=100))
+    rows = [r for r in trainer.run.metrics() if r.get("step", 0) > 0 and "rollouts" in r]
+    assert [r["sampling_rounds"] for r in rows] == [3, 3]  # one round plus the two allowed extra
+    assert [r["rollouts"] for r in rows] == [36, 36]  # 3 rounds x 3 examples x 4 rollouts
+    assert all(r["examples_with_signal"] == 0 and not r["updated"] for r in rows)
+    # each round's examples form their own groups (2 predictors x 9 examples), never merged by position
+    assert all(r["groups"] > 12 for r in rows)
+    assert trainer.state["epoch"] * 6 + trainer.state["cursor"] == 18  # 2 steps x 9 examples drawn
+
+    lm = SamplingLM()
+    cfg = _config(model_dir, tmp_path / "noisy", num_steps=1, val_every=0, dynamic_sampling_rounds=2)
+    trainer = GRPOTrainer(cfg, metric, FakeServer(model_dir, lm), lm=lm)
+    trainer.fit(TwoStep(), _data(6), _data(2, offset=100))
+    (row,) = [r for r in trainer.run.metrics() if r.get("step") == 1 and "rollouts" in r]
+    # extra rounds only while fewer than examples_per_step examples have reward variance
+    assert (row["sampling_rounds"] == 1) == (row["examples_with_signal"] >= 3)
+    assert row["rollouts"] == 12 * row["sampling_rounds"]
