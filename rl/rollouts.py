@@ -25,6 +25,7 @@ from dspylite.evaluate import example_id, run_one
 from dspylite.example import Example
 from dspylite.trace import TraceRecord
 from dspylite.utils.parallel import parallel_map
+from rl.groups import is_zero_variance
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,11 @@ class RolloutBatch:
         self.seconds += other.seconds
 
     def examples_with_signal(self) -> int:
-        """Examples whose kept rollouts do not all share one reward: their groups carry a gradient."""
-        rewards: dict[str, set[float]] = {}
+        """Examples whose kept rollouts differ in reward (by build_groups' rule): they carry a gradient."""
+        rewards: dict[str, list[float]] = {}
         for r in self.rollouts:
-            rewards.setdefault(r.example_key, set()).add(r.reward)
-        return sum(1 for values in rewards.values() if len(values) > 1)
+            rewards.setdefault(r.example_key, []).append(r.reward)
+        return sum(1 for values in rewards.values() if len(values) > 1 and not is_zero_variance(values))
 
     def stats(self) -> dict[str, float]:
         rewards = [r.reward for r in self.rollouts]

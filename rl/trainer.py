@@ -293,10 +293,10 @@ class GRPOTrainer:
         version = self.state["version"]
         rollout_prog = rollout_program(program, version, self.rollout_lm, cfg.train_predictors)
         batch = self._rollouts(rollout_prog, examples, step, 0)
-        rounds = 1
-        while rounds <= cfg.dynamic_sampling_rounds and batch.examples_with_signal() < cfg.examples_per_step:
+        rounds, with_signal = 1, batch.examples_with_signal()
+        while rounds <= cfg.dynamic_sampling_rounds and with_signal < cfg.examples_per_step:
             batch.extend(self._rollouts(rollout_prog, self._next_examples(trainset), step, rounds))
-            rounds += 1
+            rounds, with_signal = rounds + 1, batch.examples_with_signal()
         rollout_s = time.perf_counter() - started
 
         grouping = build_groups(
@@ -328,7 +328,7 @@ class GRPOTrainer:
             "updated": updated,
             **batch.stats(),
             "sampling_rounds": rounds,
-            "examples_with_signal": batch.examples_with_signal(),
+            "examples_with_signal": with_signal,
             **grouping.stats(),
             **train_stats,
             "rollout_s": rollout_s,
