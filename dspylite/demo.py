@@ -26,11 +26,12 @@ from dspylite.utils.stats import mean_ci, paired_diff_ci
 
 logger = logging.getLogger(__name__)
 
-ALL_STAGES = ["baseline", "prompt", "sft", "sft_grpo", "better_together"]
+ALL_STAGES = ["baseline", "prompt", "sft", "grpo", "sft_grpo", "better_together"]
 STAGE_TITLES = {
     "baseline": "baseline",
     "prompt": "prompt-only (BootstrapFewShotWithRandomSearch)",
     "sft": "weights-only (BootstrapFinetune SFT)",
+    "grpo": "weights-only (GRPO from the base model)",
     "sft_grpo": "SFT + GRPO",
     "better_together": "BetterTogether (p -> w)",
 }
@@ -82,7 +83,16 @@ class DemoConfig:
     )
     grpo_config: str = field(default="configs/grpo.yaml", metadata={"help": "GRPO config (YAML)."})
     grpo_overrides: list[str] = field(
-        default_factory=list, metadata={"help": "key=value overrides for grpo_config."}
+        # The measured SFT+GRPO recipe: short, and hotter than grpo_config's from-base default.
+        default_factory=lambda: ["num_steps=10", "val_every=5", "temperature=0.7", "learning_rate=5.0e-4"],
+        metadata={"help": "SFT + GRPO stage: key=value overrides for grpo_config's grpo: section."},
+    )
+    grpo_base_overrides: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "GRPO-from-base stage: key=value overrides for grpo_config's grpo: section "
+            "(none: its from-base defaults, 60 steps)."
+        },
     )
     grpo_valset_size: int = field(default=150, metadata={"help": "Dev examples GRPO validates on."})
     strategy: str = field(default="p -> w", metadata={"help": "BetterTogether strategy over p and w."})
@@ -309,23 +319,31 @@ class _Demo:
     def _selection_set(self) -> list[Any]:
         return self.data["dev"][: self.cfg.prompt_valset_size]
 
+    def _compile_grpo(self, baseline: Any, programs: dict[str, Any], stage_dir: Path) -> Any:
+        config = _load_grpo_config(self.cfg, self.cfg.grpo_base_overrides)
+        return self._run_grpo(baseline, config, stage_dir, init_adapter="base")
+
     def _compile_sft_grpo(self, baseline: Any, programs: dict[str, Any], stage_dir: Path) -> Any:
-        from dspylite.optimizers import GRPO
+        from dspylite.jobs.common import find_adapter
 
         start = programs.get("sft")
         if start is None:
             start = self._compile_sft(baseline, programs, self.run_dir.path / "stages" / "sft")
         adapter = next((p.lm.model for _, p in start.named_predictors() if p.lm is not None), None)
-        from dspylite.jobs.common import find_adapter
-
         init_adapter = find_adapter(adapter, self.run_dir.path) if adapter else None
+        config = _load_grpo_config(self.cfg, self.cfg.grpo_overrides)
+        return self._run_grpo(start, config, stage_dir, init_adapter=init_adapter or "base")
+
+    def _run_grpo(self, start: Any, config: Any, stage_dir: Path, *, init_adapter: Any) -> Any:
+        from dspylite.optimizers import GRPO
+
         grpo = GRPO(
             self.metric,
             server=self.server,
             model_path=self.model,
-            config=_load_grpo_config(self.cfg),
+            config=config,
             run_dir=stage_dir / "grpo",
-            init_adapter=init_adapter or "base",
+            init_adapter=init_adapter,
         )
         return grpo.compile(
             start.deepcopy(),
@@ -411,8 +429,8 @@ def _load_sft_config(cfg: DemoConfig) -> Any:
     return load_finetune_config(cfg.sft_config, cfg.sft_overrides)
 
 
-def _load_grpo_config(cfg: DemoConfig) -> Any:
-    """The ``grpo:`` section of a GRPO job YAML, with ``key=value`` overrides relative to it."""
+def _load_grpo_config(cfg: DemoConfig, overrides: list[str]) -> Any:
+    """The ``grpo:`` section of ``cfg.grpo_config``, with ``key=value`` overrides relative to it."""
     from dspylite.config_io import from_dict, read_yaml_mapping, set_dotted, split_override
     from rl.config import GRPOConfig
 
@@ -422,7 +440,7 @@ def _load_grpo_config(cfg: DemoConfig) -> Any:
 
         raise ConfigError(f"grpo_config: file not found: {path}")
     data = read_yaml_mapping(path).get("grpo") or {}
-    for key, value in (split_override(o) for o in cfg.grpo_overrides):
+    for key, value in (split_override(o) for o in overrides):
         set_dotted(data, key, value)
     return from_dict(GRPOConfig, data, source=f"{path} (grpo section)")
 

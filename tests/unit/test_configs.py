@@ -118,7 +118,18 @@ def test_demo_section_overrides_resolve_against_their_configs() -> None:
 
     cfg = load_config(DemoConfig, CONFIGS / "demo.yaml", [])
     assert _load_sft_config(cfg).threads == 2
-    assert _load_grpo_config(cfg).num_steps == 10
+    sft_grpo = _load_grpo_config(cfg, cfg.grpo_overrides)
+    assert (sft_grpo.num_steps, sft_grpo.temperature, sft_grpo.learning_rate) == (10, 0.7, 5e-4)
+    # The GRPO-from-base stage runs configs/grpo.yaml's own (measured, from-base) recipe.
+    from_base = _load_grpo_config(cfg, cfg.grpo_base_overrides)
+    assert (from_base.num_steps, from_base.temperature, from_base.learning_rate) == (60, 0.5, 1e-3)
+    # The dataclass defaults are the YAML's, so a demo run without the YAML measures the same thing.
+    defaults = DemoConfig()
+    assert (defaults.grpo_overrides, defaults.grpo_base_overrides, defaults.stages) == (
+        cfg.grpo_overrides,
+        cfg.grpo_base_overrides,
+        cfg.stages,
+    )
     wrong = load_config(DemoConfig, CONFIGS / "demo.yaml", ["sft_overrides=[sft.threads=2]"])
     with pytest.raises(Exception, match="sft"):
         _load_sft_config(wrong)
