@@ -393,12 +393,12 @@ def demo(
         help="An optional YAML config (configs/demo.yaml), then overrides such as model=/path/to/ckpt.",
     ),
 ) -> None:
-    """The main job: baseline vs prompt-only, SFT, SFT+GRPO and BetterTogether, in one table and chart.
+    """The main job: baseline vs prompt-only, SFT, GRPO, SFT+GRPO and BetterTogether, in one table and chart.
 
     One two-module program on the built-in task, every stage scored on dev and test with 95% intervals.
 
-    Builds the tiny model and starts vLLM unless model= / api_base= say otherwise; finishes in minutes
-    on a CPU. Rerunning with the same run_dir resumes after the last finished stage.
+    Builds the tiny model and starts vLLM unless model= / api_base= say otherwise; about 23 minutes on
+    a 2-core CPU (stages=[...] picks fewer). Rerunning with the same run_dir resumes after the last finished stage.
 
     Example: dspylite demo configs/demo.yaml model=/path/to/checkpoint
     """

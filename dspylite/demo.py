@@ -35,6 +35,15 @@ STAGE_TITLES = {
     "sft_grpo": "SFT + GRPO",
     "better_together": "BetterTogether (p -> w)",
 }
+# The chart's tick labels: short, and distinct (two stages are weights-only).
+STAGE_LABELS = {
+    "baseline": "baseline",
+    "prompt": "prompt-only",
+    "sft": "SFT",
+    "grpo": "GRPO",
+    "sft_grpo": "SFT + GRPO",
+    "better_together": "BetterTogether",
+}
 
 
 @dataclass
@@ -406,7 +415,7 @@ def render_report(run: RunDir) -> Path:
             errs[1].append(100 * (hi - m))
         ax.bar([x + offset for x in xs], means, width=0.4, yerr=errs, capsize=3, label=split)
     ax.set_xticks(xs)
-    ax.set_xticklabels([STAGE_TITLES[n].split(" (")[0] for n in names], rotation=15)
+    ax.set_xticklabels([STAGE_LABELS[n] for n in names], rotation=15)
     ax.set_ylabel("exact match (%)")
     n_dev = len(scores[names[0]].dev) if names else 0
     n_test = len(scores[names[0]].test) if names else 0

@@ -133,3 +133,10 @@ def test_demo_section_overrides_resolve_against_their_configs() -> None:
     wrong = load_config(DemoConfig, CONFIGS / "demo.yaml", ["sft_overrides=[sft.threads=2]"])
     with pytest.raises(Exception, match="sft"):
         _load_sft_config(wrong)
+
+
+def test_demo_stages_have_titles_and_distinct_chart_labels() -> None:
+    from dspylite.demo import ALL_STAGES, STAGE_LABELS, STAGE_TITLES
+
+    assert set(STAGE_TITLES) == set(STAGE_LABELS) == set(ALL_STAGES)
+    assert len(set(STAGE_LABELS.values())) == len(ALL_STAGES)
