@@ -1,0 +1,50 @@
+"""Model references: a local checkpoint directory or a named source built here once.
+
+    from serving.models import resolve_model
+    resolve_model("")                        # the built-in tiny model (built once, cached)
+    resolve_model("tiny")                    # the same
+    resolve_model("/path/to/checkpoint")     # any Hugging Face model directory
+
+Every job, the CLI and the Python API resolve ``model=`` through ``resolve_model``; nothing else
+interprets model strings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from dspylite.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+TINY = "tiny"
+
+
+def _log(message: str) -> None:
+    logger.info("%s", message)
+
+
+def _build_tiny(say: Callable[[str], None]) -> Path:
+    from finetune.tiny_model import build_tiny_model
+
+    say("building (or loading the cached) tiny model ...")
+    return build_tiny_model()
+
+
+# name -> builder returning the model directory; each builds once and caches under DSPYLITE_HOME.
+SOURCES: dict[str, Callable[[Callable[[str], None]], Path]] = {TINY: _build_tiny}
+
+
+def resolve_model(model: str | None, say: Callable[[str], None] = _log) -> str:
+    """The model directory for ``model``: a named source, an existing directory, or (empty) the tiny model."""
+    ref = (model or "").strip() or TINY
+    if ref in SOURCES:
+        return str(Path(SOURCES[ref](say)).resolve())
+    path = Path(ref).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"model={model!r}: no such directory, and not a named model source (one of {sorted(SOURCES)})"
+        )
+    return str(path.resolve())
