@@ -54,6 +54,9 @@ def _say(message: str) -> None:
     typer.secho(message, fg=typer.colors.CYAN, err=True)
 
 
+_CONFIG_ARG_HELP = "YAML job config from configs/, e.g. configs/{}.yaml."
+
+
 def _run_job(job, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - any job function
     """Run a library job; its errors become one red line and exit code 2, Ctrl-C exit code 130."""
     from dspylite.errors import DSPyLiteError
@@ -62,6 +65,9 @@ def _run_job(job, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - an
         return job(*args, **kwargs)
     except DSPyLiteError as exc:
         _fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only run directory: name the file, keep exit code 2
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}; finished work is kept on disk, rerun to resume")
     except KeyboardInterrupt:
         typer.secho("interrupted; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code=130) from None
@@ -89,7 +95,7 @@ def _with_config_keys(config_class: str | None) -> type:
 
 
 def _config_keys_text(config_class: str, rich_markup: bool) -> str:
-    from dspylite.jobs.common import config_keys
+    from dspylite.config_io import config_keys
     from dspylite.jobs.tasks import load_object
 
     cls = load_object(config_class, (), "config class")
@@ -123,14 +129,18 @@ def serve(
         help="Serve the LoRA adapter in directory PATH under NAME (repeatable). Checked before vLLM starts.",
     ),
     port: Optional[int] = typer.Option(None, help="TCP port (default: a free one)."),
-    host: str = typer.Option(
-        "127.0.0.1", help="Interface to bind (0.0.0.0 exposes the server on the network)."
+    host: Optional[str] = typer.Option(
+        None, help="Interface to bind (default 127.0.0.1; 0.0.0.0 exposes the server on the network)."
     ),
     served_model_name: Optional[str] = typer.Option(
         None, help="Name clients send as 'model' for the base model (default: the model path)."
     ),
-    max_lora_rank: int = typer.Option(16, help="Largest LoRA rank accepted; larger adapters are refused."),
-    max_loras: int = typer.Option(4, help="How many adapters can be active in one batch."),
+    max_lora_rank: Optional[int] = typer.Option(
+        None, help="Largest LoRA rank accepted (default 16); larger adapters are refused."
+    ),
+    max_loras: Optional[int] = typer.Option(
+        None, help="How many adapters can be active in one batch (default 4)."
+    ),
     api_key: Optional[str] = typer.Option(
         None,
         envvar="DSPYLITE_API_KEY",
@@ -142,7 +152,9 @@ def serve(
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="YAML serve config (configs/serve.yaml); command-line flags override it."
     ),
-    startup_timeout: float = typer.Option(300.0, help="Seconds to wait for the server to become healthy."),
+    startup_timeout: Optional[float] = typer.Option(
+        None, help="Seconds to wait for the server to become healthy (default 300)."
+    ),
 ) -> None:
     """Start vLLM on MODEL_DIR with LoRA enabled, load the adapters, and serve until Ctrl-C.
 
@@ -159,24 +171,21 @@ def serve(
 
     try:
         cfg = load_config(ServeConfig, config)
+        # Every flag given on the command line overrides the file, whatever its value; flags not
+        # given leave the file's value (or ServeConfig's default).
         flags = {
             "model": model_dir,
             "port": port,
             "served_model_name": served_model_name,
             "api_key": api_key,
             "run_dir": str(run_dir) if run_dir else None,
+            "host": host,
+            "max_lora_rank": max_lora_rank,
+            "max_loras": max_loras,
+            "startup_timeout": startup_timeout,
         }
         for key, value in flags.items():
             if value is not None:
-                setattr(cfg, key, value)
-        # Flags with defaults override the file only when given a non-default value.
-        for key, value, default in (
-            ("host", host, "127.0.0.1"),
-            ("max_lora_rank", max_lora_rank, 16),
-            ("max_loras", max_loras, 4),
-            ("startup_timeout", startup_timeout, 300.0),
-        ):
-            if value != default or config is None:
                 setattr(cfg, key, value)
         cfg.adapters = {**cfg.adapters, **parse_adapter_specs(adapter)}
         server = build_server(cfg)
@@ -201,43 +210,35 @@ def _print_ready(server) -> None:  # noqa: ANN001 - a serving.VLLMServer
 # ---- finetune -------------------------------------------------------------------------------------
 
 
-@app.command(no_args_is_help=True, cls=_with_config_keys("finetune.job:FinetuneJobConfig"))
+@app.command(no_args_is_help=True, cls=_with_config_keys("dspylite.jobs.finetune_job:FinetuneJobConfig"))
 def finetune(
-    config: Path = typer.Argument(..., help="YAML job config, e.g. configs/sft.yaml."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=_CONFIG_ARG_HELP.format("sft")),
     overrides: Optional[list[str]] = typer.Argument(
         None,
         metavar="[KEY=VALUE]...",
         help="Config overrides, e.g. sft.learning_rate=1e-3 model=/path/to/ckpt.",
     ),
 ) -> None:
-    """BootstrapFinetune on the built-in task: baseline, teacher traces, LoRA SFT, served adapter, score again.
+    """BootstrapFinetune on a task: teacher traces, LoRA SFT, the adapter served, baseline and tuned scored.
 
     Writes the run directory (config, metrics.jsonl, data/, checkpoints/, adapters/, program.json,
-    report.md, report.png) and prints the dev scores before and after with their 95% intervals.
+    report.md, report.png) and prints the scores before and after with their 95% intervals and the
+    paired difference.
 
     Example: dspylite finetune configs/sft.yaml run_dir=runs/sft-lr1e3 sft.learning_rate=1e-3
     """
-    from dspylite.errors import DSPyLiteError
-    from finetune.job import run_finetune_job
+    from dspylite.jobs.finetune_job import run_finetune_job
 
-    try:
-        result = run_finetune_job(config, list(overrides or []))
-    except DSPyLiteError as exc:
-        _fail(str(exc))
-        return
-    for label, summary in (("baseline", result.before), ("tuned", result.after)):
-        low, high = summary["ci95"]
-        typer.echo(f"{label:>9}: {summary['mean']:.3f}  95% CI [{low:.3f}, {high:.3f}]  (n={summary['n']})")
-    diff = result.difference
-    typer.echo(f"difference: {diff['mean']:+.3f}  95% CI [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}]")
+    result = _run_job(run_finetune_job, config, list(overrides or []), say=_say)
+    _echo_scores(result.scores, "baseline")
     typer.echo(f"adapter: {result.adapter}")
-    typer.echo(f"report: {result.report}")
+    typer.echo(f"report: {result.run_dir / 'report.md'}")
 
 
 # ---- grpo -----------------------------------------------------------------------------------------
 
 
-@app.command(no_args_is_help=True, cls=_with_config_keys("rl.job:GRPOJobConfig"))
+@app.command(no_args_is_help=True, cls=_with_config_keys("dspylite.jobs.grpo_job:GRPOJobConfig"))
 def grpo(
     config: Path = typer.Argument(..., help="YAML job config, e.g. configs/grpo.yaml."),
     overrides: Optional[list[str]] = typer.Argument(
@@ -255,14 +256,9 @@ def grpo(
 
     Example: dspylite grpo configs/grpo.yaml run_dir=runs/grpo-1 grpo.num_steps=20
     """
-    from dspylite.errors import DSPyLiteError
-    from rl.job import run_grpo_job
+    from dspylite.jobs.grpo_job import run_grpo_job
 
-    try:
-        result = run_grpo_job(config, list(overrides or []))
-    except DSPyLiteError as exc:
-        _fail(str(exc))
-        return
+    result = _run_job(run_grpo_job, config, list(overrides or []), say=_say)
     for label, point in (("start", result.start), ("best", result.best), ("final", result.final)):
         typer.echo(
             f"{label:>6}: {point.score:.3f}  95% CI [{point.lo:.3f}, {point.hi:.3f}]  "
@@ -280,8 +276,6 @@ def grpo(
 
 
 # ---- eval -----------------------------------------------------------------------------------------
-
-_CONFIG_ARG_HELP = "YAML job config from configs/, e.g. configs/{}.yaml."
 
 
 @app.command("eval", no_args_is_help=True, cls=_with_config_keys("dspylite.jobs.eval_job:EvalJobConfig"))
@@ -385,7 +379,7 @@ def better_together(
 # ---- demo -----------------------------------------------------------------------------------------
 
 
-@app.command(cls=_with_config_keys("dspylite.demo:DemoConfig"))
+@app.command(cls=_with_config_keys("dspylite.jobs.demo_job:DemoConfig"))
 def demo(
     args: Optional[list[str]] = typer.Argument(
         None,
@@ -402,14 +396,11 @@ def demo(
 
     Example: dspylite demo configs/demo.yaml model=/path/to/checkpoint
     """
-    import inspect
-
-    from dspylite.demo import run_demo
+    from dspylite.jobs.demo_job import run_demo
 
     items = list(args or [])
     config = items.pop(0) if items and "=" not in items[0] else None
-    kwargs = {"progress": _say} if "progress" in inspect.signature(run_demo).parameters else {}
-    run_dir = _run_job(run_demo, config, items, **kwargs)
+    run_dir = _run_job(run_demo, config, items, say=_say)
     typer.echo(f"report: {Path(run_dir) / 'report.md'}")
 
 

@@ -11,6 +11,7 @@ Unknown keys and values of the wrong type raise ConfigError naming the key and t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -23,13 +24,31 @@ T = TypeVar("T")
 
 
 def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()
+    cls: type[T],
+    path: str | Path | dict[str, Any] | None = None,
+    overrides: list[str] | dict[str, Any] = (),
+    section: str | None = None,
 ) -> T:
+    """``cls`` from a YAML file (or a mapping), then ``key=value`` overrides, each checked and typed.
+
+    ``section``: read only that top-level mapping of the file (``grpo`` of configs/grpo.yaml); the
+    overrides are then relative to it. Every key given, in the file or as an override, is applied
+    even when it equals the default: nothing is merged by comparing against defaults.
+    """
     data: dict[str, Any] = {}
     source = "defaults"
-    if path is not None:
+    if isinstance(path, dict):
+        data, source = copy.deepcopy(path), "config mapping"
+    elif path is not None:
         data = read_yaml_mapping(path)
         source = str(Path(path))
+    if section is not None:
+        if path is not None and section not in data:
+            raise ConfigError(f"{source} has no {section!r} section (expected `{section}:` at the top level)")
+        inner = data.get(section) or {}
+        if not isinstance(inner, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {inner!r}")
+        data, source = copy.deepcopy(inner), f"{source} (section {section})"
     if isinstance(overrides, dict):
         override_items = list(overrides.items())
     else:
@@ -183,3 +202,23 @@ def help_table(cls: type) -> str:
         )
         lines.append(f"{f.name} = {default!r}: {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def config_keys(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Every leaf key of a config dataclass, dotted (``task.n_dev``), with its default and help text."""
+    hints = typing.get_type_hints(cls)
+    keys: list[tuple[str, Any, str]] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if dataclasses.is_dataclass(hints.get(f.name)):
+            keys.extend(config_keys(hints[f.name], f"{prefix}{f.name}."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "<required>"
+        keys.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+    return keys

@@ -17,7 +17,6 @@ Every editing method (``with_instructions``, ``append``, ``prepend``, ``insert``
 from __future__ import annotations
 
 import ast
-import enum
 import keyword
 import re
 import typing
@@ -444,7 +443,3 @@ def ensure_signature(signature: str | type[Signature], instructions: str | None 
     if isinstance(signature, SignatureMeta):
         return signature.with_instructions(instructions) if instructions else signature
     raise SignatureError(f"expected a signature string or Signature class, got {type(signature).__name__}")
-
-
-def is_enum(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, enum.Enum)

@@ -7,13 +7,12 @@ Every field has help text (``dspylite.config_io.help_table(FinetuneConfig)`` pri
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dspylite.config_io import from_dict, read_yaml_mapping, set_dotted, split_override, to_dict
+from dspylite.config_io import load_config, to_dict
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -186,25 +185,12 @@ def load_finetune_config(
     source: str | Path | dict[str, Any] | FinetuneConfig | None = None,
     overrides: list[str] | dict[str, Any] = (),
 ) -> FinetuneConfig:
-    """A FinetuneConfig from a YAML file, a dict or an existing config, plus ``key=value`` overrides.
-
-    A job YAML (configs/sft.yaml) keeps these fields under ``sft:``; that section is used, and the
-    overrides are relative to it (``learning_rate=1e-3``, ``lora.r=8``).
-    """
+    """A FinetuneConfig from the ``sft:`` section of a job YAML (configs/sft.yaml), a mapping of its
+    fields, or an existing config, plus ``key=value`` overrides relative to those fields."""
     if isinstance(source, FinetuneConfig):
         if not overrides:
             return source
         source = to_dict(source)
-    label = "config dict"
-    data: dict[str, Any] = {}
-    if isinstance(source, dict):
-        data = source
-    elif source is not None:
-        data, label = read_yaml_mapping(source), str(Path(source))
-    if isinstance(data.get("sft"), dict):
-        data, label = data["sft"], f"{label} (section sft)"
-    data = copy.deepcopy(data)
-    items = overrides.items() if isinstance(overrides, dict) else (split_override(o) for o in overrides)
-    for key, value in items:
-        set_dotted(data, key, value)
-    return from_dict(FinetuneConfig, data, source=label)
+    if isinstance(source, dict) or source is None:
+        return load_config(FinetuneConfig, source, overrides)
+    return load_config(FinetuneConfig, source, overrides, section="sft")

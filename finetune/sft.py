@@ -24,8 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 from dspylite.config_io import to_dict
 from dspylite.errors import TrainingError
 from dspylite.run_dir import RunDir
+from dspylite.utils.io import write_dir_atomically
 from finetune.config import FinetuneConfig, LoraSettings, load_finetune_config, resolve_threads
 from finetune.data import SFTData
 
@@ -308,17 +307,14 @@ def save_adapter_atomically(
             "train under a new name"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
+        _fix_base_model_path(tmp, metadata["base_model"])
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
+
     with _disk_errors(target.parent):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
-            _fix_base_model_path(tmp, metadata["base_model"])
-            (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
-            _fsync_tree(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        write_dir_atomically(target, write)
     logger.info("adapter saved to %s", target)
     return target
 
@@ -330,13 +326,6 @@ def _fix_base_model_path(directory: Path, base_model: str) -> None:
     if config.get("base_model_name_or_path") != base_model:
         config["base_model_name_or_path"] = base_model
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
 
 
 class _disk_errors:

@@ -79,7 +79,7 @@ def _is_main_process() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        from dspylite.jobs.common import config_keys
+        from dspylite.config_io import config_keys
 
         sys.stdout.write(__doc__ or "")
         sys.stdout.write("\nusage: python -m finetune.train CONFIG [key=value ...]\n\nconfig keys:\n")

@@ -6,7 +6,7 @@
   the clipped policy-gradient loss with an optional KL to the base model;
 - ``rl.policy``: the PEFT LoRA model, its AdamW optimizer and the update;
 - ``rl.trainer``: the step loop, adapter versions hot-loaded into vLLM, validation, checkpoints;
-- ``rl.config`` / ``rl.job``: the typed config and ``dspylite grpo configs/grpo.yaml``.
+- ``rl.config``: the typed config (``dspylite grpo configs/grpo.yaml`` runs it: dspylite.jobs.grpo_job).
 
 Importing this package imports neither torch nor transformers; the modules that need them import them
 inside the functions that train.

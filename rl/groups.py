@@ -31,16 +31,6 @@ ZERO_VARIANCE_TOL = 1e-8
 
 
 @dataclass
-class RolloutView:
-    """What grouping needs from a rollout; ``rl.rollouts.Rollout`` satisfies it."""
-
-    example_key: str
-    rollout_id: int
-    reward: float
-    traces: list[Any]
-
-
-@dataclass
 class Sample:
     """One predictor call to train on, with the advantage of its group."""
 

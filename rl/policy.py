@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -254,19 +252,18 @@ class Policy:
 
     # ---- saving ----------------------------------------------------------------------------------------
     def save_adapter(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the adapter (safetensors + adapter_config.json) to a temporary sibling, then rename it."""
+        """Write the adapter (safetensors + adapter_config.json) atomically and durably (fsync, rename)."""
+        from dspylite.utils.io import write_dir_atomically
+
         target = Path(directory)
         if target.exists():
             raise TrainingError(f"adapter directory {target} already exists; adapter versions are immutable")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            self.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return write_dir_atomically(
+            target,
+            lambda tmp: self.model.save_pretrained(
+                str(tmp), safe_serialization=True, selected_adapters=[TRAINED_ADAPTER]
+            ),
+        )
 
     def save_training_state(self, directory: Path) -> None:
         """Optimizer moments and torch's RNG state into ``directory`` (safetensors + JSON)."""

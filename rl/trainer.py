@@ -33,7 +33,8 @@ from dspylite import settings as _settings
 from dspylite.errors import OptimizerError, TrainingError
 from dspylite.evaluate import Evaluate
 from dspylite.example import Example
-from dspylite.run_dir import RunDir, line_plot, markdown_table
+from dspylite.reporting import line_plot, markdown_table
+from dspylite.run_dir import RunDir
 from dspylite.utils.io import atomic_write_json
 from dspylite.utils.stats import mean_ci, paired_diff_ci
 from rl.config import GRPOConfig, learning_rate_at
@@ -134,6 +135,7 @@ class GRPOTrainer:
         val_metric: Callable[..., Any] | None = None,
         display_progress: bool = False,
         on_step_end: Callable[[int, dict[str, Any]], None] | None = None,
+        registry: Any = None,
     ):
         if not cfg.model_path:
             raise OptimizerError("GRPO needs model_path: the base model directory the server runs")
@@ -151,6 +153,7 @@ class GRPOTrainer:
         self.run = RunDir(cfg.run_dir)
         self.display_progress = display_progress
         self.on_step_end = on_step_end
+        self.registry = registry  # where versions are registered; default <run_dir>/adapters
         self.policy: Any = None
         self.state: dict[str, Any] = {}
         self._writer: Any = None
@@ -173,7 +176,8 @@ class GRPOTrainer:
         if not valset:
             raise OptimizerError("GRPO: the valset is empty (it picks the best adapter version)")
         self._check_predictors(program)
-        self.registry = AdapterRegistry(self.run.adapters_dir)
+        if self.registry is None:
+            self.registry = AdapterRegistry(self.run.adapters_dir)
         if not self.run.config_path.exists():  # a job may have written its own, fuller config there
             self.run.write_config(cfg)
         checkpoint = self._latest_checkpoint() if cfg.resume else None
@@ -392,10 +396,14 @@ class GRPOTrainer:
     # ---- sync -------------------------------------------------------------------------------------------------
     def _sync(self, step: int) -> str:
         """Save the adapter as a new version, register it, load it by path, and make it current."""
+        from serving.publish import publish_adapter
+
         name = f"{self.cfg.run_name}-{self.state['session']}-{step}"
         directory = self.run.adapters_dir / name
         self.policy.save_adapter(directory)
-        self.registry.register(
+        publish_adapter(
+            self.server,
+            self.registry,
             name,
             directory,
             base_model=self.policy.model_path,
@@ -406,7 +414,6 @@ class GRPOTrainer:
                 "trainer": "grpo",
             },
         )
-        self.server.load_adapter(name, str(directory))
         self.state["loaded"].append(name)
         self.state["version"] = name
         self.state["version_dir"] = str(directory)

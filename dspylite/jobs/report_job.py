@@ -1,30 +1,63 @@
 """Reports drawn from a run directory's files alone (job.json, metrics.jsonl, stages.json, results.jsonl).
 
-Jobs call ``render_report`` when they finish; ``dspylite report RUN_DIR`` calls it again later, e.g.
-after a crash before the report, or after changing this code. Run directories of other jobs get a
-generic report: the metrics table and a plot of every numeric metric per step.
+Jobs render their report when they finish (``JobSession.finish``); ``dspylite report RUN_DIR`` renders
+it again later, e.g. after a crash before the report, or after changing this code. Every cell, table
+and chart comes from ``dspylite.reporting``. Run directories of other jobs get a generic report: the
+metrics table and a plot of every numeric metric per step.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dspylite.errors import ConfigError
-from dspylite.jobs.common import JOB_FILE, RESULTS_FILE
-from dspylite.run_dir import RunDir, markdown_table
+from dspylite.optimizers.stages import load_stages
+from dspylite.reporting import (
+    diff_cell,
+    errors_cell,
+    grouped_bars,
+    markdown_table,
+    new_figure,
+    render_stage_report,
+    score_cell,
+    write_report,
+)
+from dspylite.run_dir import RunDir
 from dspylite.utils.io import read_jsonl
-from dspylite.utils.stats import paired_diff_ci
 
 logger = logging.getLogger(__name__)
 
-# Other packages' run directories, rendered by their own code when it offers a renderer.
-EXTERNAL_RENDERERS = {"demo": "dspylite.demo:render_report"}
-NEEDS_FINISHED_JOB = {"eval", "optimize"}  # their reports show final scores only a finished job has
+JOB_FILE = "job.json"
+RESULTS_FILE = "results.jsonl"
+NEEDS_FINISHED_JOB = {
+    "eval",
+    "optimize",
+    "finetune",
+}  # their reports show final scores only a finished job has
 GENERIC_PLOT_KEYS = 6  # at most this many metric curves in a generic report
+OPTIMIZER_DIR = "optimizer"
+
+# The demo's stages, in order, with the report's row titles and the chart's short, distinct labels.
+DEMO_STAGES = ["baseline", "prompt", "sft", "grpo", "sft_grpo", "better_together"]
+DEMO_STAGE_TITLES = {
+    "baseline": "baseline",
+    "prompt": "prompt-only (BootstrapFewShotWithRandomSearch)",
+    "sft": "weights-only (BootstrapFinetune SFT)",
+    "grpo": "weights-only (GRPO from the base model)",
+    "sft_grpo": "SFT + GRPO",
+    "better_together": "BetterTogether",
+}
+DEMO_STAGE_LABELS = {
+    "baseline": "baseline",
+    "prompt": "prompt-only",
+    "sft": "SFT",
+    "grpo": "GRPO",
+    "sft_grpo": "SFT + GRPO",
+    "better_together": "BetterTogether",
+}
 
 
 def render_report(run_dir: str | Path) -> Path:
@@ -34,8 +67,8 @@ def render_report(run_dir: str | Path) -> Path:
         raise ConfigError(f"run directory not found: {path}")
     run = RunDir(path)
     job = run.load_json(JOB_FILE, {}) or {}
-    kind = job.get("kind") or _guess_kind(run)
-    renderer = RENDERERS.get(kind) or _external_renderer(kind)
+    kind = job.get("kind") or ("better_together" if load_stages(path) else "generic")
+    renderer = RENDERERS.get(kind)
     if kind in NEEDS_FINISHED_JOB and job.get("status") != "done":
         logger.warning("%s: the %s job did not finish; writing a report of its metrics only", path, kind)
         renderer = None
@@ -47,53 +80,10 @@ def render_report(run_dir: str | Path) -> Path:
     return run.report_md
 
 
-def _guess_kind(run: RunDir) -> str:
-    stages = run.load_json("stages.json")
-    if isinstance(stages, dict):
-        return "demo"
-    if isinstance(stages, list):
-        return "better_together"
-    return "generic"
-
-
-def _external_renderer(kind: str) -> Callable[[RunDir, dict[str, Any]], None] | None:
-    spec = EXTERNAL_RENDERERS.get(kind)
-    if spec is None:
-        return None
-    module_name, _, attr = spec.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
-        return None
-    return lambda run, job: function(run)
-
-
 # ---- shared pieces ---------------------------------------------------------------------------------
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}"
-
-
-def score_cell(record: dict[str, Any]) -> str:
-    """``61.0 [55.2, 66.4]``: the mean in percent with its 95% interval."""
-    low, high = record["ci95"]
-    return f"{_pct(record['mean'])} [{_pct(low)}, {_pct(high)}]"
-
-
-def diff_cell(before: dict[str, Any], after: dict[str, Any]) -> str:
-    a, b = before.get("scores") or [], after.get("scores") or []
-    if not a or len(a) != len(b):
-        return "-"
-    diff, low, high = paired_diff_ci(a, b)
-    return f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
-
-
-def _errors(record: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in (record.get("errors") or {}).items()) or "none"
-
-
-def _score_rows(scores: dict[str, dict[str, dict[str, Any]]], baseline: str) -> list[dict[str, Any]]:
+def score_rows(scores: dict[str, dict[str, dict[str, Any]]], baseline: str) -> list[dict[str, Any]]:
     rows = []
     for program, splits in scores.items():
         for split, record in splits.items():
@@ -107,54 +97,10 @@ def _score_rows(scores: dict[str, dict[str, dict[str, Any]]], baseline: str) -> 
                     if base and program != baseline
                     else "-",
                     "n": record["n"],
-                    "errors": _errors(record),
+                    "errors": errors_cell(record.get("errors")),
                 }
             )
     return rows
-
-
-def _figure(ncols: int, width: float = 6.0) -> tuple[Any, list[Any]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 4))
-    return fig, list(axes) if ncols > 1 else [axes]
-
-
-def _grouped_bars(ax: Any, scores: dict[str, dict[str, dict[str, Any]]], title: str) -> None:
-    programs = list(scores)
-    splits = sorted({s for v in scores.values() for s in v}, key=["train", "dev", "test", "all"].index)
-    width = 0.8 / max(1, len(splits))
-    for j, split in enumerate(splits):
-        xs, means, low, high = [], [], [], []
-        for i, program in enumerate(programs):
-            record = scores[program].get(split)
-            if record is None:
-                continue
-            m = 100 * record["mean"]
-            xs.append(i + (j - (len(splits) - 1) / 2) * width)
-            means.append(m)
-            # max(0, ...): a Wilson bound can sit a rounding error past the mean at 0% or 100%.
-            low.append(max(0.0, m - 100 * record["ci95"][0]))
-            high.append(max(0.0, 100 * record["ci95"][1] - m))
-        ax.bar(xs, means, width=width, yerr=[low, high], capsize=4, label=split)
-    ax.set_xticks(range(len(programs)))
-    ax.set_xticklabels(programs)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("score % (95% CI)")
-    ax.set_title(title)
-    if len(splits) > 1:
-        ax.legend()
-
-
-def _write(run: RunDir, title: str, sections: list[tuple[str, str]], fig: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    run.write_report(title, sections, figure=fig)
-    plt.close(fig)
 
 
 def _setup(job: dict[str, Any], keys: list[str]) -> str:
@@ -172,10 +118,9 @@ def _eval(run: RunDir, job: dict[str, Any]) -> None:
             "split": split,
             "score % [95% CI]": score_cell(record),
             "n": record["n"],
-            "errors": _errors(record),
+            "errors": errors_cell(record.get("errors")),
         }
     ]
-    examples = read_jsonl(run.path / RESULTS_FILE)
     sample = [
         {
             "id": r.get("id"),
@@ -183,10 +128,10 @@ def _eval(run: RunDir, job: dict[str, Any]) -> None:
             "error": r.get("error_kind") or "",
             "prediction": str(r.get("prediction"))[:100],
         }
-        for r in examples[:20]
+        for r in read_jsonl(run.path / RESULTS_FILE)[:20]
     ]
-    fig, (bars, errors) = _figure(2, 5.0)
-    _grouped_bars(
+    fig, (bars, errors) = new_figure(2, 5.0)
+    grouped_bars(
         bars, {job.get("program", "program"): {split: record}}, f"{job.get('task', '')} {split} score"
     )
     counts = record.get("errors") or {}
@@ -199,7 +144,7 @@ def _eval(run: RunDir, job: dict[str, Any]) -> None:
         ("Setup", _setup(job, ["task", "program", "program_path", "model", "seconds", "usage"])),
         (f"First examples (all in {RESULTS_FILE})", markdown_table(sample) if sample else "(none)"),
     ]
-    _write(
+    write_report(
         run, f"Evaluation: {job.get('program', 'program')} on {job.get('task', '?')} ({split})", sections, fig
     )
 
@@ -208,79 +153,127 @@ def _eval(run: RunDir, job: dict[str, Any]) -> None:
 
 
 def _optimize(run: RunDir, job: dict[str, Any]) -> None:
-    from dspylite.jobs.optimize_job import OPTIMIZER_DIR
-
     scores = job["scores"]
     trials = [r for r in read_jsonl(run.path / OPTIMIZER_DIR / "metrics.jsonl") if r.get("score") is not None]
-    fig, axes = _figure(2 if trials else 1)
-    _grouped_bars(axes[0], scores, f"{job.get('optimizer')}: baseline vs optimized")
+    fig, axes = new_figure(2 if trials else 1)
+    grouped_bars(axes[0], scores, f"{job.get('optimizer')}: baseline vs optimized")
     if trials:
         axes[1].plot(range(1, len(trials) + 1), [r["score"] for r in trials], marker="o")
         axes[1].set_xlabel("optimizer evaluation")
         axes[1].set_ylabel("score % (selection split)")
         axes[1].set_title("scores seen while optimizing")
         axes[1].grid(alpha=0.3)
-    demos = job.get("demos") or {}
     sections = [
-        ("Scores", markdown_table(_score_rows(scores, "baseline"))),
+        ("Scores", markdown_table(score_rows(scores, "baseline"))),
         (
             "Optimizer",
-            f"{job.get('optimizer')} on {job.get('n_train')} train examples; demos per predictor: {demos}. "
-            f"Its trials and report: [{OPTIMIZER_DIR}/report.md]({OPTIMIZER_DIR}/report.md).",
+            f"{job.get('optimizer')} on {job.get('n_train')} train examples; demos per predictor: "
+            f"{job.get('demos') or {}}. Its trials and report: [{OPTIMIZER_DIR}/report.md]({OPTIMIZER_DIR}/report.md).",
         ),
         ("Setup", _setup(job, ["task", "program", "model", "seconds", "usage"])),
     ]
-    _write(run, f"{job.get('optimizer')} on {job.get('task', '?')}", sections, fig)
+    write_report(run, f"{job.get('optimizer')} on {job.get('task', '?')}", sections, fig)
 
 
-# ---- better together -------------------------------------------------------------------------------
+# ---- finetune --------------------------------------------------------------------------------------
+
+
+def _finetune(run: RunDir, job: dict[str, Any]) -> None:
+    scores = job["scores"]
+    card = job.get("data_card") or {}
+    metrics = job.get("train_metrics") or {}
+    keys = (
+        "global_step",
+        "first_loss",
+        "last_loss",
+        "eval_loss",
+        "train_tokens",
+        "train_tokens_per_second",
+        "train_runtime",
+    )
+    steps = [(r["step"], r["loss"]) for r in run.metrics() if r.get("phase") == "sft" and "loss" in r]
+    fig, axes = new_figure(2)
+    grouped_bars(axes[0], scores, "baseline vs BootstrapFinetune")
+    if steps:
+        axes[1].plot([s for s, _ in steps], [v for _, v in steps], marker="o")
+    axes[1].set_xlabel("optimizer step")
+    axes[1].set_ylabel("train loss (completion tokens)")
+    axes[1].set_title("LoRA SFT")
+    axes[1].grid(alpha=0.3)
+    sections = [
+        ("Scores", markdown_table(score_rows(scores, "baseline"))),
+        (
+            "Data",
+            f"{card.get('runs_passed')}/{card.get('runs_total')} teacher runs passed "
+            f"(threshold {card.get('metric_threshold')}); {card.get('rows_train')} train + {card.get('rows_val')} "
+            f"val rows; per predictor: {card.get('rows_per_predictor')}. Full card: data/data_card.md.",
+        ),
+        ("Training", markdown_table([{"metric": k, "value": metrics[k]} for k in keys if k in metrics])),
+        (
+            "Time (s)",
+            markdown_table([{"step": k, "seconds": v} for k, v in (job.get("seconds") or {}).items()]),
+        ),
+        ("Setup", _setup(job, ["task", "program", "model", "adapter", "lora", "usage"])),
+    ]
+    write_report(run, f"BootstrapFinetune on {job.get('task', '?')}", sections, fig)
+
+
+# ---- better together and the demo: stage records ---------------------------------------------------
 
 
 def _better_together(run: RunDir, job: dict[str, Any]) -> None:
-    stages = run.load_json("stages.json", []) or []
+    records = load_stages(run.path)
     scores = job.get("scores") or {}
-    stage_rows = [
-        {
-            "stage": s["label"],
-            "held-out score %": f"{s['score']:.1f}",
-            "adapter": ", ".join(sorted({m for m in (s.get("bindings") or {}).values() if m})) or "-",
-            "seconds": s.get("seconds", 0.0),
-        }
-        for s in stages
-    ]
-    fig, axes = _figure(2 if scores else 1)
-    if stages:
-        axes[0].plot(range(len(stages)), [s["score"] for s in stages], marker="o")
-        axes[0].set_xticks(range(len(stages)))
-        axes[0].set_xticklabels([s["label"] for s in stages], rotation=15)
-    axes[0].set_ylabel("held-out dev score %")
-    axes[0].set_title(f"BetterTogether stages ({job.get('strategy', '?')})")
-    axes[0].grid(alpha=0.3)
-    if scores:
-        _grouped_bars(axes[1], scores, "baseline vs best stage")
-    sections = [("Stages", markdown_table(stage_rows))]
-    if scores:
-        sections.append(("Baseline vs best", markdown_table(_score_rows(scores, "baseline"))))
-    sections.append(
-        (
-            "Setup",
-            _setup(
-                job,
-                [
-                    "strategy",
-                    "weights",
-                    "prompt_optimizer",
-                    "best_stage",
-                    "task",
-                    "model",
-                    "n_train",
-                    "n_val",
-                    "seconds",
-                ],
-            ),
+    render_stage_report(run, records, splits=["val"], title=f"BetterTogether on {job.get('task', '?')}")
+    if scores:  # the job's own section: the baseline and the best stage on dev and test
+        text = run.report_md.read_text(encoding="utf-8")
+        extra = "\n".join(
+            [
+                "## Baseline vs best stage",
+                "",
+                markdown_table(score_rows(scores, "baseline")),
+                "",
+                "## Setup",
+                "",
+                _setup(
+                    job,
+                    [
+                        "strategy",
+                        "weights",
+                        "prompt_optimizer",
+                        "best_stage",
+                        "model",
+                        "n_train",
+                        "n_val",
+                        "seconds",
+                    ],
+                ),
+                "",
+            ]
         )
+        run.report_md.write_text(text + "\n" + extra, encoding="utf-8")
+
+
+def _demo(run: RunDir, job: dict[str, Any]) -> None:
+    records = sorted(load_stages(run.path), key=lambda r: r.index)
+    n_dev = len(records[0].scores.get("dev") or []) if records else 0
+    n_test = len(records[0].scores.get("test") or []) if records else 0
+    notes = (
+        f"Model: `{job.get('model', '?')}`. Dev n={n_dev}, test n={n_test}; brackets are 95% intervals "
+        "(Wilson for the scores, paired normal for the difference to the baseline on the same examples). "
+        "Failures are the share of examples whose program run failed, by kind (parse: the completion did "
+        "not follow the output format). Dev picks (prompt candidates, GRPO versions, BetterTogether "
+        f"stages); test never does. Total wall time {float(job.get('seconds') or 0) / 60:.1f} min."
     )
-    _write(run, f"BetterTogether on {job.get('task', '?')}", sections, fig)
+    render_stage_report(
+        run,
+        records,
+        splits=["dev", "test"],
+        title="dspylite demo",
+        titles=DEMO_STAGE_TITLES,
+        labels=DEMO_STAGE_LABELS,
+        notes=notes,
+    )
 
 
 # ---- anything else ---------------------------------------------------------------------------------
@@ -304,7 +297,7 @@ def _generic(run: RunDir, job: dict[str, Any]) -> None:
             xs.append(row["step"])
             ys.append(value)
     keep = sorted(series, key=lambda k: -len(series[k][0]))[:GENERIC_PLOT_KEYS]
-    fig, (ax,) = _figure(1, 7.0)
+    fig, (ax,) = new_figure(1, 7.0)
     for key in keep:
         ax.plot(*series[key], marker=".", label=key)
     ax.set_xlabel("step")
@@ -316,17 +309,19 @@ def _generic(run: RunDir, job: dict[str, Any]) -> None:
         (
             f"Metrics (last 30 of {len(rows)} rows in metrics.jsonl)",
             markdown_table(scalar_rows[-30:], columns),
-        ),
+        )
     ]
     if job:
         sections.append(
             ("Job", markdown_table([{"": k, "value": str(v)[:200]} for k, v in job.items()], ["", "value"]))
         )
-    _write(run, f"Run {run.path.name}", sections, fig)
+    write_report(run, f"Run {run.path.name}", sections, fig)
 
 
 RENDERERS: dict[str, Callable[[RunDir, dict[str, Any]], None]] = {
     "eval": _eval,
     "optimize": _optimize,
+    "finetune": _finetune,
     "better_together": _better_together,
+    "demo": _demo,
 }

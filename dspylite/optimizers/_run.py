@@ -23,7 +23,8 @@ from dspylite.optimizers._eval import (
     examples_key,
     program_key,
 )
-from dspylite.run_dir import RunDir, line_plot, markdown_table
+from dspylite.reporting import line_plot, markdown_table
+from dspylite.run_dir import RunDir
 from dspylite.utils.io import append_jsonl, read_jsonl
 
 logger = logging.getLogger(__name__)

@@ -1,11 +1,17 @@
-"""BetterTogether: alternate prompt optimization (p) and weight optimization (w) on one program.
+"""BetterTogether: alternate prompt optimization and weight optimization on one program.
 
     bt = BetterTogether(metric, prompt_optimizer=BootstrapFewShot(metric=metric),
-                        weight_optimizer=BootstrapFinetune(metric, server=server, model_path=...))
+                        weight_optimizer=BootstrapFinetune(metric, server=server))
     best = bt.compile(program, trainset=train, valset=val, strategy="p -> w -> p")
 
-Each stage's program (with its adapter binding), its held-out score and its timing are written to
-``run_dir/stages/NN-<label>/``; a rerun with the same run directory skips finished stages.
+DSPy's newer keyword form works too: ``BetterTogether(metric, p=GEPA(...), w=BootstrapFinetune(...))``;
+every key names a step the strategy may use. ``prompt_optimizer`` is step ``p`` and
+``weight_optimizer`` step ``w``.
+
+Each stage is one ``StageRecord`` (program file, the adapters it is bound to, held-out scores, time)
+in ``run_dir/stages.json``; a rerun with the same run directory skips finished stages and re-serves
+their adapters from the records. Weight steps are read through the ``WeightOptimizer`` seam only
+(``server``, ``registry``, ``published``).
 """
 
 from __future__ import annotations
@@ -13,38 +19,35 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dspylite.errors import OptimizerError
 from dspylite.evaluate import Evaluate
 from dspylite.example import Example
-from dspylite.run_dir import RunDir, line_plot, markdown_table
+from dspylite.optimizers.stages import StageRecord, load_stages, save_stages
+from dspylite.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 
-STEP_NAMES = {"p": "prompt", "w": "weights"}
+STEP_ALIASES = {"prompt_optimizer": "p", "weight_optimizer": "w"}
+SELECTION_SPLIT = "val"  # the split name a stage's held-out scores are recorded under
 
 
-@dataclass
-class StageResult:
-    index: int
-    label: str  # e.g. "baseline", "p", "p -> w"
-    score: float
-    program_path: str
-    bindings: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-def parse_strategy(strategy: str) -> list[str]:
-    steps = [s.strip() for s in strategy.split("->")]
-    bad = [s for s in steps if s not in STEP_NAMES]
-    if not steps or bad:
+def parse_strategy(strategy: str, steps: set[str] | None = None) -> list[str]:
+    """``"p -> w -> p"`` -> ``["p", "w", "p"]``; each step must be one of ``steps`` (default p and w)."""
+    allowed = steps if steps is not None else {"p", "w"}
+    parsed = [s.strip() for s in strategy.split("->")]
+    bad = [s for s in parsed if s not in allowed]
+    if not parsed or bad:
         raise OptimizerError(
-            f"strategy {strategy!r}: steps must be 'p' or 'w' separated by '->', got {bad or steps}"
+            f"strategy {strategy!r}: steps must be among {sorted(allowed)} separated by '->', got {bad or parsed}"
         )
-    return steps
+    return parsed
+
+
+def is_weight_optimizer(optimizer: Any) -> bool:
+    return hasattr(optimizer, "published") and hasattr(optimizer, "server")
 
 
 class BetterTogether:
@@ -58,15 +61,33 @@ class BetterTogether:
         num_threads: int = 8,
         seed: int = 0,
         run_dir: str | Path | RunDir | None = None,
+        **optimizers: Any,
     ):
         self.metric = metric
-        self.prompt_optimizer = prompt_optimizer
-        self.weight_optimizer = weight_optimizer
+        self.optimizers: dict[str, Any] = {}
+        if prompt_optimizer is not None:
+            self.optimizers["p"] = prompt_optimizer
+        if weight_optimizer is not None:
+            self.optimizers["w"] = weight_optimizer
+        for key, optimizer in optimizers.items():
+            if not hasattr(optimizer, "compile"):
+                raise OptimizerError(
+                    f"BetterTogether: {key}= must be an optimizer with compile(), got {optimizer!r}"
+                )
+            self.optimizers[key] = optimizer
         self.valset_ratio = valset_ratio
         self.num_threads = num_threads
         self.seed = seed
         self.run_dir = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
-        self.stages: list[StageResult] = []
+        self.stages: list[StageRecord] = []
+
+    @property
+    def prompt_optimizer(self) -> Any:
+        return self.optimizers.get("p")
+
+    @property
+    def weight_optimizer(self) -> Any:
+        return self.optimizers.get("w")
 
     def compile(
         self,
@@ -76,21 +97,21 @@ class BetterTogether:
         valset: list[Example] | None = None,
         strategy: str = "p -> w -> p",
     ) -> Any:
-        steps = parse_strategy(strategy)
+        steps = parse_strategy(strategy, set(self.optimizers) | {"p", "w"})
         if not trainset:
             raise OptimizerError("BetterTogether.compile: trainset is empty")
-        for step in steps:
-            optimizer = self.prompt_optimizer if step == "p" else self.weight_optimizer
-            if optimizer is None:
-                raise OptimizerError(
-                    f"strategy {strategy!r} has a '{step}' step but no {STEP_NAMES[step]}_optimizer"
-                )
+        missing = [s for s in steps if s not in self.optimizers]
+        if missing:
+            raise OptimizerError(
+                f"strategy {strategy!r} uses step(s) {sorted(set(missing))} but no optimizer was given for "
+                "them (prompt_optimizer= is 'p', weight_optimizer= is 'w')"
+            )
         trainset, valset = self._split(trainset, valset)
         run = self.run_dir or RunDir.new("runs", f"better-together-{time.strftime('%Y%m%d-%H%M%S')}")
         evaluate = Evaluate(
             devset=valset, metric=self.metric, num_threads=self.num_threads, display_progress=True
         )
-        done = {s["label"]: s for s in (run.load_json("stages.json", []) or [])}
+        done = {r.name: r for r in load_stages(run.path)}
 
         program = student.deepcopy()
         self.stages = []
@@ -100,13 +121,19 @@ class BetterTogether:
             label = step if i == 1 else f"{label} -> {step}"
             program = self._stage(run, i, label, program, step, evaluate, done, trainset, valset)
 
-        best = max(self.stages, key=lambda s: (s.score, -s.index))
-        logger.info("BetterTogether: best stage %r with held-out score %.2f", best.label, best.score)
+        best = self.best_stage()
+        logger.info(
+            "BetterTogether: best stage %r with held-out score %.3f", best.name, best.mean(SELECTION_SPLIT)
+        )
         best_program = student.deepcopy()
         best_program.load(best.program_path)
         best_program.save(run.program_path)
         self._report(run, best)
         return best_program
+
+    def best_stage(self) -> StageRecord:
+        """The stage with the highest held-out score; the earliest one on a tie."""
+        return max(self.stages, key=lambda s: (s.mean(SELECTION_SPLIT), -s.index))
 
     # ---- stages ----------------------------------------------------------------------------------
     def _stage(
@@ -117,50 +144,54 @@ class BetterTogether:
         program: Any,
         step: str | None,
         evaluate: Evaluate,
-        done: dict[str, Any],
+        done: dict[str, StageRecord],
         trainset: list[Example],
         valset: list[Example],
     ) -> Any:
         stage_dir = run.path / "stages" / f"{index:02d}-{label.replace(' -> ', '-')}"
-        if label in done and Path(done[label]["program_path"]).exists():
+        record = done.get(label)
+        if record is not None and Path(record.program_path).exists():
             logger.info("BetterTogether: stage %r already finished; loading it", label)
-            program.load(done[label]["program_path"])
-            self._serve_bound_adapters(program, run)
-            self.stages.append(StageResult(**done[label]))
+            program.load(record.program_path)
+            self._serve(program, record.adapters)
+            self.stages.append(record)
             return program
         start = time.time()
-        if step == "p":
-            program = self.prompt_optimizer.compile(program, trainset=trainset, valset=valset)
-        elif step == "w":
-            program = self.weight_optimizer.compile(program, trainset=trainset)
-        score = evaluate(program).score
+        adapters = dict(self.stages[-1].adapters) if self.stages else {}
+        if step is not None:
+            optimizer = self.optimizers[step]
+            self._serve(program, adapters)  # a resumed run may face a fresh server
+            program = optimizer.compile(program, trainset=trainset, valset=valset)
+            if is_weight_optimizer(optimizer):
+                adapters.update(optimizer.published)
+        result = evaluate(program)
         program_path = program.save(stage_dir / "program.json")
-        bindings = {
-            name: getattr(p.lm, "model", None) for name, p in program.named_predictors() if p.lm is not None
-        }
-        result = StageResult(index, label, score, str(program_path), bindings, round(time.time() - start, 2))
-        self.stages.append(result)
-        run.log_metrics(step=index, stage=label, val_score=score, seconds=result.seconds)
-        run.save_json("stages.json", [s.__dict__ for s in self.stages])
-        logger.info("BetterTogether: stage %r scored %.2f on the held-out split", label, score)
+        bound = {getattr(p.lm, "model", None) for _, p in program.named_predictors() if p.lm is not None}
+        record = StageRecord(
+            name=label,
+            program_path=str(program_path),
+            adapters={k: v for k, v in adapters.items() if k in bound},
+            scores={SELECTION_SPLIT: list(result.scores)},
+            seconds=round(time.time() - start, 2),
+            index=index,
+        )
+        self.stages.append(record)
+        run.log_metrics(step=index, stage=label, val_score=result.score, seconds=record.seconds)
+        save_stages(run.path, self.stages)
+        logger.info("BetterTogether: stage %r scored %.2f on the held-out split", label, result.score)
         return program
 
-    def _serve_bound_adapters(self, program: Any, run: RunDir) -> None:
-        """A resumed run may face a fresh server: load the adapters the restored program is bound to."""
-        server = getattr(self.weight_optimizer, "server", None)
-        if server is None or not any(p.lm is not None for _, p in program.named_predictors()):
+    def _serve(self, program: Any, adapters: dict[str, str]) -> None:
+        """Load the adapters ``program`` is bound to into the weight optimizers' server(s)."""
+        if not any(p.lm is not None for _, p in program.named_predictors()):
             return
-        from dspylite.jobs.common import ensure_adapters_served
+        from serving.reattach import serve_bound_adapters
 
-        registry = getattr(self.weight_optimizer, "_registry", None)
-        roots = [run.path] + ([Path(registry.root)] if registry is not None else [])
-        for root in roots:
-            try:
-                ensure_adapters_served(program, server, search_root=root)
-                return
-            except Exception as exc:  # try the next root; the last failure is raised below
-                error = exc
-        raise error
+        for optimizer in self.optimizers.values():
+            if is_weight_optimizer(optimizer) and optimizer.server is not None:
+                registry = getattr(optimizer, "registry", None)
+                root = Path(registry.root) if registry is not None else None
+                serve_bound_adapters(program, optimizer.server, adapters=adapters, search_root=root)
 
     def _split(
         self, trainset: list[Example], valset: list[Example] | None
@@ -176,24 +207,7 @@ class BetterTogether:
             )
         return shuffled[n_val:], shuffled[:n_val]
 
-    def _report(self, run: RunDir, best: StageResult) -> None:
-        rows = [
-            {
-                "stage": s.label,
-                "held-out score": s.score,
-                "seconds": s.seconds,
-                "adapter": ", ".join(sorted({m for m in s.bindings.values() if m})) or "-",
-            }
-            for s in self.stages
-        ]
-        fig = line_plot(
-            {"held-out score": (list(range(len(self.stages))), [s.score for s in self.stages])},
-            title="BetterTogether stages",
-            xlabel="stage",
-            ylabel="score (%)",
-        )
-        run.write_report(
-            "BetterTogether",
-            [("Stages", markdown_table(rows)), ("Best", f"`{best.label}` with {best.score:.2f}")],
-            figure=fig,
-        )
+    def _report(self, run: RunDir, best: StageRecord) -> None:
+        from dspylite.reporting import render_stage_report
+
+        render_stage_report(run, self.stages, splits=[SELECTION_SPLIT], title="BetterTogether")

@@ -82,6 +82,8 @@ class BootstrapFinetune:
             settings, with ``model`` set to the adapter); default: each predictor's own or the configured one.
         max_lm_errors: stop collecting (OptimizerError) once more teacher runs than this failed to get
             an answer from the server; default: 5% of the runs, at least 8.
+        train_kwargs: FinetuneConfig fields that override ``config`` (DSPy's name), e.g.
+            ``{"learning_rate": 1e-4, "lora": {"r": 8}}``.
         train_fn: the training function (``finetune.sft.train_lora``); replaceable for tests.
     """
 
@@ -110,6 +112,7 @@ class BootstrapFinetune:
         display_progress: bool = True,
         max_lm_errors: int | None = None,
         train_fn: Callable[..., Any] | None = None,
+        train_kwargs: dict[str, Any] | None = None,
     ):
         if not callable(metric):
             raise OptimizerError(f"BootstrapFinetune needs a metric function, got {metric!r}")
@@ -117,23 +120,19 @@ class BootstrapFinetune:
             raise OptimizerError(f"samples_per_example must be >= 1, got {samples_per_example}")
         if num_threads < 1:
             raise OptimizerError(f"num_threads must be >= 1, got {num_threads}")
-        if server is None and api_base is None:
-            raise OptimizerError(
-                "BootstrapFinetune needs the vLLM that will serve the adapter: pass "
-                "server=serving.VLLMServer(...) or api_base='http://host:port/v1'"
-            )
         self.metric = metric
         self._server = server
         self._api_base = api_base
         self._api_key = api_key
         self._model_path = str(model_path) if model_path is not None else None
         self._config_source = config
+        self.train_kwargs = dict(train_kwargs or {})
         self.teacher = teacher
         self.multitask = multitask
         self.metric_threshold = metric_threshold
         self.num_threads = num_threads
         self._run_dir = run_dir
-        self._registry = registry
+        self.registry = registry
         self.run_name = run_name
         self.samples_per_example = samples_per_example
         self.sample_temperature = sample_temperature
@@ -145,6 +144,14 @@ class BootstrapFinetune:
         self.max_lm_errors = max_lm_errors
         self._train_fn = train_fn
         self.outcome: FinetuneOutcome | None = None
+        # The weight-optimizer seam (dspylite.optimizers.weights.WeightOptimizer): adapter name ->
+        # directory of every version the last compile published and bound.
+        self.published: dict[str, str] = {}
+
+    @property
+    def server(self) -> Any:
+        """The serving handle adapters are loaded into (None until given or inferred at compile)."""
+        return self._server
 
     # ---- public -----------------------------------------------------------------------------------
     def compile(
@@ -166,10 +173,10 @@ class BootstrapFinetune:
             )
         if not student.named_predictors():
             raise OptimizerError(f"{type(student).__name__} has no predictors to fine-tune")
-        cfg = load_finetune_config(self._config_source)
+        cfg = load_finetune_config(self._config_source, self.train_kwargs)
         threshold = self.metric_threshold if self.metric_threshold is not None else cfg.metric_threshold
+        server = self._connect(student)
         run = self._open_run_dir(cfg)
-        server = self._connect()
         max_rank = getattr(server, "max_lora_rank", None)
         if isinstance(max_rank, int) and max_rank > 0 and cfg.lora.r > max_rank:
             raise OptimizerError(
@@ -193,8 +200,9 @@ class BootstrapFinetune:
             errors=sum(1 for r in runs if r.error),
         )
 
-        registry = self._registry if self._registry is not None else _default_registry(run)
-        allowed = self._allowed_models(server, model_path, teacher_models, registry)
+        if self.registry is None:
+            self.registry = _default_registry(run)
+        allowed = self._allowed_models(server, model_path, teacher_models, self.registry)
         data = build_sft_data(
             runs,
             metric_threshold=threshold,
@@ -209,14 +217,29 @@ class BootstrapFinetune:
         data.save(run.path / "data")
         outcome.data_card = data.card.to_dict()
         require_rows(data)
+        trained = self._train_and_publish(student, data, cfg, run, model_path, server, outcome)
+        tuned = self._bind(student, trained, outcome)
+        tuned.save(run.program_path)
+        run.save_json("bootstrap_finetune.json", _outcome_dict(outcome))
+        self.outcome = outcome
+        self.published = dict(outcome.adapters)
+        logger.info("BootstrapFinetune: %s -> %s", data.card.summary(), outcome.bindings)
+        return tuned
 
-        groups = self._groups(student, data)
+    # ---- steps ------------------------------------------------------------------------------------
+    def _train_and_publish(
+        self, student: Any, data: Any, cfg: Any, run: RunDir, model_path: str, server: Any, outcome: Any
+    ) -> list[tuple[list[str] | None, Any]]:
+        """Train one adapter per group of predictors, then publish each (register + load by path)."""
+        from serving.publish import fresh_version_name, publish_adapter
+
         train_fn = self._train_fn if self._train_fn is not None else _default_train_fn()
         started = time.perf_counter()
         trained: list[tuple[list[str] | None, Any]] = []
         token = os.urandom(3).hex()
-        for predictors, subset in groups:
-            name = _fresh_name(registry, run.adapters_dir, f"{self._adapter_run_name(predictors)}-{token}")
+        for predictors, subset in self._groups(student, data):
+            run_name = f"{self._adapter_run_name(predictors)}-{token}"
+            name = fresh_version_name(self.registry, run_name, run.adapters_dir)
             result = train_fn(
                 subset,
                 cfg,
@@ -228,31 +251,24 @@ class BootstrapFinetune:
                     "predictors": predictors or [n for n, _ in student.named_predictors()],
                 },
             )
-            registry.register(
-                name,
+            trained.append((predictors, result))
+            outcome.adapters[name] = result.path
+            outcome.train_metrics[name] = _jsonable_numbers(result.metrics)
+        outcome.seconds["train"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        for predictors, result in trained:
+            publish_adapter(
+                server,
+                self.registry,
+                result.name,
                 result.path,
                 base_model=result.base_model,
                 metrics=_jsonable_numbers(result.metrics),
                 metadata={"data_hash": result.data_hash, "run_dir": str(run.path), "predictors": predictors},
             )
-            trained.append((predictors, result))
-            outcome.adapters[name] = result.path
-            outcome.train_metrics[name] = _jsonable_numbers(result.metrics)
-        outcome.seconds["train"] = round(time.perf_counter() - started, 2)
-
-        started = time.perf_counter()
-        for _predictors, result in trained:
-            server.load_adapter(result.name, result.path)
         outcome.seconds["load"] = round(time.perf_counter() - started, 2)
+        return trained
 
-        tuned = self._bind(student, trained, outcome)
-        tuned.save(run.program_path)
-        run.save_json("bootstrap_finetune.json", _outcome_dict(outcome))
-        self.outcome = outcome
-        logger.info("BootstrapFinetune: %s -> %s", data.card.summary(), outcome.bindings)
-        return tuned
-
-    # ---- steps ------------------------------------------------------------------------------------
     def _collect(self, program: Any, trainset: list[Example]) -> list[ExampleResult]:
         jobs = [(k, example) for k in range(self.samples_per_example) for example in trainset]
         metric = self.metric
@@ -395,12 +411,27 @@ class BootstrapFinetune:
             return RunDir(cfg.run_dir)
         return RunDir.new("runs", f"bootstrap_finetune-{time.strftime('%Y%m%d-%H%M%S')}")
 
-    def _connect(self) -> Any:
+    def _connect(self, student: Any) -> Any:
+        """The server to publish into: the one given, else ``api_base``, else the one the program's LM
+        talks to (a dspylite-served vLLM), as DSPy's BootstrapFinetune infers it from the predictors."""
         if self._server is not None:
             return self._server
         from serving.connection import connect
 
-        self._server = connect(self._api_base, api_key=self._api_key)
+        api_base = self._api_base
+        if api_base is None:
+            lms = [p.lm for _, p in student.named_predictors() if p.lm is not None]
+            lm = lms[0] if lms else _settings.current().lm
+            api_base = getattr(lm, "api_base", None)
+            if isinstance(api_base, (list, tuple)):
+                api_base = api_base[0] if api_base else None
+            if not api_base:
+                raise OptimizerError(
+                    "BootstrapFinetune needs the vLLM that will serve the adapter: pass "
+                    "server=serving.VLLMServer(...) or api_base='http://host:port/v1', or configure an "
+                    "LM whose api_base is that server"
+                )
+        self._server = connect(api_base, api_key=self._api_key)
         return self._server
 
 
@@ -421,16 +452,6 @@ def _default_train_fn() -> Callable[..., Any]:
     from finetune.sft import train_lora
 
     return train_lora
-
-
-def _fresh_name(registry: Any, adapters_dir: Path, run_name: str) -> str:
-    """The registry's next ``<run>-<n>``, skipping directories a killed run left unregistered."""
-    name = registry.next_version_name(run_name)
-    step = int(name.rsplit("-", 1)[1])
-    while (adapters_dir / name).exists() or name in registry:
-        step += 1
-        name = f"{run_name}-{step}"
-    return name
 
 
 def _jsonable_numbers(metrics: dict[str, Any]) -> dict[str, Any]:

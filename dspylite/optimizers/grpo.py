@@ -42,16 +42,16 @@ class GRPO:
         *,
         server: Any,
         model_path: str | None = None,
-        num_rollouts_per_example: int = 4,
-        examples_per_step: int = 4,
-        num_steps: int = 10,
-        learning_rate: float = 1e-4,
-        temperature: float = 1.0,
-        beta: float = 0.04,
-        epsilon: float = 0.2,
+        num_rollouts_per_example: int | None = None,
+        examples_per_step: int | None = None,
+        num_steps: int | None = None,
+        learning_rate: float | None = None,
+        temperature: float | None = None,
+        beta: float | None = None,
+        epsilon: float | None = None,
         lora: Any = None,
-        format_failure_reward: float = 0.0,
-        val_every: int = 5,
+        format_failure_reward: float | None = None,
+        val_every: int | None = None,
         run_dir: str | Path | None = None,
         init_adapter: str | None = None,
         lm: Any = None,
@@ -59,6 +59,7 @@ class GRPO:
         val_fraction: float = 0.2,
         display_progress: bool = True,
         on_step_end: Callable[[int, dict[str, Any]], None] | None = None,
+        registry: Any = None,
         **options: Any,
     ):
         from rl.config import GRPOConfig
@@ -69,11 +70,15 @@ class GRPO:
             )
         self.metric = metric
         self.server = server
+        self.registry = registry
         self.lm = lm
         self.val_fraction = val_fraction
         self.display_progress = display_progress
         self.on_step_end = on_step_end  # called with (step, metrics row) after each step's checkpoint
-        base = dataclasses.asdict(config) if config is not None else {}
+        self.published: dict[str, str] = {}
+        # Every keyword that is given (not None) overrides ``config``; unset ones keep the config's
+        # value, or GRPOConfig's default. Nothing is compared against defaults, so a keyword equal to
+        # the default still wins over a config that says otherwise.
         given = {
             "num_rollouts_per_example": num_rollouts_per_example,
             "examples_per_step": examples_per_step,
@@ -85,21 +90,18 @@ class GRPO:
             "format_failure_reward": format_failure_reward,
             "val_every": val_every,
             "init_adapter": init_adapter,
+            "model_path": str(model_path) if model_path is not None else None,
+            "run_dir": str(run_dir) if run_dir is not None else None,
         }
-        if config is not None:  # keep the config's values unless a keyword differs from its default
-            defaults = {k: v.default for k, v in _signature_defaults(GRPO.__init__).items()}
-            given = {k: v for k, v in given.items() if v != defaults.get(k)}
         known = {f.name for f in dataclasses.fields(GRPOConfig)}
         unknown = sorted(set(options) - known)
         if unknown:
             raise OptimizerError(
                 f"GRPO: unknown option(s) {unknown}; see rl.config.GRPOConfig for the fields"
             )
-        fields = {**base, **given, **options}
-        if model_path is not None:
-            fields["model_path"] = str(model_path)
-        if run_dir is not None:
-            fields["run_dir"] = str(run_dir)
+        fields = dataclasses.asdict(config) if config is not None else {}
+        fields.update({k: v for k, v in given.items() if v is not None})
+        fields.update(options)
         if lora is not None:
             fields["lora"] = dataclasses.asdict(lora) if dataclasses.is_dataclass(lora) else dict(lora)
         from dspylite.config_io import from_dict
@@ -134,8 +136,13 @@ class GRPO:
             lm=self.lm,
             display_progress=self.display_progress,
             on_step_end=self.on_step_end,
+            registry=self.registry,
         )
         self.result = trainer.fit(student, trainset, list(valset))
+        self.registry = trainer.registry
+        # The seam BetterTogether and the jobs read: what this compile left served and bound.
+        best_dir = self.result.best_adapter_dir
+        self.published = {self.result.best_version: best_dir} if best_dir else {}
         return self.result.program
 
 
@@ -149,11 +156,3 @@ def _hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list
     n_val = max(1, int(round(len(examples) * fraction)))
     val_idx = set(order[:n_val])
     return ([e for i, e in enumerate(examples) if i not in val_idx], [examples[i] for i in sorted(val_idx)])
-
-
-def _signature_defaults(fn: Any) -> dict[str, Any]:
-    import inspect
-
-    return {
-        k: p for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty
-    }

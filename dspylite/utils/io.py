@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,51 @@ def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
         fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def write_dir_atomically(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Build a directory with ``write(tmp)`` in a temporary sibling, fsync it, then rename it to ``target``.
+
+    A kill mid-write leaves only a ``.<name>.tmp-*`` sibling, never a half-written ``target``; such
+    leftovers of earlier killed writers of the same name are removed first. ``target`` must not exist:
+    directories written this way (adapter versions) are immutable.
+    """
+    import shutil
+
+    target = Path(target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; it is immutable, write under a new name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync_file(path)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself lives in the parent directory's entry list: flush it too (POSIX only).
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -41,15 +41,6 @@ def _rope_thetas(config: Any) -> list[float]:
     return [base ** (-j / half) for j in range(half)]
 
 
-def previous_token_scores(config: Any, position_scale: float = 80.0, max_offset: int = 2048) -> list[float]:
-    """The planted previous-token head's logits for keys 0, 1, 2, ... positions back (for checks)."""
-    thetas = _rope_thetas(config)[:_POSITION_PAIRS]
-    return [
-        position_scale * sum(math.cos((1 - back) * t) for t in thetas) / _POSITION_PAIRS
-        for back in range(max_offset)
-    ]
-
-
 def plant_copy_circuits(
     model: Any,
     *,

@@ -324,9 +324,24 @@ def test_a_server_that_stops_answering_stops_the_collection_early(tmp_path: Path
     assert trainer.calls == []
 
 
-def test_a_server_is_required() -> None:
-    with pytest.raises(OptimizerError, match="server="):
-        BootstrapFinetune(fact_qa_metric)
+def test_a_server_is_required_or_inferred_from_the_programs_lm(tmp_path) -> None:
+    import dspylite
+    from dspylite.datasets import load_fact_qa
+    from dspylite.datasets.programs import FactQA
+
+    train = load_fact_qa(n_train=2, n_dev=0, n_test=0)["train"]
+    with dspylite.context(lm=None), pytest.raises(OptimizerError, match="server="):
+        BootstrapFinetune(fact_qa_metric, run_dir=tmp_path / "run").compile(FactQA(), trainset=train)
+    assert not (tmp_path / "run").exists()  # refused before writing anything
+    # As DSPy does, the serving endpoint can come from the LM the predictors talk to.
+    from fake_vllm_server import FakeVLLM
+
+    with FakeVLLM("base-model") as fake:
+        program = FactQA()
+        program.set_lm(dspylite.LM("base-model", api_base=fake.api_base))
+        optimizer = BootstrapFinetune(fact_qa_metric)
+        assert optimizer._connect(program).api_base == fake.api_base
+        assert optimizer.server is not None and optimizer.published == {}
 
 
 def test_importing_the_optimizer_does_not_import_training_libraries() -> None:

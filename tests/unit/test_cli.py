@@ -30,10 +30,25 @@ HELP_KEYS = {
         "lm.adapter",
     ],
     "optimize": ["optimizer.kind", "optimizer.max_bootstrapped_demos", "optimizer.auto", "task.n_dev"],
-    "better-together": ["strategy", "weights", "prompt.kind", "finetune.sft.learning_rate", "grpo.num_steps"],
-    "demo": ["n_dev", "n_test", "stages", "strategy", "api_base"],
+    "better-together": [
+        "strategy",
+        "weights",
+        "prompt.kind",
+        "bootstrap.samples_per_example",
+        "sft.learning_rate",
+        "grpo.num_steps",
+    ],
+    "demo": [
+        "task.n_dev",
+        "task.n_test",
+        "stages",
+        "strategy",
+        "server.api_base",
+        "sft_grpo.num_steps",
+        "prompt.kind",
+    ],
+    "finetune": ["sft.learning_rate", "sft.lora.r", "task.n_dev", "bootstrap.samples_per_example"],
     "serve": ["max_lora_rank", "extra_args", "adapters"],
-    "finetune": ["sft.learning_rate", "sft.lora.r", "task.n_dev"],
     "grpo": ["grpo.num_steps", "reward"],
 }
 JOB_CONFIGS = {
@@ -143,7 +158,7 @@ def test_eval_of_an_empty_split_exits_2_before_starting_anything() -> None:
     ("args", "config", "overrides"),
     [
         (["configs/demo.yaml", "model=/ckpt"], "configs/demo.yaml", ["model=/ckpt"]),
-        (["model=/ckpt", "n_dev=50"], None, ["model=/ckpt", "n_dev=50"]),
+        (["model=/ckpt", "task.n_dev=50"], None, ["model=/ckpt", "task.n_dev=50"]),
         ([], None, []),
     ],
 )
@@ -152,11 +167,11 @@ def test_demo_passes_config_and_overrides(
 ) -> None:
     calls = []
 
-    def fake_run_demo(config_path, override_list, progress=None):  # noqa: ANN001, ANN202
+    def fake_run_demo(config_path, override_list, say=None):  # noqa: ANN001, ANN202
         calls.append((config_path, list(override_list)))
         return tmp_path
 
-    monkeypatch.setattr("dspylite.demo.run_demo", fake_run_demo)
+    monkeypatch.setattr("dspylite.jobs.demo_job.run_demo", fake_run_demo)
     result = runner.invoke(app, ["demo", *args])
     assert result.exit_code == 0, result.output
     assert calls == [(config, overrides)]
@@ -244,14 +259,20 @@ def test_report_rerenders_a_better_together_run_from_stages_alone(tmp_path: Path
     run = tmp_path / "run"
     run.mkdir()
     stages = [
-        {"index": 0, "label": "baseline", "score": 20.0, "program_path": "x", "bindings": {}, "seconds": 1.0},
-        {"index": 1, "label": "p", "score": 35.0, "program_path": "y", "bindings": {}, "seconds": 2.0},
+        {
+            "index": 0,
+            "name": "baseline",
+            "scores": {"val": [1, 0, 0, 0, 0]},
+            "program_path": "x",
+            "seconds": 1.0,
+        },
+        {"index": 1, "name": "p", "scores": {"val": [1, 1, 0, 0, 0]}, "program_path": "y", "seconds": 2.0},
         {
             "index": 2,
-            "label": "p -> w",
-            "score": 55.0,
+            "name": "p -> w",
+            "scores": {"val": [1, 1, 1, 0, 0]},
             "program_path": "z",
-            "bindings": {"extract": "bt-w-1-1"},
+            "adapters": {"bt-w-1-1": "/adapters/bt-w-1-1"},
             "seconds": 30.0,
         },
     ]
@@ -259,7 +280,8 @@ def test_report_rerenders_a_better_together_run_from_stages_alone(tmp_path: Path
     result = runner.invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     text = (run / "report.md").read_text()
-    assert "p -> w" in text and "55.0" in text and "bt-w-1-1" in text
+    assert "p -> w" in text and "60.0 [" in text and "bt-w-1-1" in text
+    assert "+40.0 [" in text  # p -> w against the baseline, paired over the same five examples
     assert _is_png(run / "report.png")
 
 
@@ -470,8 +492,8 @@ def test_better_together_prompt_only_strategy_keeps_each_stage(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert "best stage: p" in result.output
     stages = json.loads((run / "stages.json").read_text())
-    assert [s["label"] for s in stages] == ["baseline", "p"]
-    assert stages[0]["score"] == 0.0 and stages[1]["score"] == 100.0
+    assert [s["name"] for s in stages] == ["baseline", "p"]
+    assert sum(stages[0]["scores"]["val"]) == 0.0 and set(stages[1]["scores"]["val"]) == {1.0}
     assert (run / "stages" / "01-p" / "program.json").exists() and (run / "work" / "p-1").is_dir()
     job = json.loads((run / "job.json").read_text())
     assert job["best_stage"] == "p" and job["scores"]["best"]["test"]["score"] == 100.0
@@ -487,6 +509,8 @@ class _FakeFinetune:
     def __init__(self, metric, **kwargs) -> None:  # noqa: ANN001
         type(self).built.append(kwargs)
         self.run_dir = Path(kwargs["run_dir"])
+        self.server, self.registry = kwargs["server"], kwargs["registry"]  # the WeightOptimizer seam
+        self.published: dict[str, str] = {}
 
     def compile(self, student, *, trainset, **_):  # noqa: ANN001, ANN201
         type(self).compiled.append(self.run_dir.name)
@@ -520,7 +544,7 @@ def test_better_together_runs_each_stage_in_its_own_directory_and_resumes(
         second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
     stages = json.loads((run / "stages.json").read_text())
-    assert [s["label"] for s in stages] == ["baseline", "p", "p -> w", "p -> w -> p"]
+    assert [s["name"] for s in stages] == ["baseline", "p", "p -> w", "p -> w -> p"]
     assert _FakeFinetune.compiled == ["w-1"]  # the rerun skipped every finished stage
     built = _FakeFinetune.built[0]
     assert built["run_name"] == "bt-w-1" and built["run_dir"] == run / "work" / "w-1"
@@ -528,3 +552,85 @@ def test_better_together_runs_each_stage_in_its_own_directory_and_resumes(
     assert sorted(p.name for p in (run / "work").iterdir()) == ["p-1", "p-2", "w-1"]
     state = json.loads((run / "stages" / "02-p-w" / "program.json").read_text())
     assert "tuned weights (fake)" in json.dumps(state)
+
+
+# ---- reliability of the job layer (issue 14) -----------------------------------------------------------
+
+
+def test_the_api_key_never_reaches_the_run_directory(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    key = "sk-test-6f1c0e9b"
+    with StubOpenAIServer(reply_fn=_fact_qa_replies(), api_key=key) as server:
+        result = runner.invoke(
+            app,
+            [
+                "eval",
+                str(CONFIGS / "eval.yaml"),
+                f"server.api_base={server.api_base}",
+                f"server.api_key={key}",
+                f"run_dir={run}",
+                *SMALL,
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    assert "api_key: <set>" in (run / "config.yaml").read_text()  # that a key was set, not the key
+    leaked = [p for p in run.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def test_a_failing_job_records_failed_and_keeps_the_key_off_disk(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    key = "sk-test-0a9d"
+    # Nothing listens on port 9: the job fails while connecting, after its run directory exists.
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(CONFIGS / "eval.yaml"),
+            "server.api_base=http://127.0.0.1:9/v1",
+            f"server.api_key={key}",
+            f"run_dir={run}",
+            *SMALL,
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    job = json.loads((run / "job.json").read_text())
+    assert job["status"] == "failed" and "127.0.0.1:9" in job["error"]
+    assert not any(key.encode() in p.read_bytes() for p in run.rglob("*") if p.is_file())
+
+
+def test_an_empty_run_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["eval", str(CONFIGS / "eval.yaml"), "run_dir=", *SMALL])
+    assert result.exit_code == 2 and "run_dir is empty" in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current directory
+
+
+def test_a_full_disk_is_a_clear_error_and_the_results_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from dspylite.modules.module import Module
+
+    def full(self, path, *args, **kwargs):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Module, "save", full)
+    run = tmp_path / "run"
+    with StubOpenAIServer(reply_fn=_fact_qa_replies()) as server:
+        result = runner.invoke(
+            app,
+            [
+                "eval",
+                str(CONFIGS / "eval.yaml"),
+                f"server.api_base={server.api_base}",
+                f"run_dir={run}",
+                *SMALL,
+            ],
+        )
+    assert result.exit_code == 2, result.output
+    assert "No space left on device" in result.output and "program.json" in result.output
+    assert "Traceback" not in result.output
+    assert len((run / "results.jsonl").read_text().splitlines()) == 10  # scored work written first
+    assert json.loads((run / "job.json").read_text())["status"] == "failed"

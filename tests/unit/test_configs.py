@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from dspylite.config_io import load_config
+from dspylite.errors import ConfigError
 from dspylite.jobs.tasks import load_object
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,10 +23,10 @@ DSPYLITE_CONFIGS = {
     "serve.yaml": "serving.serve:ServeConfig",
     "eval.yaml": "dspylite.jobs.eval_job:EvalJobConfig",
     "optimize.yaml": "dspylite.jobs.optimize_job:OptimizeJobConfig",
-    "sft.yaml": "finetune.job:FinetuneJobConfig",
-    "grpo.yaml": "rl.job:GRPOJobConfig",
+    "sft.yaml": "dspylite.jobs.finetune_job:FinetuneJobConfig",
+    "grpo.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
     "better_together.yaml": "dspylite.jobs.better_together_job:BetterTogetherJobConfig",
-    "demo.yaml": "dspylite.demo:DemoConfig",
+    "demo.yaml": "dspylite.jobs.demo_job:DemoConfig",
     "multi_gpu/serve_tp_dp.yaml": "serving.serve:ServeConfig",
     "multi_gpu/sft_accelerate.yaml": "finetune.train:SFTTrainJobConfig",
 }
@@ -112,31 +113,41 @@ def test_automatic_thread_count(monkeypatch) -> None:
     assert resolve_threads(0) == 1 and resolve_threads(0, share_with_server=True) == 1
 
 
-def test_demo_section_overrides_resolve_against_their_configs() -> None:
-    """The demo's sft_overrides / grpo_overrides are relative to the sft: and grpo: sections."""
-    from dspylite.demo import DemoConfig, _load_grpo_config, _load_sft_config
+def test_yaml_recipes_restate_their_dataclass_defaults() -> None:
+    """One policy: the dataclass defaults are the measured recipe and the YAML says the same."""
+    import dataclasses
 
-    cfg = load_config(DemoConfig, CONFIGS / "demo.yaml", [])
-    assert _load_sft_config(cfg).threads == 2
-    sft_grpo = _load_grpo_config(cfg, cfg.grpo_overrides)
-    assert (sft_grpo.num_steps, sft_grpo.temperature, sft_grpo.learning_rate) == (10, 0.7, 5e-4)
-    # The GRPO-from-base stage runs configs/grpo.yaml's own (measured, from-base) recipe.
-    from_base = _load_grpo_config(cfg, cfg.grpo_base_overrides)
-    assert (from_base.num_steps, from_base.temperature, from_base.learning_rate) == (60, 0.5, 1e-3)
-    # The dataclass defaults are the YAML's, so a demo run without the YAML measures the same thing.
-    defaults = DemoConfig()
-    assert (defaults.grpo_overrides, defaults.grpo_base_overrides, defaults.stages) == (
-        cfg.grpo_overrides,
-        cfg.grpo_base_overrides,
-        cfg.stages,
+    from dspylite.jobs.demo_job import DemoConfig
+    from finetune.config import FinetuneConfig
+    from rl.config import GRPOConfig
+
+    demo = load_config(DemoConfig, CONFIGS / "demo.yaml", [])
+    assert dataclasses.asdict(demo) == dataclasses.asdict(DemoConfig())
+    assert demo.sft.threads == 2
+    assert (demo.sft_grpo.num_steps, demo.sft_grpo.temperature, demo.sft_grpo.learning_rate) == (
+        10,
+        0.7,
+        5e-4,
     )
-    wrong = load_config(DemoConfig, CONFIGS / "demo.yaml", ["sft_overrides=[sft.threads=2]"])
-    with pytest.raises(Exception, match="sft"):
-        _load_sft_config(wrong)
+    assert (demo.grpo.num_steps, demo.grpo.temperature, demo.grpo.learning_rate) == (60, 0.5, 1e-3)
+    grpo = load_config(GRPOConfig, CONFIGS / "grpo.yaml", [], section="grpo")
+    expected = dataclasses.replace(GRPOConfig(), init_adapter="base")  # the job starts from a fresh LoRA
+    assert dataclasses.asdict(grpo) == dataclasses.asdict(expected)
+    sft = load_config(FinetuneConfig, CONFIGS / "sft.yaml", [], section="sft")
+    assert dataclasses.asdict(sft) == dataclasses.asdict(FinetuneConfig())
+
+
+def test_a_section_is_read_with_overrides_relative_to_it_and_a_missing_one_is_named() -> None:
+    from rl.config import GRPOConfig
+
+    cfg = load_config(GRPOConfig, CONFIGS / "grpo.yaml", ["num_steps=3", "lora.r=8"], section="grpo")
+    assert (cfg.num_steps, cfg.lora.r, cfg.temperature) == (3, 8, 0.5)
+    with pytest.raises(ConfigError, match="no 'grpo' section"):
+        load_config(GRPOConfig, CONFIGS / "eval.yaml", [], section="grpo")
 
 
 def test_demo_stages_have_titles_and_distinct_chart_labels() -> None:
-    from dspylite.demo import ALL_STAGES, STAGE_LABELS, STAGE_TITLES
+    from dspylite.jobs.report_job import DEMO_STAGE_LABELS, DEMO_STAGE_TITLES, DEMO_STAGES
 
-    assert set(STAGE_TITLES) == set(STAGE_LABELS) == set(ALL_STAGES)
-    assert len(set(STAGE_LABELS.values())) == len(ALL_STAGES)
+    assert set(DEMO_STAGE_TITLES) == set(DEMO_STAGE_LABELS) == set(DEMO_STAGES)
+    assert len(set(DEMO_STAGE_LABELS.values())) == len(DEMO_STAGES)

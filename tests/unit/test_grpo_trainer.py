@@ -311,7 +311,15 @@ def test_grpo_front_end_builds_a_typed_config_and_rejects_unknown_options(tmp_pa
     )
     cfg = grpo.config
     assert (cfg.num_steps, cfg.beta, cfg.lora.r, cfg.micro_batch_size) == (3, 0.0, 4, 8)
-    assert cfg.run_dir == str(tmp_path) and cfg.num_rollouts_per_example == 4
+    assert cfg.run_dir == str(tmp_path) and cfg.num_rollouts_per_example == 8  # GRPOConfig's default
+    # A keyword equal to the default still overrides a given config (it used to be dropped).
+    from rl.config import GRPOConfig
+
+    assert (
+        dspy.GRPO(metric, server=object(), config=GRPOConfig(num_steps=60), num_steps=10).config.num_steps
+        == 10
+    )
+    assert dspy.GRPO(metric, server=object(), config=GRPOConfig(num_steps=7)).config.num_steps == 7
     with pytest.raises(OptimizerError, match="num_rollout"):
         dspy.GRPO(metric, server=object(), num_rollout=3)
     with pytest.raises(ConfigError, match="num_rollouts_per_example"):
@@ -330,8 +338,12 @@ def test_grpo_holds_out_a_valset_when_none_is_given():
 
 
 def test_grpo_yaml_config_loads_with_overrides():
+    from dspylite.config_io import load_config
     from dspylite.errors import ConfigError
-    from rl.job import load_job_config
+    from dspylite.jobs.grpo_job import GRPOJobConfig
+
+    def load_job_config(path, overrides):
+        return load_config(GRPOJobConfig, path, overrides)
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_job_config(

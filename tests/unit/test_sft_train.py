@@ -170,10 +170,10 @@ def test_a_full_disk_becomes_a_training_error_naming_the_directory(
         train_lora(data, config(micro_model, max_steps=1), tmp_path / "run")
     monkeypatch.undo()
     # while writing the adapter itself: nothing half-written is left behind
-    monkeypatch.setattr("finetune.sft._fsync_tree", lambda directory: full(None))
+    monkeypatch.setattr("dspylite.utils.io._fsync_file", lambda path: full(None))
     with pytest.raises(TrainingError, match=r"disk full while writing to .*run/adapters"):
         train_lora(data, config(micro_model, max_steps=1, save_steps=100, resume=False), tmp_path / "run")
-    assert list((tmp_path / "run" / "adapters").iterdir()) == []
+    assert list((tmp_path / "run" / "adapters").iterdir()) == []  # no .tmp-* leftover either
 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(micro_model: Path, tmp_path: Path) -> None:

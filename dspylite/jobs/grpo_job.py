@@ -1,28 +1,26 @@
-"""``dspylite grpo configs/grpo.yaml [key=value ...]``: GRPO on a task's program, end to end.
+"""``dspylite grpo configs/grpo.yaml``: GRPO on a task's program, end to end.
 
-1. build (or reuse) the tiny model, unless ``model=`` names a checkpoint directory;
-2. start vLLM with LoRA and runtime loading (or use ``server.api_base`` of a running one);
-3. ``rl.trainer.GRPOTrainer`` on the task's program: dev score at the start, rollouts, LoRA updates,
-   a new adapter version served each step, dev score every ``grpo.val_every`` steps and at the end;
+1. serve the base model (``model``: a checkpoint directory or a named source; default the tiny model)
+   with LoRA and runtime loading on, or use ``server.api_base``;
+2. ``rl.trainer.GRPOTrainer`` on the task's program: dev score at the start, rollouts, LoRA updates,
+   a new adapter version published each step, dev score every ``grpo.val_every`` steps and at the end;
    with a test split, the start and the best version are also scored on it (dev picked the best);
-4. the run directory gets config, metrics.jsonl, tensorboard/, checkpoints/, adapters/, program.json,
+3. the run directory gets config, metrics.jsonl, tensorboard/, checkpoints/, adapters/, program.json,
    result.json, report.md and report.png. Re-running with the same run_dir resumes.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
-from dspylite.jobs.common import LMSettings, ServerSettings
-from dspylite.jobs.tasks import TaskSettings
+from dspylite.jobs.session import Say, log_say, open_session
+from dspylite.jobs.settings import LMSettings, ServerSettings
+from dspylite.jobs.tasks import TaskSettings, load_task
 from rl.config import GRPOConfig
-
-logger = logging.getLogger(__name__)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -33,7 +31,10 @@ def _help(text: str) -> dict[str, str]:
 class GRPOJobConfig:
     run_dir: str = field(default="runs/grpo", metadata=_help("Where everything this job writes goes."))
     model: str = field(
-        default="", metadata=_help("Base model directory; empty: build (or reuse the cached) tiny model.")
+        default="",
+        metadata=_help(
+            "Base model: a checkpoint directory or a named source; empty: the built-in tiny model."
+        ),
     )
     task: TaskSettings = field(
         default_factory=TaskSettings,
@@ -59,45 +60,45 @@ class GRPOJobConfig:
     )
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata=_help("GRPO (rl.config.GRPOConfig)."))
 
-
-def load_job_config(cfg_path: str | Path | None, overrides: list[str] | dict[str, Any] = ()) -> GRPOJobConfig:
-    return load_config(GRPOJobConfig, cfg_path, overrides)
+    def __post_init__(self) -> None:
+        if self.grpo.lora.r > self.server.max_lora_rank:
+            raise ValueError(
+                f"grpo.lora.r={self.grpo.lora.r} exceeds server.max_lora_rank={self.server.max_lora_rank}"
+            )
 
 
 def run_grpo_job(
-    cfg_path: str | Path | None, overrides: list[str] | dict[str, Any] = (), *, display_progress: bool = True
+    config: str | Path | None,
+    overrides: list[str] | dict[str, Any] = (),
+    *,
+    say: Say = log_say,
+    display_progress: bool = True,
 ) -> Any:
-    """Run the job described by ``cfg_path`` (+ ``key=value`` overrides); returns ``rl.trainer.GRPOResult``."""
-    import dspylite
-    from dspylite.jobs.common import make_adapter, make_lm, open_server, resolve_model
-    from dspylite.jobs.tasks import load_task
-    from dspylite.run_dir import RunDir
+    """Run the job described by ``config`` (+ ``key=value`` overrides); returns ``rl.trainer.GRPOResult``."""
     from rl.trainer import GRPOTrainer
 
-    cfg = load_job_config(cfg_path, overrides)
-    if cfg.grpo.lora.r > cfg.server.max_lora_rank:
-        raise ConfigError(
-            f"grpo.lora.r={cfg.grpo.lora.r} exceeds server.max_lora_rank={cfg.server.max_lora_rank}"
-        )
+    cfg = load_config(GRPOJobConfig, config, overrides)
     task = load_task(cfg.task)
     reward = _reward(cfg, task)
-    run = RunDir(cfg.run_dir)
-    model_dir = resolve_model(cfg.model) if not cfg.server.api_base or cfg.model else ""
-    cfg.grpo.run_dir = str(run.path)
     if cfg.grpo.init_adapter in (None, ""):
         cfg.grpo.init_adapter = "base"  # the job's program starts unbound: nothing to inherit
-    run.write_config(cfg)
-
-    with open_server(model_dir, cfg.server, run) as server:
-        cfg.grpo.model_path = model_dir or str(server.base_model)
-        lm = make_lm(server, cfg.lm, run)
-        with dspylite.context(lm=lm, adapter=make_adapter(cfg.lm)):
-            trainer = GRPOTrainer(
-                cfg.grpo, reward, server, lm=lm, val_metric=task.metric, display_progress=display_progress
-            )
-            return trainer.fit(
-                task.make_program(), task.split("train"), task.split("dev"), testset=task.split("test")
-            )
+    with open_session("grpo", cfg, say=say, task=task) as session:
+        cfg.grpo.run_dir = str(session.run.path)
+        cfg.grpo.model_path = session.model_dir
+        trainer = GRPOTrainer(
+            cfg.grpo,
+            reward,
+            session.server,
+            lm=session.lm,
+            val_metric=task.metric,
+            display_progress=display_progress,
+            registry=session.registry,
+        )
+        result = trainer.fit(
+            task.make_program(), task.split("train"), task.split("dev"), testset=task.split("test")
+        )
+        session.finish(render=False, best_version=result.best_version)  # the trainer wrote its report
+    return result
 
 
 def _reward(cfg: GRPOJobConfig, task: Any) -> Any:

@@ -1,0 +1,293 @@
+"""The main job: one program improved by prompts, by weights, and by both, on one vLLM server.
+
+    dspylite demo configs/demo.yaml                     # the tiny local model, CPU is fine
+    dspylite demo configs/demo.yaml model=/path/to/ckpt # a real checkpoint on a GPU workstation
+
+A pipeline of stages, each a function from the earlier stages' records to its own ``StageRecord``
+(program file, the adapters it is bound to, per-example dev and test scores, failures, time):
+baseline -> prompt-only (BootstrapFewShotWithRandomSearch) -> weights-only (BootstrapFinetune LoRA SFT)
+-> GRPO from the base model -> SFT+GRPO (GRPO starting from the SFT record's adapter) -> BetterTogether.
+``stages.json`` keeps the records (the schema BetterTogether writes too); a rerun with the same run_dir
+loads finished stages from their records, re-serving their adapters, and runs the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dspylite.config_io import load_config
+from dspylite.errors import ConfigError
+from dspylite.jobs.report_job import DEMO_STAGE_TITLES, DEMO_STAGES
+from dspylite.jobs.session import JobSession, Say, log_say, open_session
+from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings, ServerSettings
+from dspylite.jobs.tasks import TaskSettings, load_task
+from dspylite.optimizers.stages import StageRecord, load_stages, save_stages
+from finetune.config import FinetuneConfig
+from rl.config import GRPOConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class DemoConfig:
+    run_dir: str = field(default="runs/demo", metadata=_help("Run directory; rerunning resumes it."))
+    model: str = field(
+        default="",
+        metadata=_help(
+            "Base model: a checkpoint directory or a named source; empty: the built-in tiny model."
+        ),
+    )
+    stages: list[str] = field(
+        default_factory=lambda: list(DEMO_STAGES), metadata=_help(f"Which stages to run, from {DEMO_STAGES}.")
+    )
+    task: TaskSettings = field(
+        default_factory=lambda: TaskSettings(n_train=2000, n_dev=400, n_test=400),
+        metadata=_help("The task (fact_qa by default): train feeds the optimizers, dev picks, test reports."),
+    )
+    server: ServerSettings = field(
+        default_factory=ServerSettings, metadata=_help("vLLM or a running server.")
+    )
+    lm: LMSettings = field(
+        default_factory=lambda: LMSettings(max_tokens=512, num_threads=16), metadata=_help("The LM client.")
+    )
+    selection_size: int = field(
+        default=150, metadata=_help("Dev examples the prompt search and BetterTogether select on (dev[:N]).")
+    )
+    prompt: PromptOptimizerSettings = field(
+        default_factory=lambda: PromptOptimizerSettings(
+            kind="random_search", max_bootstrapped_demos=2, max_labeled_demos=0, num_candidate_programs=3
+        ),
+        metadata=_help("The prompt stage's optimizer (also BetterTogether's p step)."),
+    )
+    bootstrap: BootstrapSettings = field(
+        default_factory=BootstrapSettings, metadata=_help("SFT stage: BootstrapFinetune's trace collection.")
+    )
+    sft: FinetuneConfig = field(
+        # vLLM idles while the adapter trains: both cores of a 2-core machine train.
+        default_factory=lambda: FinetuneConfig(threads=2),
+        metadata=_help("SFT stage (and BetterTogether's w step): LoRA SFT (finetune.config)."),
+    )
+    grpo: GRPOConfig = field(
+        default_factory=GRPOConfig,
+        metadata=_help("GRPO-from-base stage (rl.config.GRPOConfig, the measured recipe)."),
+    )
+    sft_grpo: GRPOConfig = field(
+        # The measured SFT+GRPO recipe: short, and hotter than the from-base one.
+        default_factory=lambda: GRPOConfig(num_steps=10, val_every=5, temperature=0.7, learning_rate=5e-4),
+        metadata=_help("SFT + GRPO stage: GRPO from the SFT stage's adapter."),
+    )
+    grpo_valset_size: int = field(default=150, metadata=_help("Dev examples GRPO picks its best version on."))
+    strategy: str = field(default="p -> w", metadata=_help("BetterTogether strategy over p and w."))
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in DEMO_STAGES]
+        if unknown:
+            raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {DEMO_STAGES}")
+        for name, rank in (
+            ("sft", self.sft.lora.r),
+            ("grpo", self.grpo.lora.r),
+            ("sft_grpo", self.sft_grpo.lora.r),
+        ):
+            if rank > self.server.max_lora_rank:
+                raise ValueError(
+                    f"{name}.lora.r={rank} exceeds server.max_lora_rank={self.server.max_lora_rank}"
+                )
+
+
+def run_demo(
+    config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, say: Say = log_say
+) -> Path:
+    """Run the whole demo; returns the run directory."""
+    cfg = load_config(DemoConfig, config, list(overrides))
+    task = load_task(cfg.task)
+    started = time.time()
+    with open_session("demo", cfg, say=say, task=task) as session:
+        pipeline = DemoPipeline(cfg, session)
+        pipeline.run()
+        session.finish(stages=[r.name for r in pipeline.records], seconds=round(time.time() - started, 1))
+    return session.run.path
+
+
+class DemoPipeline:
+    """Runs the configured stages in order; each returns a StageRecord that later stages read."""
+
+    def __init__(self, cfg: DemoConfig, session: JobSession):
+        self.cfg = cfg
+        self.session = session
+        self.task = session.task
+        self.records: list[StageRecord] = []
+        # Optimizer results keyed by (step kind, input program state): BetterTogether's steps reuse
+        # the single-stage results when their input program is the same one.
+        self.memo: dict[tuple[str, str], tuple[Any, dict[str, str]]] = {}
+
+    def run(self) -> list[StageRecord]:
+        done = {r.name: r for r in load_stages(self.session.run.path)}
+        stages: dict[str, Callable[[Path], tuple[Any, dict[str, str]]]] = {
+            "baseline": self._baseline,
+            "prompt": self._prompt,
+            "sft": self._sft,
+            "grpo": self._grpo,
+            "sft_grpo": self._sft_grpo,
+            "better_together": self._better_together,
+        }
+        for name in [s for s in DEMO_STAGES if s in self.cfg.stages]:
+            record = done.get(name)
+            if record is not None and Path(record.program_path).exists():
+                self.session.say(f"[{name}] already finished; loading {record.program_path}")
+                self.records.append(record)
+                continue
+            self.records.append(self._stage(name, stages[name]))
+            save_stages(self.session.run.path, self.records)
+        return self.records
+
+    # ---- infrastructure -------------------------------------------------------------------------
+    def _stage(self, name: str, compile_fn: Callable[[Path], tuple[Any, dict[str, str]]]) -> StageRecord:
+        say = self.session.say
+        say(f"[{name}] {DEMO_STAGE_TITLES[name]} ...")
+        stage_dir = self.session.run.path / "stages" / name
+        start = time.time()
+        program, adapters = compile_fn(stage_dir)
+        scores: dict[str, list[float]] = {}
+        errors: dict[str, dict[str, int]] = {}
+        for split in ("dev", "test"):
+            result = self.session.evaluate(program, self.task.split(split))
+            scores[split] = list(result.scores)
+            errors[split] = dict(result.error_counts)
+            self.session.run.log_metrics(
+                stage=name, split=split, score=result.score, errors=result.error_counts
+            )
+        program_path = program.save(stage_dir / "program.json")
+        bound = {getattr(p.lm, "model", None) for _, p in program.named_predictors() if p.lm is not None}
+        record = StageRecord(
+            name=name,
+            program_path=str(program_path),
+            adapters={k: v for k, v in adapters.items() if k in bound},
+            scores=scores,
+            seconds=round(time.time() - start, 1),
+            index=DEMO_STAGES.index(name),
+            errors=errors,
+        )
+        say(
+            f"[{name}] dev {100 * record.mean('dev'):.1f}  test {100 * record.mean('test'):.1f}  ({record.seconds:.0f}s)"
+        )
+        return record
+
+    def _program(self, name: str) -> Any:
+        """The program an earlier stage produced (its record), with its adapters served."""
+        record = next((r for r in self.records if r.name == name), None)
+        if record is None:
+            raise ConfigError(f"stage {name!r} must run before the stages that start from it")
+        program = self.task.make_program()
+        program.load(record.program_path)
+        self.session.serve_adapters(program, adapters=record.adapters)
+        return program
+
+    def _selection_set(self) -> list[Any]:
+        return self.task.split("dev")[: self.cfg.selection_size]
+
+    def _prompt_optimizer(self, stage_dir: Path) -> Any:
+        return _Memo(self.session.prompt_optimizer(self.cfg.prompt, stage_dir / "search"), "p", self.memo)
+
+    def _weight_optimizer(self, stage_dir: Path, run_name: str) -> Any:
+        optimizer = self.session.bootstrap_finetune(
+            self.cfg.bootstrap, self.cfg.sft, stage_dir / "finetune", run_name
+        )
+        return _Memo(optimizer, "w", self.memo)
+
+    # ---- stages -------------------------------------------------------------------------------------
+    def _baseline(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
+        return self.task.make_program(), {}
+
+    def _prompt(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
+        optimizer = self._prompt_optimizer(stage_dir)
+        program = optimizer.compile(
+            self.task.make_program(), trainset=self.task.split("train"), valset=self._selection_set()
+        )
+        return program, {}
+
+    def _sft(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
+        optimizer = self._weight_optimizer(stage_dir, "sft")
+        program = optimizer.compile(self.task.make_program(), trainset=self.task.split("train"))
+        return program, dict(optimizer.published)
+
+    def _grpo(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
+        return self._run_grpo(self.task.make_program(), self.cfg.grpo, stage_dir, init_adapter="base")
+
+    def _sft_grpo(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
+        if not any(r.name == "sft" for r in self.records):
+            self.records.append(self._stage("sft", self._sft))
+            save_stages(self.session.run.path, self.records)
+        start = self._program("sft")
+        sft_adapters = next(r for r in self.records if r.name == "sft").adapters
+        init = next(iter(sft_adapters.values()), None)
+        return self._run_grpo(start, self.cfg.sft_grpo, stage_dir, init_adapter=init or "base")
+
+    def _run_grpo(
+        self, start: Any, config: GRPOConfig, stage_dir: Path, *, init_adapter: str
+    ) -> tuple[Any, dict[str, str]]:
+        grpo = self.session.grpo(config, stage_dir / "grpo", init_adapter=init_adapter)
+        program = grpo.compile(
+            start,
+            trainset=self.task.split("train"),
+            valset=self.task.split("dev")[: self.cfg.grpo_valset_size],
+        )
+        return program, dict(grpo.published)
+
+    def _better_together(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
+        from dspylite.optimizers import BetterTogether
+
+        bt = BetterTogether(
+            self.task.metric,
+            prompt_optimizer=self._prompt_optimizer(stage_dir / "p"),
+            weight_optimizer=self._weight_optimizer(stage_dir, "bt"),
+            num_threads=self.cfg.lm.num_threads,
+            seed=self.cfg.task.seed,
+            run_dir=stage_dir / "bt",
+        )
+        program = bt.compile(
+            self.task.make_program(),
+            trainset=self.task.split("train"),
+            valset=self._selection_set(),
+            strategy=self.cfg.strategy,
+        )
+        return program, dict(bt.best_stage().adapters)
+
+
+class _Memo:
+    """Wraps an optimizer so that compiling the same program state twice in one demo trains once.
+
+    For a weight optimizer it passes the WeightOptimizer seam through: ``server``, ``registry`` and
+    ``published`` (the remembered compile's adapters when the result is reused).
+    """
+
+    def __init__(self, optimizer: Any, kind: str, memo: dict[tuple[str, str], tuple[Any, dict[str, str]]]):
+        self.optimizer = optimizer
+        self.kind = kind
+        self.memo = memo
+        if hasattr(optimizer, "published"):
+            self.server = optimizer.server
+            self.registry = optimizer.registry
+            self.published: dict[str, str] = {}
+
+    def compile(self, program: Any, **kwargs: Any) -> Any:
+        key = (self.kind, json.dumps(program.dump_state(), sort_keys=True, default=str))
+        if key not in self.memo:
+            result = self.optimizer.compile(program, **kwargs)
+            self.memo[key] = (result.deepcopy(), dict(getattr(self.optimizer, "published", {}) or {}))
+        else:
+            logger.info("reusing the %s-step result for an identical input program", self.kind)
+        result, published = self.memo[key]
+        if hasattr(self, "published"):
+            self.published = dict(published)
+            self.registry = self.optimizer.registry
+        return result.deepcopy()

