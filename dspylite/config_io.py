@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -166,9 +167,15 @@ def _convert(annotation: Any, value: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
         try:
             number = float(value)
-            return int(number) if annotation is int and number == int(number) else annotation(number)
         except ValueError:
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+        if annotation is float:
+            return number
+        if number != int(number):
+            raise ConfigError(f"{source}: {key} must be a whole number, got {value!r}")
+        return int(number)
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{source}: {key} must be a string, got {value!r}")

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from dspylite import settings as _settings
-from dspylite.errors import MetricError, OptimizerError
+from dspylite.errors import DSPyLiteError, MetricError, OptimizerError
 from dspylite.evaluate import ExampleResult, run_one
 from dspylite.example import Example
 from dspylite.run_dir import RunDir
+from dspylite.utils.io import atomic_write_json
 from dspylite.utils.parallel import parallel_map
 
 logger = logging.getLogger(__name__)
@@ -188,33 +189,40 @@ class BootstrapFinetune:
 
         teacher = teacher if teacher is not None else self.teacher
         teacher_program, teacher_models = self._teacher_program(student, teacher)
-        started = time.perf_counter()
-        runs = self._collect(teacher_program, trainset)
-        outcome.seconds["collect"] = round(time.perf_counter() - started, 2)
-        outcome.runs = len(runs)
-        outcome.teacher_score = sum(r.score for r in runs) / len(runs)
-        run.log_metrics(
-            phase="bootstrap",
-            runs=len(runs),
-            teacher_score=outcome.teacher_score,
-            errors=sum(1 for r in runs if r.error),
-        )
-
         if self.registry is None:
             self.registry = _default_registry(run)
-        allowed = self._allowed_models(server, model_path, teacher_models, self.registry)
-        data = build_sft_data(
-            runs,
-            metric_threshold=threshold,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            dedupe=cfg.dedupe,
-            tokenizer=model_path,
-            max_length=cfg.max_length,
-            allowed_models=allowed,
-            keep_truncated=cfg.keep_truncated,
-        )
-        data.save(run.path / "data")
+        # The collected data is this compile's checkpoint: a rerun in the same run directory with the
+        # same program, teacher, examples and data settings trains on it instead of sampling anew.
+        fingerprint = _data_fingerprint(teacher_program, trainset, cfg, threshold, self)
+        data = _load_collected(run.path / "data", fingerprint)
+        if data is not None:
+            logger.info("BootstrapFinetune: reusing the SFT data collected earlier in %s", run.path / "data")
+        else:
+            started = time.perf_counter()
+            runs = self._collect(teacher_program, trainset)
+            outcome.seconds["collect"] = round(time.perf_counter() - started, 2)
+            outcome.runs = len(runs)
+            outcome.teacher_score = sum(r.score for r in runs) / len(runs)
+            run.log_metrics(
+                phase="bootstrap",
+                runs=len(runs),
+                teacher_score=outcome.teacher_score,
+                errors=sum(1 for r in runs if r.error),
+            )
+            allowed = self._allowed_models(server, model_path, teacher_models, self.registry)
+            data = build_sft_data(
+                runs,
+                metric_threshold=threshold,
+                val_fraction=cfg.val_fraction,
+                seed=cfg.seed,
+                dedupe=cfg.dedupe,
+                tokenizer=model_path,
+                max_length=cfg.max_length,
+                allowed_models=allowed,
+                keep_truncated=cfg.keep_truncated,
+            )
+            data.save(run.path / "data")
+            atomic_write_json(run.path / "data" / DATA_FINGERPRINT, {"fingerprint": fingerprint})
         outcome.data_card = data.card.to_dict()
         require_rows(data)
         trained = self._train_and_publish(student, data, cfg, run, model_path, server, outcome)
@@ -436,6 +444,40 @@ class BootstrapFinetune:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
+
+
+DATA_FINGERPRINT = "fingerprint.json"
+
+
+def _data_fingerprint(program: Any, trainset: list[Example], cfg: Any, threshold: Any, opt: Any) -> str:
+    """What the collected data depends on: the teacher program, the examples and the data settings."""
+    import hashlib
+    import json
+
+    from dspylite.evaluate import example_id
+
+    blob = {
+        "program": program.dump_state(),
+        "examples": [example_id(e) for e in trainset],
+        "samples": [opt.samples_per_example, opt.sample_temperature, opt.sample_seed],
+        "data": [threshold, cfg.val_fraction, cfg.seed, cfg.dedupe, cfg.max_length, cfg.keep_truncated],
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_collected(directory: Path, fingerprint: str) -> Any:
+    """The SFT data saved by an earlier compile with the same fingerprint, else None."""
+    import json
+
+    from finetune.data import SFTData
+
+    marker = directory / DATA_FINGERPRINT
+    try:
+        if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+            return None
+        return SFTData.load(directory)
+    except (OSError, ValueError, DSPyLiteError):
+        return None
 
 
 class _Skipped(Exception):

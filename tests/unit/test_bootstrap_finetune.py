@@ -355,3 +355,34 @@ def test_importing_the_optimizer_does_not_import_training_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_rerun_reuses_the_collected_data_and_new_settings_collect_again(
+    tmp_path: Path, examples, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lm = oracle_lm(examples, wrong_every=3)
+    program = FactQA()
+    program.set_lm(lm)
+    calls = []
+    original = DummyLM.generate
+
+    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DummyLM, "generate", counted)
+    first, _, trainer = make_optimizer(tmp_path)
+    first.compile(program, trainset=examples)
+    collected = len(calls)
+    assert collected == 2 * len(examples)
+    # A killed compile rerun in the same run directory: the data is its checkpoint, no new teacher runs.
+    second, _, trainer2 = make_optimizer(tmp_path)
+    second.compile(program, trainset=examples)
+    assert len(calls) == collected
+    assert [r.to_dict() for r in trainer2.calls[0]["data"].train] == [
+        r.to_dict() for r in trainer.calls[0]["data"].train
+    ]
+    # Other data settings (or examples) are another collection.
+    third, _, _ = make_optimizer(tmp_path, samples_per_example=2)
+    third.compile(program, trainset=examples)
+    assert len(calls) > collected

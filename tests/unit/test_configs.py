@@ -151,3 +151,28 @@ def test_demo_stages_have_titles_and_distinct_chart_labels() -> None:
 
     assert set(DEMO_STAGE_TITLES) == set(DEMO_STAGE_LABELS) == set(DEMO_STAGES)
     assert len(set(DEMO_STAGE_LABELS.values())) == len(DEMO_STAGES)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("task.n_test=.inf", "task.n_test must be a finite number"),
+        ("task.n_test=1e999", "task.n_test must be a finite number"),
+        ("task.n_test=2.5", "task.n_test must be a whole number"),
+        ("lm.temperature=nan", "lm.temperature must be a finite number"),
+        ("lm.num_threads=-1", "lm.num_threads must be > 0"),
+        ("lm.max_tokens=0", "lm.max_tokens must be > 0"),
+        ("lm.temperature=-0.5", "lm.temperature must be >= 0"),
+    ],
+)
+def test_bad_numbers_are_refused_naming_the_key(override: str, message: str) -> None:
+    from dspylite.jobs.eval_job import EvalJobConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(EvalJobConfig, CONFIGS / "eval.yaml", [override])
+
+
+def test_whole_floats_still_load_as_ints() -> None:
+    from dspylite.jobs.eval_job import EvalJobConfig
+
+    assert load_config(EvalJobConfig, CONFIGS / "eval.yaml", ["task.n_test=20.0"]).task.n_test == 20
