@@ -1,9 +1,16 @@
-"""Command-line jobs: each one a typed config (YAML + ``key=value`` overrides) and a function that runs it.
+"""The recipe layer: every command-line job is a typed config (YAML + ``key=value`` overrides) and one
+function that runs it on a ``JobSession``.
+
+    session.py      open_session(): run directory, task, server (started or remote), LM, adapter registry
+    settings.py     the shared config sections: ServerSettings, LMSettings, BootstrapSettings, PromptOptimizerSettings
+    tasks.py        TaskSettings and load_task(): built-in tasks or the user's program on a JSONL dataset
+    eval_job.py / optimize_job.py / finetune_job.py / grpo_job.py / better_together_job.py / demo_job.py
+                    one module per job
+    report_job.py   render_report(): a run directory's report from its files alone
 
     from dspylite.jobs.eval_job import run_eval_job
     run = run_eval_job("configs/eval.yaml", ["task.n_test=50"])
 
-Every job writes a run directory (config.yaml, metrics.jsonl, program.json, adapters/, job.json,
-report.md, report.png); ``dspylite.jobs.report_job.render_report`` redraws the report from those
-files alone. Nothing here imports torch, transformers or vLLM at import time.
+Libraries (dspylite core and optimizers, finetune/, rl/, serving/) never import this package
+(tests/unit/test_layering.py). Nothing here imports torch, transformers or vLLM at import time.
 """
