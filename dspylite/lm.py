@@ -31,7 +31,6 @@ from dspylite.errors import (
     LMRequestError,
     LMResponseError,
     LMServerError,
-    LMUnavailableError,
 )
 
 logger = logging.getLogger(__name__)
@@ -262,8 +261,8 @@ class LM:
         breaker.check()
         try:
             data, api_base = self._post(body, breaker)
-            completions = self._parse(data, n, want_logprobs=want_logprobs, url=api_base)
             prompt_tokens, completion_tokens = _usage_counts(data.get("usage"), api_base)
+            completions = self._parse(data, n, want_logprobs=want_logprobs, url=api_base)
         except (LMConnectionError, LMServerError) as exc:
             breaker.record_failure(exc)
             if breaker.is_open:
