@@ -25,10 +25,10 @@ KEY = "sk-dspylite-integration-5f0c1e2d"
 
 OWNER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from serving import VLLMServer
 
-    server = VLLMServer(sys.argv[1], served_model_name="tiny", api_key=sys.argv[2], log_dir=sys.argv[3],
+    server = VLLMServer(sys.argv[1], served_model_name="tiny", api_key=os.environ["OWNER_TEST_KEY"], log_dir=sys.argv[2],
                         max_lora_rank=16, startup_timeout=600)
     server.start()
     print(server.pid, server.api_base, flush=True)
@@ -63,9 +63,14 @@ def _cmdline(pid: int) -> bytes:
 def test_key_off_argv_and_server_group_dies_with_a_killed_owner(tiny_model_dir: Path, tmp_path: Path) -> None:
     script = tmp_path / "owner.py"
     script.write_text(OWNER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    # The test hands the key to the owner the way a user should: not on a command line.
+    env = {
+        **os.environ,
+        "OWNER_TEST_KEY": KEY,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     owner = subprocess.Popen(
-        [sys.executable, str(script), str(tiny_model_dir), KEY, str(tmp_path / "log")],
+        [sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "log")],
         stdout=subprocess.PIPE,
         env=env,
     )
