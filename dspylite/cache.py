@@ -117,6 +117,8 @@ class LMCache:
             entry = data["completions"]
             if not isinstance(entry, list) or not all(isinstance(d, dict) and "text" in d for d in entry):
                 raise ValueError("'completions' is not a list of completion objects")
+            for stored in entry:
+                _check_stored(stored)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             logger.warning(
                 "LM cache entry %s is corrupt (%s); removing it and treating it as a miss", path, exc
@@ -146,6 +148,36 @@ class LMCache:
                 tmp.unlink()
             except OSError:
                 pass
+
+
+def _check_stored(data: dict[str, Any]) -> None:
+    """Raise ValueError when a stored completion's fields have the wrong types.
+
+    A structurally valid entry with ``usage: null`` or ``token_ids: 5`` (a hand edit, another
+    version's writer, bit rot) would otherwise fail every later call for that prompt.
+    """
+    if not isinstance(data.get("text"), str):
+        raise ValueError("'text' is not a string")
+    for name in ("model", "finish_reason"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise ValueError(f"{name!r} is not a string")
+    for name in ("token_ids", "prompt_token_ids"):
+        value = data.get(name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise ValueError(f"{name!r} is not a list of integers")
+    logprobs = data.get("logprobs")
+    if logprobs is not None and not (
+        isinstance(logprobs, list)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in logprobs)
+    ):
+        raise ValueError("'logprobs' is not a list of numbers")
+    usage = data.get("usage", {})
+    if not isinstance(usage, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in usage.values()
+    ):
+        raise ValueError("'usage' is not an object of integer counts")
 
 
 def _to_stored(completion: Completion) -> dict[str, Any]:

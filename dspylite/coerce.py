@@ -47,7 +47,18 @@ def _adapter(annotation: Any):
 
 
 def parse_value(text: str, annotation: Any) -> Any:
-    """Coerce model text to ``annotation``. Raises ValueError with a short reason."""
+    """Coerce model text to ``annotation``. Raises ValueError with a short reason, whatever the text."""
+    try:
+        return _parse_value(text, annotation)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. RecursionError rendering a deeply nested JSON value
+        raise ValueError(
+            f"expected {_type_label(annotation)}, got a value that could not be read ({type(exc).__name__})"
+        ) from None
+
+
+def _parse_value(text: str, annotation: Any) -> Any:
     if annotation is str:
         # A JSON completion may hold a number where a string field is declared: keep it as text.
         return text.strip() if isinstance(text, str) else format_value(text)
@@ -57,10 +68,19 @@ def parse_value(text: str, annotation: Any) -> Any:
     candidate = _literal_candidate(raw, annotation) if isinstance(raw, str) else raw
     try:
         return _adapter(annotation).validate_python(candidate)
-    except Exception as exc:  # pydantic.ValidationError and friends
+    except Exception as exc:  # pydantic.ValidationError, RecursionError on deep nesting, and friends
         reason = str(exc).splitlines()
-        short = reason[-1].strip() if reason else str(exc)
-        raise ValueError(f"expected {_type_label(annotation)}, got {text!r} ({short})") from None
+        short = reason[-1].strip() if reason else type(exc).__name__
+        raise ValueError(f"expected {_type_label(annotation)}, got {_shorten(text)} ({short})") from None
+
+
+def _shorten(value: Any, limit: int = 200) -> str:
+    """A bounded repr: model text can be megabytes, and error messages are logged per example."""
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. an int over the 4300-digit str() limit
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _literal_candidate(raw: str, annotation: Any) -> Any:
@@ -105,17 +125,23 @@ def _literal_candidate(raw: str, annotation: Any) -> Any:
 
 
 def _structured(raw: str) -> Any:
+    """Decode JSON, else a Python literal, else give ``raw`` back for the validator to reject.
+
+    Model text can make both decoders raise almost anything (RecursionError on deep nesting,
+    ValueError on ints over 4300 digits, TypeError on ``{[1]: 2}``): any failure here only means
+    "not decodable", so every exception falls through.
+    """
     text = raw
     if text.startswith("```"):
         text = text.strip("`")
         text = text.split("\n", 1)[1] if "\n" in text else text
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, ValueError):
+    except Exception:  # noqa: BLE001 - see the docstring
         pass
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except Exception:  # noqa: BLE001 - see the docstring
         return raw
 
 

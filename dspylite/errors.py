@@ -74,6 +74,31 @@ class LMServerError(LMError):
         self.body = body
 
 
+class LMResponseError(LMServerError):
+    """The server answered 200 with a body that is not an OpenAI completion (a JSON list, choices
+    that are not objects, non-numeric usage, ...). Counts as a server failure, like a 5xx."""
+
+
+class LMUnavailableError(LMError):
+    """The circuit breaker is open: the server failed too many requests in a row (connection errors,
+    timeouts, 5xx after retries), so every further call fails fast instead of waiting on it.
+
+    ``api_base`` names the server. Jobs and ``Evaluate`` stop on it rather than count it per example.
+    """
+
+    def __init__(self, message: str, *, api_base: str, failures: int):
+        super().__init__(message)
+        self.api_base = api_base
+        self.failures = failures
+
+    def __reduce__(self):  # keep picklable across process pools
+        return (_rebuild_unavailable, (str(self), self.api_base, self.failures))
+
+
+def _rebuild_unavailable(msg, api_base, failures):
+    return LMUnavailableError(msg, api_base=api_base, failures=failures)
+
+
 class NoLMConfiguredError(DSPyLiteError, RuntimeError):
     """A predictor ran with no LM bound and none configured via dspylite.configure(lm=...)."""
 
@@ -112,6 +137,22 @@ class BindingError(DSPyLiteError, ValueError):
 
 class EvaluationError(DSPyLiteError, RuntimeError):
     """An evaluation was stopped: more examples failed than ``max_errors`` allows."""
+
+
+class AllExamplesFailedError(EvaluationError):
+    """Every example of an evaluation failed, so there is no score to report; ``error_counts`` says
+    how many failed of each kind (``parse``, ``lm``, ``program``, ``metric``)."""
+
+    def __init__(self, message: str, *, error_counts: dict[str, int]):
+        super().__init__(message)
+        self.error_counts = dict(error_counts)
+
+    def __reduce__(self):
+        return (_rebuild_all_failed, (str(self), self.error_counts))
+
+
+def _rebuild_all_failed(msg, error_counts):
+    return AllExamplesFailedError(msg, error_counts=error_counts)
 
 
 class ToolError(DSPyLiteError, ValueError):

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dspylite import settings as _settings
-from dspylite.errors import AdapterParseError, EvaluationError, LMError, MetricError
+from dspylite.errors import (
+    AdapterParseError,
+    AllExamplesFailedError,
+    ConfigError,
+    EvaluationError,
+    LMError,
+    LMUnavailableError,
+    MetricError,
+)
 from dspylite.example import Example, Prediction
 from dspylite.trace import TraceRecord, capture_traces
 from dspylite.utils.parallel import parallel_map
@@ -72,6 +80,7 @@ class EvaluationResult:
             "n": len(self.results),
             "mean": mean,
             "ci95": [lo, hi],
+            "failed": sum(self.error_counts.values()),
             "errors": dict(self.error_counts),
         }
 
@@ -109,7 +118,9 @@ def run_one(
     """Run the program on one example and score it; every failure is caught and labelled.
 
     A metric that returns something other than a number raises ``MetricError`` (a bug in the metric,
-    not a property of the example). ``rollout_id=None`` keeps the caller's rollout id.
+    not a property of the example), and an open circuit breaker raises ``LMUnavailableError`` (the
+    server is gone: no later example can succeed either). ``rollout_id=None`` keeps the caller's
+    rollout id.
     """
     eid = example_id(example)
     inputs = example.inputs().toDict() if example.input_keys is not None else example.toDict()
@@ -120,6 +131,8 @@ def run_one(
             prediction = program(**inputs)
         except AdapterParseError as exc:
             return ExampleResult(example, None, 0.0, f"parse: {exc}", "parse", _kept(traces, keep_traces))
+        except LMUnavailableError:
+            raise
         except LMError as exc:
             return ExampleResult(example, None, 0.0, f"lm: {exc}", "lm", _kept(traces, keep_traces))
         except Exception as exc:
@@ -150,7 +163,10 @@ class Evaluate:
 
     Per-example failures are labelled ``parse``, ``lm``, ``program`` or ``metric``, scored
     ``failure_score`` and counted in ``error_counts``. Past ``max_errors`` failures the run stops
-    early with ``EvaluationError``. ``return_traces=True`` keeps every example's trace records.
+    early with ``EvaluationError``; when every example failed there is no score and
+    ``AllExamplesFailedError`` says how many failed of each kind. An LM whose server stopped
+    answering (``LMUnavailableError``, its circuit breaker) stops the run at once and is re-raised.
+    ``return_traces=True`` keeps every example's trace records.
     """
 
     def __init__(
@@ -164,15 +180,19 @@ class Evaluate:
         return_traces: bool = False,
         display_table: bool | int = False,
         failure_score: float = 0.0,
+        raise_if_all_failed: bool = True,
     ):
         self.devset = list(devset)
         self.metric = metric
-        self.num_threads = num_threads
+        self.num_threads = _check_threads(num_threads)
         self.display_progress = display_progress
         self.max_errors = max_errors
         self.return_traces = return_traces
         self.display_table = display_table
         self.failure_score = failure_score
+        # False for callers that want a score of failure_score even then (e.g. a baseline of a model
+        # that never follows the format yet); the failures stay in error_counts either way.
+        self.raise_if_all_failed = raise_if_all_failed
 
     def __call__(
         self,
@@ -190,6 +210,7 @@ class Evaluate:
             raise MetricError("Evaluate needs a metric: Evaluate(devset=..., metric=fn)")
         keep = self.return_traces if return_traces is None else return_traces
         show = self.display_progress if display_progress is None else display_progress
+        threads = self.num_threads if num_threads is None else _check_threads(num_threads)
         stop = _Stopper(self.max_errors)
 
         def one(example: Example) -> ExampleResult | None:
@@ -197,7 +218,7 @@ class Evaluate:
                 return None
             try:
                 result = run_one(program, example, metric, keep_traces=keep)
-            except MetricError:
+            except (MetricError, LMUnavailableError):
                 stop.stopped = True
                 raise
             if result.error is not None:
@@ -206,12 +227,13 @@ class Evaluate:
 
         bar = _progress(len(devset), "Evaluate") if show else None
         try:
-            outcomes = parallel_map(one, devset, num_threads=num_threads or self.num_threads, progress=bar)
+            outcomes = parallel_map(one, devset, num_threads=threads, progress=bar)
         finally:
             if bar is not None:
                 bar.close()
-        for outcome in outcomes:  # a MetricError (non-number score) is the metric's bug: raise it
-            if isinstance(outcome.error, MetricError):
+        for outcome in outcomes:
+            # A MetricError (non-number score) is the metric's bug; an open breaker means no server.
+            if isinstance(outcome.error, (MetricError, LMUnavailableError)):
                 raise outcome.error
         if stop.stopped:
             raise EvaluationError(
@@ -240,6 +262,13 @@ class Evaluate:
             if r.error_kind:
                 counts[r.error_kind] = counts.get(r.error_kind, 0) + 1
         failures = sum(counts.values())
+        if self.raise_if_all_failed and results and failures == len(results):
+            first = next(r.error for r in results if r.error)
+            raise AllExamplesFailedError(
+                f"Evaluate: all {failures} examples failed ({_kinds(counts)}), so there is no score; "
+                f"first error: {first}",
+                error_counts=counts,
+            )
         score = 100.0 * sum(r.score for r in results) / max(1, len(results))
         if failures:
             logger.warning("Evaluate: %d of %d examples failed: %s", failures, len(results), counts)
@@ -270,6 +299,16 @@ class _Stopper:
             self.first = self.first or result.error
             if self.max_errors is not None and self.count > self.max_errors:
                 self.stopped = True
+
+
+def _check_threads(num_threads: Any) -> int:
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ConfigError(f"Evaluate: 'num_threads' must be an integer >= 1, got {num_threads!r}")
+    return num_threads
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
 
 
 def _progress(total: int, desc: str):

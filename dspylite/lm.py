@@ -2,7 +2,9 @@
 
 It keeps everything a training step may need from a call (token ids, logprobs, finish reason) on the
 returned ``Completion`` objects, retries transient failures (429, 5xx, connection errors, timeouts)
-with exponential backoff, caches answers in memory and on disk, and counts usage.
+with exponential backoff, caches answers in memory and on disk, and counts usage. A server that
+fails ``max_consecutive_failures`` calls in a row trips a circuit breaker: further calls raise
+``LMUnavailableError`` at once instead of each waiting ``timeout`` x attempts.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -20,8 +23,15 @@ from typing import Any
 import httpx
 
 from dspylite.cache import LMCache, cache_key, shared_cache
+from dspylite.circuit_breaker import CircuitBreaker
 from dspylite.completion import Completion
-from dspylite.errors import ConfigError, LMConnectionError, LMRequestError, LMServerError
+from dspylite.errors import (
+    ConfigError,
+    LMConnectionError,
+    LMRequestError,
+    LMResponseError,
+    LMServerError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +54,23 @@ def strip_provider_prefix(model: str) -> str:
 
 
 class _Transport:
-    """The HTTP client and round-robin position shared by an LM and all its copies."""
+    """The HTTP client, round-robin position and circuit breakers shared by an LM and all its copies."""
 
     def __init__(self) -> None:
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
         self._turn = itertools.count()
+        self._breakers: dict[tuple[str, ...], CircuitBreaker] = {}
+
+    def breaker(self, api_bases: tuple[str, ...], threshold: int | None) -> CircuitBreaker:
+        """The breaker for one set of endpoints (a copy bound to an adapter shares its server's)."""
+        breaker = self._breakers.get(api_bases)
+        if breaker is None:
+            with self._lock:
+                breaker = self._breakers.get(api_bases)
+                if breaker is None:
+                    breaker = self._breakers[api_bases] = CircuitBreaker(", ".join(api_bases), threshold)
+        return breaker
 
     @property
     def client(self) -> httpx.Client:
@@ -127,14 +148,21 @@ class LM:
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         history_size: int = 100,
+        max_consecutive_failures: int | None = 3,
         **kwargs: Any,
     ):
         if not isinstance(model, str) or not model:
             raise ConfigError(f"LM: 'model' must be a non-empty string, got {model!r}")
         if model_type not in MODEL_TYPES:
             raise ConfigError(f"LM: 'model_type' must be one of {MODEL_TYPES}, got {model_type!r}")
-        if num_retries < 0:
-            raise ConfigError(f"LM: 'num_retries' must be >= 0, got {num_retries}")
+        _check_settings(
+            "LM",
+            num_retries=num_retries,
+            timeout=timeout,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            max_consecutive_failures=max_consecutive_failures,
+        )
         self.model = model
         self.model_type = model_type
         self.api_bases = _normalize_api_bases(api_base)
@@ -146,6 +174,7 @@ class LM:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.history_size = history_size
+        self.max_consecutive_failures = max_consecutive_failures
         self.kwargs: dict[str, Any] = {
             "temperature": temperature,
             "max_tokens": max_tokens,
@@ -186,6 +215,15 @@ class LM:
     def reset_usage(self) -> None:
         self._usage.reset()
 
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """This LM's server's circuit breaker (shared with copies that talk to the same server)."""
+        return self._transport.breaker(self.api_bases, self.max_consecutive_failures)
+
+    def reset_breaker(self) -> None:
+        """Let calls through again after the breaker opened (the server was restarted or fixed)."""
+        self.breaker.reset()
+
     def generate(
         self,
         messages: list[dict[str, Any]] | None,
@@ -219,14 +257,21 @@ class LM:
                 return hit
 
         start = time.perf_counter()
-        data, api_base = self._post(body)
-        completions = self._parse(data, n, want_logprobs=want_logprobs)
-        usage = data.get("usage") or {}
-        self._usage.add(
-            calls=1,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-        )
+        breaker = self.breaker
+        breaker.check()
+        try:
+            data, api_base = self._post(body, breaker)
+            prompt_tokens, completion_tokens = _usage_counts(data.get("usage"), api_base)
+            completions = self._parse(data, n, want_logprobs=want_logprobs, url=api_base)
+        except (LMConnectionError, LMServerError) as exc:
+            breaker.record_failure(exc)
+            if breaker.is_open:
+                # The call that trips the breaker already reports the server as unavailable, so a
+                # caller stops here rather than after one more wasted call.
+                raise breaker.unavailable_error() from exc
+            raise
+        breaker.record_success()
+        self._usage.add(calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         if key is not None:
             self._get_cache().put(key, completions)
         self._record(
@@ -283,10 +328,14 @@ class LM:
             if name == "api_base":
                 new.api_bases = _normalize_api_bases(value)
             elif name in _INSTANCE_SETTINGS:
+                if name in _CHECKED_SETTINGS:
+                    _check_settings("LM.copy", **{name: value})
                 if name == "model_type" and value not in MODEL_TYPES:
                     raise ConfigError(f"LM.copy: 'model_type' must be one of {MODEL_TYPES}, got {value!r}")
                 setattr(new, name, value)
             else:
+                if name in _CHECKED_SETTINGS:
+                    _check_settings("LM.copy", **{name: value})
                 new.kwargs[name] = value
         if "history_size" in overrides:
             new.history = deque(maxlen=new.history_size)
@@ -365,11 +414,32 @@ class LM:
             body["return_token_ids"] = True
         return body
 
-    def _parse(self, data: dict[str, Any], n: int, want_logprobs: bool) -> list[Completion]:
+    def _parse(self, data: dict[str, Any], n: int, want_logprobs: bool, url: str = "") -> list[Completion]:
+        """The choices of a 200 answer; a body of another shape is an ``LMResponseError``."""
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise LMServerError(f"{self._where()} answered without any choices: {_snippet(data)}")
-        choices = sorted(choices, key=lambda c: c.get("index", 0))
+            raise LMResponseError(f"{self._where()} answered without any choices: {_snippet(data)}")
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise LMResponseError(
+                    f"{url or self._where()} (model {self.served_model!r}) answered with a choice that is "
+                    f"not a JSON object: {_snippet(choice)}",
+                    body=_snippet(data),
+                )
+        try:
+            return self._completions(data, choices, want_logprobs)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            # Fields of the wrong type (a string message, a number for token_ids, ...).
+            raise LMResponseError(
+                f"{url or self._where()} (model {self.served_model!r}) answered with a malformed choice "
+                f"({type(exc).__name__}: {exc}): {_snippet(data)}",
+                body=_snippet(data),
+            ) from exc
+
+    def _completions(
+        self, data: dict[str, Any], choices: list[dict[str, Any]], want_logprobs: bool
+    ) -> list[Completion]:
+        choices = sorted(choices, key=lambda c: c.get("index") or 0)
         model = data.get("model") or self.served_model
         usage = data.get("usage") or {}
         top_prompt_ids = data.get("prompt_token_ids")
@@ -382,15 +452,17 @@ class LM:
             else:
                 text = choice.get("text") or ""
                 logprobs = _text_logprobs(choice) if want_logprobs else None
+            if not isinstance(text, str):
+                raise TypeError(f"the completion text is {type(text).__name__}, not a string")
             prompt_ids = choice.get("prompt_token_ids") or top_prompt_ids
             choice_usage = {}
-            if "prompt_tokens" in usage:
-                choice_usage["prompt_tokens"] = usage["prompt_tokens"]
+            if usage.get("prompt_tokens") is not None:
+                choice_usage["prompt_tokens"] = int(usage["prompt_tokens"])
             # With n > 1 the server reports one total; per choice we only know it from the token ids.
             if token_ids is not None:
                 choice_usage["completion_tokens"] = len(token_ids)
-            elif len(choices) == 1 and "completion_tokens" in usage:
-                choice_usage["completion_tokens"] = usage["completion_tokens"]
+            elif len(choices) == 1 and usage.get("completion_tokens") is not None:
+                choice_usage["completion_tokens"] = int(usage["completion_tokens"])
             completions.append(
                 Completion(
                     text=text,
@@ -406,7 +478,7 @@ class LM:
 
     # ---- HTTP with retries -----------------------------------------------------------------
 
-    def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def _post(self, body: dict[str, Any], breaker: CircuitBreaker) -> tuple[dict[str, Any], str]:
         client = self._transport.client
         attempts = self.num_retries + 1
         last_error: Exception | None = None
@@ -414,6 +486,7 @@ class LM:
         last_body = ""
         url = self._urls[0]
         for attempt in range(attempts):
+            breaker.check()  # another thread may have found the server dead while this one slept
             url = self._urls[self._transport.next_index(len(self._urls))]
             retry_after = None
             try:
@@ -425,7 +498,7 @@ class LM:
                 status = response.status_code
                 if status < 300:
                     try:
-                        return response.json(), url
+                        data = response.json()
                     except ValueError as exc:
                         raise LMServerError(
                             f"{url} (model {self.served_model!r}) returned a body that is not JSON: "
@@ -433,6 +506,14 @@ class LM:
                             status_code=status,
                             body=response.text,
                         ) from exc
+                    if not isinstance(data, dict):
+                        raise LMResponseError(
+                            f"{url} (model {self.served_model!r}) returned a JSON {type(data).__name__}, "
+                            f"not a completion object: {_snippet(response.text)}",
+                            status_code=status,
+                            body=response.text,
+                        )
+                    return data, url
                 text = response.text
                 message = _error_message(text)
                 if status >= 500 or status in _RETRYABLE_STATUS:
@@ -537,8 +618,55 @@ _INSTANCE_SETTINGS = frozenset(
         "backoff_base",
         "backoff_max",
         "history_size",
+        "max_consecutive_failures",
     }
 )
+_CHECKED_SETTINGS = frozenset(
+    {"num_retries", "timeout", "temperature", "max_tokens", "max_consecutive_failures"}
+)
+
+
+def _check_settings(where: str, **settings: Any) -> None:
+    """Reject settings a server would reject later (or that would make calls hang or never stop)."""
+    for name, value in settings.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name == "temperature":
+            ok = value is None or (number and math.isfinite(value) and value >= 0)
+            wanted = "a number >= 0"
+        elif name == "max_tokens":
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+            wanted = "an integer >= 1 (or None for the server's limit)"
+        elif name == "num_retries":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            wanted = "an integer >= 0"
+        elif name == "timeout":
+            ok = number and math.isfinite(value) and value > 0
+            wanted = "a number of seconds > 0"
+        elif name == "max_consecutive_failures":
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+            wanted = "an integer >= 1 (or None to never stop calling a failing server)"
+        else:  # pragma: no cover - a programming error in this module
+            raise AssertionError(name)
+        if not ok:
+            raise ConfigError(f"{where}: {name!r} must be {wanted}, got {value!r}")
+
+
+def _usage_counts(usage: Any, url: str) -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) from a response's ``usage``; missing counts are 0."""
+    if usage is None:
+        return 0, 0
+    if not isinstance(usage, dict):
+        raise LMResponseError(f"{url} answered with a 'usage' that is not an object: {_snippet(usage)}")
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(name)
+        if value is None:
+            counts.append(0)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LMResponseError(f"{url} answered with a non-numeric usage.{name}: {_snippet(value)}")
+        counts.append(int(value))
+    return counts[0], counts[1]
 
 
 def flatten_messages(messages: list[dict[str, Any]]) -> str:

@@ -355,7 +355,7 @@ def _parse_side(text: str, kind: Literal["input", "output"], names: dict[str, An
             _check_name(name)
         except SignatureError as exc:
             raise SignatureError(f"{exc} (in signature {spec!r})") from None
-        ann = _eval_type(type_text.strip(), names, spec) if type_text.strip() else str
+        ann = _eval_type(type_text.strip(), names, spec, name) if type_text.strip() else str
         fields.append(Field(name, kind, ann, "", infer_prefix(name)))
     return fields
 
@@ -374,12 +374,13 @@ def _split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _eval_type(text: str, names: dict[str, Any], spec: str) -> Any:
+def _eval_type(text: str, names: dict[str, Any], spec: str, field: str = "?") -> Any:
     """Evaluate a type expression with a whitelist of names (no arbitrary code)."""
+    where = f"field {field!r} of signature {spec!r}"
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
-        raise SignatureError(f"cannot parse type {text!r} in signature {spec!r}") from None
+        raise SignatureError(f"cannot parse type {text!r} of {where}") from None
 
     def ev(node: ast.AST) -> Any:
         if isinstance(node, ast.Name):
@@ -389,7 +390,10 @@ def _eval_type(text: str, names: dict[str, Any], spec: str) -> Any:
                 )
             return names[node.id]
         if isinstance(node, ast.Attribute):
-            return getattr(ev(node.value), node.attr)
+            base = ev(node.value)
+            if node.attr.startswith("_") or not hasattr(base, node.attr):
+                raise SignatureError(f"type {text!r} of {where}: {node.attr!r} is not a type of {base!r}")
+            return getattr(base, node.attr)
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.Tuple):
@@ -397,14 +401,17 @@ def _eval_type(text: str, names: dict[str, Any], spec: str) -> Any:
         if isinstance(node, ast.Subscript):
             base = ev(node.value)
             arg = ev(node.slice)
-            return base[arg]
+            try:
+                return base[arg]
+            except (TypeError, ValueError, AttributeError) as exc:  # int[str], Optional[int, str], ...
+                raise SignatureError(f"invalid type {text!r} of {where}: {exc}") from None
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
             return Union[ev(node.left), ev(node.right)]  # noqa: UP007
         raise SignatureError(f"unsupported type expression {text!r} in signature {spec!r}")
 
     annotation = ev(tree.body)
     if not _is_type(annotation):
-        raise SignatureError(f"{text!r} in signature {spec!r} is not a type")
+        raise SignatureError(f"{text!r} ({where}) is not a type")
     return annotation
 
 

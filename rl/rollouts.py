@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dspylite import settings as _settings
-from dspylite.errors import MetricError
+from dspylite.errors import LMUnavailableError, MetricError
 from dspylite.evaluate import example_id, run_one
 from dspylite.example import Example
 from dspylite.trace import TraceRecord
@@ -148,7 +148,8 @@ def collect_rollouts(
     excluded: list[Rollout] = []
     for outcome, (index, r) in zip(outcomes, jobs, strict=True):
         if outcome.error is not None:
-            if isinstance(outcome.error, MetricError):
+            # A metric bug, or the server's circuit breaker open (no rollout can succeed): stop.
+            if isinstance(outcome.error, (MetricError, LMUnavailableError)):
                 raise outcome.error
             rollout = Rollout(
                 index_base + index,

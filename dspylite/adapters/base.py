@@ -78,6 +78,18 @@ class Adapter(ABC):
         messages.append({"role": "user", "content": self.format_user(signature, inputs)})
         return messages
 
+    def parse_completion(self, signature: type[Signature], completion: str) -> dict[str, Any]:
+        """``parse``, with the guarantee callers rely on: any failure is an ``AdapterParseError``
+        carrying the raw completion, whatever the adapter (built-in or user-written) raised."""
+        try:
+            return self.parse(signature, completion)
+        except AdapterParseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - model text must never crash a program untyped
+            raise self.parse_error(
+                signature, completion, f"the parser raised {type(exc).__name__}: {_bounded(exc)}"
+            ) from exc
+
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.usage[key] += n
@@ -93,6 +105,11 @@ class Adapter(ABC):
             signature=signature.signature,
             parsed=parsed,
         )
+
+
+def _bounded(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def split_demo(signature: type[Signature], demo: Any, index: int) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -76,7 +76,7 @@ class ChatAdapter(Adapter):
         for name, field in signature.output_fields.items():
             try:
                 parsed[name] = parse_value(sections[name], field.annotation)
-            except ValueError as exc:
+            except Exception as exc:  # noqa: BLE001 - parse_value promises ValueError; be sure anyway
                 raise self.parse_error(
                     signature, completion, f"field {name!r}: {exc}", parsed=parsed
                 ) from None

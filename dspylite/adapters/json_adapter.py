@@ -10,7 +10,7 @@ from dspylite.adapters.base import Adapter, field_description
 from dspylite.coerce import format_value, json_schema, parse_value, to_jsonable
 from dspylite.signatures import Signature
 
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+_DECODER = json.JSONDecoder()
 
 
 class JSONAdapter(Adapter):
@@ -70,28 +70,51 @@ class JSONAdapter(Adapter):
         }
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
-        match = _OBJECT.search(completion)
-        if not match:
-            raise self.parse_error(signature, completion, "no JSON object found")
-        try:
-            data = json.loads(match.group(0))
-        except json.JSONDecodeError as exc:
-            raise self.parse_error(signature, completion, f"invalid JSON ({exc.msg})") from None
-        if not isinstance(data, dict):
-            raise self.parse_error(signature, completion, "the JSON is not an object")
+        data = self._decode_object(signature, completion)
         missing = [n for n in signature.output_fields if n not in data]
         if missing:
             raise self.parse_error(signature, completion, f"missing key(s) {missing}", parsed=data)
         parsed: dict[str, Any] = {}
         for name, field in signature.output_fields.items():
-            value = data[name]
             try:
-                parsed[name] = parse_value(value if isinstance(value, str) else value, field.annotation)
-            except ValueError as exc:
+                parsed[name] = parse_value(data[name], field.annotation)
+            except Exception as exc:  # noqa: BLE001 - parse_value promises ValueError; be sure anyway
                 raise self.parse_error(
                     signature, completion, f"field {name!r}: {exc}", parsed=parsed
                 ) from None
         return parsed
+
+    def _decode_object(self, signature: type[Signature], completion: str) -> dict[str, Any]:
+        """The JSON object in the completion, found in linear time.
+
+        First the object that starts at the first ``{`` (text after it is ignored), else the span
+        from the first ``{`` to the last ``}``. Both are single scans; a regex such as
+        ``\\{.*\\}`` tried from every ``{`` is quadratic on text with many ``{`` and no ``}``.
+        """
+        start = completion.find("{")
+        end = completion.rfind("}")
+        if start < 0 or end < start:
+            raise self.parse_error(signature, completion, "no JSON object found")
+        try:
+            data, _ = _DECODER.raw_decode(completion, start)
+        except json.JSONDecodeError:
+            try:
+                data = json.loads(completion[start : end + 1])
+            except json.JSONDecodeError as exc:
+                raise self.parse_error(signature, completion, f"invalid JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:  # ints over 4300 digits, deep nesting
+                raise self.parse_error(signature, completion, _unreadable(exc)) from None
+        except (ValueError, RecursionError) as exc:
+            raise self.parse_error(signature, completion, _unreadable(exc)) from None
+        if not isinstance(data, dict):
+            raise self.parse_error(signature, completion, "the JSON is not an object")
+        return data
+
+
+def _unreadable(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "invalid JSON (nested too deeply)"
+    return f"invalid JSON ({str(exc)[:120]})"
 
 
 def _output_schema(signature: type[Signature]) -> dict[str, Any]:

@@ -136,7 +136,9 @@ class Predict(Module):
         for completion in completions:
             parsed, error = None, None
             try:
-                parsed = adapter.parse(signature, completion.text)
+                # parse_completion turns whatever the parser raises into an AdapterParseError that
+                # keeps the raw text: the trace below is always written, and the fallback tried.
+                parsed = adapter.parse_completion(signature, completion.text)
                 outputs.append(parsed)
             except AdapterParseError as exc:
                 adapter.count("parse_failures")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dspylite import settings as _settings
-from dspylite.errors import AdapterParseError, LMError, OptimizerError
+from dspylite.errors import AdapterParseError, LMError, LMUnavailableError, OptimizerError
 from dspylite.evaluate import check_score, example_id
 from dspylite.example import Example, Prediction
 from dspylite.trace import TraceRecord, capture_traces
@@ -260,7 +260,8 @@ def run_scored(
 
     ``metric_sees_trace`` passes the run's TraceRecords as the metric's third argument (bootstrapping
     does this, as DSPy passes its trace, so metrics can be stricter there). ``MetricError`` (a metric
-    returning a non-number) is the one exception that propagates: it is a bug in the metric.
+    returning a non-number) propagates (a bug in the metric), and so does ``LMUnavailableError`` (the
+    LM's circuit breaker opened: the server is gone).
     """
     inputs = example.inputs().toDict()
     with _settings.context(example_id=example_id(example), rollout_id=rollout_id), capture_traces() as traces:
@@ -270,6 +271,8 @@ def run_scored(
             return ScoredRun(example, None, failure_score, "budget", str(exc), list(traces), budget_hit=True)
         except AdapterParseError as exc:
             return ScoredRun(example, None, failure_score, "parse", str(exc), list(traces))
+        except LMUnavailableError:
+            raise  # the server's circuit breaker opened: every later candidate would fail too
         except LMError as exc:
             return ScoredRun(example, None, failure_score, "lm", str(exc), list(traces))
         except Exception as exc:
@@ -449,7 +452,7 @@ class ProgramScorer:
             with self.budget.counting_settings(), self._bar(len(todo), desc) as bar:
                 outcomes = parallel_map(score_one, todo, num_threads=self.num_threads, progress=bar)
             for outcome, i in zip(outcomes, todo, strict=True):
-                if outcome.error is not None:  # only MetricError escapes run_scored
+                if outcome.error is not None:  # only MetricError and LMUnavailableError escape run_scored
                     raise outcome.error
                 if outcome.value is None:
                     complete = False

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dspylite.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -34,6 +36,9 @@ def parallel_map(
     ``progress`` is any object with ``update(n)`` (a tqdm bar) or None. When more than ``max_errors``
     items fail, the remaining ones are cancelled and a RuntimeError names the count.
     """
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        # A negative count used to mean "one thread" silently; say what is wrong instead.
+        raise ConfigError(f"'num_threads' must be an integer >= 1, got {num_threads!r}")
     items = list(items)
     outcomes: list[Outcome] = [Outcome(i) for i in range(len(items))]
     errors = 0

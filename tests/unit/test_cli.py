@@ -365,6 +365,8 @@ def test_eval_against_a_server_writes_the_run_directory(tmp_path: Path) -> None:
 
 
 def test_eval_counts_parse_failures_instead_of_crashing(tmp_path: Path) -> None:
+    # Issue 14: an evaluation in which every example failed has no score and must not exit 0; the
+    # error says how many failed and why. (The job layer may also record the failed rows first.)
     run = tmp_path / "run"
     with StubOpenAIServer(reply_fn=lambda body: "no markers here") as server:
         result = runner.invoke(
@@ -377,10 +379,9 @@ def test_eval_counts_parse_failures_instead_of_crashing(tmp_path: Path) -> None:
                 *SMALL,
             ],
         )
-    assert result.exit_code == 0, result.output
-    row = next(r for r in _metrics(run) if r.get("phase") == "eval")
-    assert row["score"] == 0.0 and row["errors"] == {"parse": 10}
-    assert "parse=10" in (run / "report.md").read_text()
+    assert result.exit_code == 2, result.output
+    assert "all 10 examples failed (10 parse), so there is no score" in result.output
+    assert "no markers here" in result.output  # the first failure, with the raw completion
 
 
 def test_eval_of_a_program_bound_to_an_unknown_adapter_names_it(tmp_path: Path) -> None:

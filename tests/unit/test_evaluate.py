@@ -9,7 +9,7 @@ import pytest
 
 import dspylite as dspy
 from dspylite.completion import Completion
-from dspylite.errors import EvaluationError, LMServerError, MetricError
+from dspylite.errors import AllExamplesFailedError, EvaluationError, LMServerError, MetricError
 from dspylite.evaluate import Evaluate, example_id
 from dspylite.example import Example
 from dspylite.utils import DummyLM
@@ -136,7 +136,14 @@ def test_program_errors_are_labelled_program():
         def forward(self, question):
             raise ZeroDivisionError("bug in forward")
 
-    result = Evaluate(devset=devset(10), metric=metric, display_progress=False, failure_score=0.0)(Broken())
+    evaluate = Evaluate(devset=devset(10), metric=metric, display_progress=False, failure_score=0.0)
+    # Every example failed: no score, a typed error with the counts by kind.
+    with pytest.raises(AllExamplesFailedError, match=r"all 10 examples failed \(10 program\)") as info:
+        evaluate(Broken())
+    assert info.value.error_counts == {"program": 10}
+    assert "ZeroDivisionError: bug in forward" in str(info.value)
+    evaluate.raise_if_all_failed = False
+    result = evaluate(Broken())
     assert result.error_counts == {"program": 10} and result.score == 0.0
     assert "ZeroDivisionError: bug in forward" in result.results[0].error
 

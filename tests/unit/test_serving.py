@@ -4,6 +4,7 @@ made before vLLM is asked, connect(), the server process lifecycle, and program 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import time
@@ -19,6 +20,7 @@ from dspylite.errors import (
     AdapterParseError,
     AdapterRegistryError,
     BindingError,
+    LMRequestError,
     NoLMConfiguredError,
     ServingError,
 )
@@ -216,7 +218,10 @@ def test_server_lifecycle(base_dir: Path, tmp_path: Path) -> None:
         worker_pid = int(re.search(r"worker pid (\d+)", log).group(1))
         assert _alive(worker_pid)
         assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in log
-        assert "--api-key ***" in log and "--api-key k " not in log
+        # The key travels in the environment (VLLM_API_KEY), never in argv or the log.
+        assert "--api-key" not in log and "fake vllm starting with" in log
+        with pytest.raises(LMRequestError, match="HTTP 401"):  # the server did get the key
+            LM("tiny", api_base=server.api_base, api_key="wrong", cache=False, num_retries=0)("hi")
         assert "--enable-lora --max-lora-rank 16 --max-loras 4" in log
         assert f"--lora-modules boot-1={adapter.resolve()}" in log
         pid = server.pid
@@ -370,14 +375,14 @@ def test_bind_errors_name_the_problem() -> None:
 def test_cpu_build_launches_through_the_lora_fix(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("serving.server.vllm_flavor", lambda: "cpu")
     server = VLLMServer(base_dir, port=8123)
+    # Every server runs through serving._vllm_entry (the owner watchdog); it then runs vLLM's server.
     assert server.command()[1:3] == ["-m", "serving._vllm_entry"]
     env = server.child_env()
     assert env["DSPYLITE_VLLM_CPU_LORA_FIX"] == "1"
+    assert json.loads(env["DSPYLITE_VLLM_TARGET"]) == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert env["DSPYLITE_VLLM_OWNER_PID"] == str(os.getpid())
     assert str(Path(__file__).resolve().parents[2]) in env["PYTHONPATH"].split(os.pathsep)
-    assert VLLMServer(base_dir, fix_cpu_lora=False).command()[1:3] == [
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-    ]
+    assert "DSPYLITE_VLLM_CPU_LORA_FIX" not in VLLMServer(base_dir, fix_cpu_lora=False).child_env()
     monkeypatch.setattr("serving.server.vllm_flavor", lambda: "gpu")
-    assert server.command()[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert server.command()[1:3] == ["-m", "serving._vllm_entry"]
     assert "DSPYLITE_VLLM_CPU_LORA_FIX" not in server.child_env()
