@@ -11,7 +11,14 @@ from typing import Any, Literal
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import RESULTS_FILE
-from dspylite.jobs.session import Say, log_say, open_session, score_record, write_results
+from dspylite.jobs.session import (
+    Say,
+    log_say,
+    open_session,
+    raise_if_every_example_failed,
+    score_record,
+    write_results,
+)
 from dspylite.jobs.settings import LMSettings, ServerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 
@@ -69,11 +76,12 @@ def run_eval_job(
     with open_session("eval", cfg, say=say, task=task) as session:
         program = session.load_program(cfg.program_path)
         say(f"scoring {type(program).__name__} on {len(examples)} {cfg.split} examples ...")
-        result = session.evaluate(program, examples)
+        result = session.evaluate(program, examples, raise_if_all_failed=False)
         seconds = round(time.perf_counter() - started, 1)
         record = score_record(result)
         # Results first, the program after: what was scored is on disk before anything optional.
         write_results(session.run, RESULTS_FILE, result)
+        raise_if_every_example_failed(result)
         session.run.log_metrics(
             phase="eval", split=cfg.split, **result.summary(), usage=session.usage(), seconds=seconds
         )

@@ -117,7 +117,17 @@ class JobSession:
         )
 
     # -- scoring ------------------------------------------------------------------------------------
-    def evaluate(self, program: Any, examples: list[Any], metric: Callable[..., Any] | None = None) -> Any:
+    def evaluate(
+        self,
+        program: Any,
+        examples: list[Any],
+        metric: Callable[..., Any] | None = None,
+        *,
+        raise_if_all_failed: bool = True,
+    ) -> Any:
+        """Score ``program`` on ``examples``. A run in which every example failed raises
+        AllExamplesFailedError unless ``raise_if_all_failed=False`` (then it scores 0 and the failures
+        are in the result); an unreachable server always raises LMUnavailableError."""
         from dspylite.evaluate import Evaluate
 
         evaluate = Evaluate(
@@ -125,6 +135,7 @@ class JobSession:
             metric=metric or self.task.metric,
             num_threads=self.lm_settings.num_threads,
             display_progress=True,
+            raise_if_all_failed=raise_if_all_failed,
         )
         return evaluate(program)
 
@@ -312,7 +323,13 @@ def open_server(model_dir: str, settings: ServerSettings, run: RunDir, say: Say 
 def make_lm(server: Any, settings: LMSettings, run: RunDir) -> Any:
     """The job's LM: its cache lives in the run directory (a resumed job replays finished calls, and no
     other run's entries can change its numbers)."""
-    kwargs: dict[str, Any] = {"temperature": settings.temperature, "max_tokens": settings.max_tokens}
+    kwargs: dict[str, Any] = {
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens,
+        "timeout": settings.timeout,
+        "num_retries": settings.num_retries,
+        "max_consecutive_failures": settings.max_consecutive_failures,
+    }
     if settings.cache:
         kwargs["cache_dir"] = str(run.path.resolve() / "lm_cache")
     else:
@@ -374,6 +391,20 @@ def build_prompt_optimizer(
             **common,
         )
     raise ConfigError(f"optimizer.kind={settings.kind!r} is not one of {sorted(OPTIMIZER_NAMES)}")
+
+
+def raise_if_every_example_failed(result: Any) -> None:
+    """A job never reports a score that no example earned: every example failing is an error (exit 2)."""
+    from dspylite.errors import AllExamplesFailedError
+
+    failed = sum(result.error_counts.values())
+    if result.results and failed == len(result.results):
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.error_counts.items()))
+        first = next((r.error for r in result.results if r.error), "")
+        raise AllExamplesFailedError(
+            f"all {failed} examples failed ({kinds}), so there is no score; first error: {first}",
+            error_counts=result.error_counts,
+        )
 
 
 def score_record(result: Any) -> dict[str, Any]:

@@ -73,8 +73,28 @@ class LMSettings:
     cache: bool = field(
         default=True, metadata=_help("Cache LM responses in <run_dir>/lm_cache (a rerun resumes cheaply).")
     )
+    timeout: float = field(
+        default=60.0, metadata=_help("Seconds to wait for one LM request before it counts as failed.")
+    )
+    num_retries: int = field(
+        default=1, metadata=_help("Retries per LM request on connection errors, timeouts, 429 and 5xx.")
+    )
+    max_consecutive_failures: int | None = field(
+        default=3,
+        metadata=_help(
+            "Stop the job (exit 2, naming the server) once this many LM requests in a row failed after "
+            "their retries: the server is down or hung. null: never stop."
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if self.num_retries < 0:
+            raise ValueError(f"lm.num_retries must be >= 0, got {self.num_retries}")
+        if self.max_consecutive_failures is not None and self.max_consecutive_failures < 1:
+            raise ValueError(
+                f"lm.max_consecutive_failures must be >= 1 or null, got {self.max_consecutive_failures}"
+            )
+        _positive("lm", timeout=self.timeout)
         if self.temperature < 0:
             raise ValueError(f"lm.temperature must be >= 0, got {self.temperature}")
         _positive("lm", max_tokens=self.max_tokens, num_threads=self.num_threads)

@@ -109,7 +109,11 @@ class BetterTogether:
         trainset, valset = self._split(trainset, valset)
         run = self.run_dir or RunDir.new("runs", f"better-together-{time.strftime('%Y%m%d-%H%M%S')}")
         evaluate = Evaluate(
-            devset=valset, metric=self.metric, num_threads=self.num_threads, display_progress=True
+            devset=valset,
+            metric=self.metric,
+            num_threads=self.num_threads,
+            display_progress=True,
+            raise_if_all_failed=False,  # a stage that breaks the format scores 0 and is not picked
         )
         done = {r.name: r for r in load_stages(run.path)}
 

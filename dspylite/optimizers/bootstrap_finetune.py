@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dspylite import settings as _settings
-from dspylite.errors import DSPyLiteError, MetricError, OptimizerError
+from dspylite.errors import DSPyLiteError, LMUnavailableError, MetricError, OptimizerError
 from dspylite.evaluate import ExampleResult, run_one
 from dspylite.example import Example
 from dspylite.run_dir import RunDir
@@ -319,7 +319,7 @@ class BootstrapFinetune:
             )
         results = []
         for outcome, (_k, example) in zip(outcomes, jobs, strict=True):
-            if isinstance(outcome.error, MetricError):
+            if isinstance(outcome.error, (MetricError, LMUnavailableError)):
                 raise outcome.error
             if outcome.error is not None:
                 results.append(ExampleResult(example, None, 0.0, f"program: {outcome.error}", "program"))

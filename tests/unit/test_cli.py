@@ -382,6 +382,10 @@ def test_eval_counts_parse_failures_instead_of_crashing(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "all 10 examples failed (10 parse), so there is no score" in result.output
     assert "no markers here" in result.output  # the first failure, with the raw completion
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert [r["error_kind"] for r in rows] == ["parse"] * 10  # what was scored is kept on disk
+    job = json.loads((run / "job.json").read_text())
+    assert job["status"] == "failed" and "10 parse" in job["error"]
 
 
 def test_eval_of_a_program_bound_to_an_unknown_adapter_names_it(tmp_path: Path) -> None:
