@@ -53,7 +53,8 @@ class Example:
         return key in self._store
 
     def __len__(self) -> int:
-        return len(self._store)
+        # As in DSPy, ``dspy_``-prefixed keys (DSPy's bookkeeping, e.g. dspy_uuid) are not fields.
+        return len(self.keys())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._store)
@@ -68,14 +69,14 @@ class Example:
         inputs = f", input_keys={sorted(self._input_keys)}" if self._input_keys is not None else ""
         return f"{type(self).__name__}({self._store!r}{inputs})"
 
-    def keys(self):
-        return self._store.keys()
+    def keys(self, include_dspy: bool = False) -> list[str]:
+        return [k for k in self._store if include_dspy or not k.startswith("dspy_")]
 
-    def values(self):
-        return self._store.values()
+    def values(self, include_dspy: bool = False) -> list[Any]:
+        return [v for k, v in self._store.items() if include_dspy or not k.startswith("dspy_")]
 
-    def items(self):
-        return self._store.items()
+    def items(self, include_dspy: bool = False) -> list[tuple[str, Any]]:
+        return [(k, v) for k, v in self._store.items() if include_dspy or not k.startswith("dspy_")]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._store.get(key, default)

@@ -40,8 +40,9 @@ class BestOfN(Module):
     """``BestOfN(module, N, reward_fn, threshold, fail_count=None)``.
 
     Runs ``module`` up to ``N`` times; returns the first prediction whose ``reward_fn(inputs, pred)``
-    reaches ``threshold``, else the best one. An attempt that raises counts as a failure; after
-    ``fail_count`` failures (default ``N``) the last error is raised. A reward that is not a number
+    reaches ``threshold``, else the best one. An attempt that raises counts as a failure, budgeted per call as
+    in DSPy: attempt ``i`` (from 0) re-raises when ``i`` exceeds ``fail_count`` (default ``N``) minus the
+    failures so far; when every attempt fails, the last error is raised (DSPy would return None). A reward that is not a number
     raises ``MetricError`` at once (a bug in the reward function, not a bad sample).
     ``last_attempts`` holds every scored attempt of the latest call, without traces (shared by all
     threads using this module: read it right after the call).
@@ -74,7 +75,9 @@ class BestOfN(Module):
             lm_kwargs["temperature"] = SAMPLING_TEMPERATURE
         attempts: list[Attempt] = []
         best: Attempt | None = None
-        failures, last_error = 0, None
+        # DSPy's per-call failure budget: a failing attempt raises once its index exceeds the budget
+        # left, and each failure spends one (fail_count=1 with N=3 raises on the second failure).
+        budget, last_error = self.fail_count, None
         for index in range(self.N):
             # Distinct ids per (outer rollout, attempt): base * N + index never collides across rollouts.
             rollout_id = base * self.N + index
@@ -87,7 +90,6 @@ class BestOfN(Module):
             except MetricError:
                 raise
             except Exception as exc:
-                failures += 1
                 last_error = exc
                 logger.warning(
                     "%s: attempt %d (rollout %d) failed: %s: %s",
@@ -97,9 +99,10 @@ class BestOfN(Module):
                     type(exc).__name__,
                     exc,
                 )
-                if failures >= self.fail_count:
+                if index > budget:
                     self.last_attempts = _without_traces(attempts)
                     raise
+                budget -= 1
                 continue
             attempt = Attempt(index, rollout_id, prediction, reward, sink)
             attempts.append(attempt)

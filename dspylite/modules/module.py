@@ -41,8 +41,22 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     # ---- structure -----------------------------------------------------------------------------
-    def named_sub_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
-        """Every Module reachable through attributes, lists, tuples and dicts (each once)."""
+    def named_sub_modules(
+        self, type_: type | None = None, skip_compiled: bool = False
+    ) -> Iterator[tuple[str, Module]]:
+        """Every Module reachable through attributes, lists, tuples and dicts (each once), named as
+        DSPy names them: the root is ``self``, a child ``self.attr``, ``self.items[0]``, ``self.d[key]``.
+
+        ``type_`` keeps only modules of that type; ``skip_compiled`` does not descend into modules
+        marked ``_compiled``.
+        """
+        yield from (
+            (name, module)
+            for name, module in self._walk_sub_modules("self", skip_compiled)
+            if type_ is None or isinstance(module, type_)
+        )
+
+    def _walk_sub_modules(self, root: str, skip_compiled: bool = False) -> Iterator[tuple[str, Module]]:
         seen: set[int] = set()
 
         def walk(obj: Any, name: str) -> Iterator[tuple[str, Module]]:
@@ -52,6 +66,8 @@ class Module:
                 seen.add(id(obj))
                 yield name, obj
                 if obj._leaf_module:  # a Predict holds no sub-modules; skip its demos and config
+                    return
+                if skip_compiled and getattr(obj, "_compiled", False):
                     return
                 for attr, value in vars(obj).items():
                     if attr.startswith("_"):
@@ -64,12 +80,14 @@ class Module:
                 for key, value in obj.items():
                     yield from walk(value, f"{name}['{key}']")
 
-        yield from walk(self, prefix)
+        yield from walk(self, root)
 
     def named_predictors(self) -> list[tuple[str, Any]]:
+        """Predictors named by their path from this module (``predict``, ``steps[0].predict``);
+        a Predict used as the program itself is ``self``."""
         from dspylite.modules.predict import Predict
 
-        return [(name or "self", m) for name, m in self.named_sub_modules() if isinstance(m, Predict)]
+        return [(name or "self", m) for name, m in self._walk_sub_modules("") if isinstance(m, Predict)]
 
     def predictors(self) -> list[Any]:
         return [p for _, p in self.named_predictors()]
@@ -91,7 +109,7 @@ class Module:
     def deepcopy(self) -> Module:
         """A copy that shares LM clients and adapters but owns its demos, signatures and sub-modules."""
         memo: dict[int, Any] = {}
-        for _, module in self.named_sub_modules():
+        for _, module in self._walk_sub_modules(""):
             for attr in ("lm", "adapter"):
                 value = vars(module).get(attr)
                 if value is not None:
