@@ -129,6 +129,14 @@ class Prediction(Example):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         object.__setattr__(self, "_completions", None)
+        object.__setattr__(self, "_lm_usage", None)
+
+    def get_lm_usage(self) -> dict[str, Any] | None:
+        """Token usage per model of the program call that returned this (``track_usage=True``)."""
+        return self._lm_usage
+
+    def set_lm_usage(self, value: dict[str, Any] | None) -> None:
+        object.__setattr__(self, "_lm_usage", value)
 
     @classmethod
     def from_completions(cls, outputs: list[dict[str, Any]]) -> Prediction:

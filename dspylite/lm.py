@@ -22,6 +22,9 @@ import httpx
 from dspylite.cache import LMCache, cache_key, shared_cache
 from dspylite.completion import Completion
 from dspylite.errors import ConfigError, LMConnectionError, LMRequestError, LMServerError
+from dspylite.utils.callback import with_callbacks
+from dspylite.utils.inspect_history import GLOBAL_HISTORY
+from dspylite.utils.usage_tracker import record_usage
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +189,7 @@ class LM:
     def reset_usage(self) -> None:
         self._usage.reset()
 
+    @with_callbacks
     def generate(
         self,
         messages: list[dict[str, Any]] | None,
@@ -227,6 +231,7 @@ class LM:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
+        record_usage(self.model, usage)
         if key is not None:
             self._get_cache().put(key, completions)
         self._record(
@@ -492,8 +497,7 @@ class LM:
         duration: float,
         api_base: str | None,
     ) -> None:
-        self.history.append(
-            {
+        entry = {
                 "timestamp": time.time(),
                 "model": self.served_model,
                 "messages": body.get("messages"),
@@ -504,7 +508,8 @@ class LM:
                 "duration_s": duration,
                 "api_base": api_base,
             }
-        )
+        self.history.append(entry)
+        GLOBAL_HISTORY.append(entry)
 
     def _where(self) -> str:
         return f"{', '.join(self.api_bases)} (model {self.served_model!r})"

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dspylite.errors import ProgramStateError
+from dspylite.errors import PickleNotSupportedError, ProgramStateError
+from dspylite.utils.callback import with_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +28,62 @@ class Module:
 
     _leaf_module = False  # True for modules that never contain other modules (Predict)
 
+    @with_callbacks
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _ACTIVE_PROGRAM.get() is not None:  # a sub-module: names were set by the outermost call
             return self.forward(*args, **kwargs)
         self._assign_predictor_names()
         token = _ACTIVE_PROGRAM.set(self)
         try:
-            return self.forward(*args, **kwargs)
+            return _with_usage(lambda: self.forward(*args, **kwargs))
         finally:
             _ACTIVE_PROGRAM.reset(token)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    # ---- async and batches (DSPy's acall / aforward / batch) -----------------------------------
+    @with_callbacks
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """Await the program. A subclass's own ``async def aforward`` runs on the event loop; otherwise
+        the synchronous call runs in a worker thread (with this context's settings)."""
+        if _ACTIVE_PROGRAM.get() is not None:
+            return await self.aforward(*args, **kwargs)
+        self._assign_predictor_names()
+        token = _ACTIVE_PROGRAM.set(self)
+        try:
+            return await self.aforward(*args, **kwargs)
+        finally:
+            _ACTIVE_PROGRAM.reset(token)
+
+    async def aforward(self, *args: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(_with_usage, lambda: self.forward(*args, **kwargs))
+
+    def batch(
+        self,
+        examples: list[Any],
+        num_threads: int | None = None,
+        max_errors: int | None = None,
+        return_failed_examples: bool = False,
+        provide_traceback: bool | None = None,
+        disable_progress_bar: bool = False,
+    ) -> Any:
+        """Run the program on every example in parallel (DSPy's ``Module.batch``); results keep order.
+
+        Each example is an ``Example`` (its inputs are passed) or a dict of keyword arguments.
+        """
+        from dspylite.modules.parallel import Parallel
+
+        parallel = Parallel(
+            num_threads=num_threads,
+            max_errors=max_errors,
+            return_failed_examples=return_failed_examples,
+            provide_traceback=provide_traceback,
+            disable_progress_bar=disable_progress_bar,
+        )
+        return parallel([(self, example) for example in examples])
 
     # ---- structure -----------------------------------------------------------------------------
     def named_sub_modules(
@@ -163,7 +208,12 @@ class Module:
             predictor.apply_state(prepared[name])
         return self
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike,
+        save_program: bool = False,
+        modules_to_serialize: list | None = None,
+    ) -> Path:
         """Write the program's state (demos, instructions, LM/adapter bindings) as JSON, atomically.
 
         The layout is DSPy's (one entry per predictor, plus ``metadata.dependency_versions``), so
@@ -172,11 +222,25 @@ class Module:
         """
         from dspylite.utils.io import atomic_write_text
 
+        if save_program or modules_to_serialize:
+            raise PickleNotSupportedError(
+                f"{type(self).__name__}.save(save_program=True) would pickle the whole program, and dspylite "
+                "never writes pickles (loading one runs arbitrary code). Save the state instead: "
+                "program.save('program.json'); to restore, build the program in code and call "
+                "program.load('program.json') (or dspylite.load('program.json') for a class that takes no "
+                "constructor arguments)."
+            )
         path = Path(path)
         state = self.dump_state()
         state["metadata"] = {
             "dependency_versions": {"python": f"{sys.version_info.major}.{sys.version_info.minor}"},
-            "dspylite": {"format": STATE_FORMAT, "program": type(self).__name__, "version": _version()},
+            "dspylite": {
+                "format": STATE_FORMAT,
+                "program": type(self).__name__,
+                # Where dspylite.load finds the class to rebuild the program from this file.
+                "class": f"{type(self).__module__}:{type(self).__qualname__}",
+                "version": _version(),
+            },
         }
         try:
             # allow_nan=False: NaN is not JSON, and DSPy's loader (orjson) rejects it.
@@ -190,7 +254,13 @@ class Module:
         atomic_write_text(path, text)
         return path
 
-    def load(self, path: str | os.PathLike) -> Module:
+    def load(self, path: str | os.PathLike, allow_pickle: bool = False) -> Module:
+        if allow_pickle or str(path).endswith(".pkl"):
+            raise PickleNotSupportedError(
+                f"{type(self).__name__}.load: dspylite reads JSON program state only, never pickles "
+                f"({path}): loading a pickle runs arbitrary code. Re-save the program from DSPy with "
+                "program.save('program.json') and load that file."
+            )
         path = Path(path)
         if not path.is_file():
             raise ProgramStateError(f"program file not found: {path}")
@@ -210,6 +280,22 @@ class Module:
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={p!r}" for n, p in self.named_predictors())
         return f"{type(self).__name__}({inner})"
+
+
+def _with_usage(call):
+    """Run a top-level program call; with ``track_usage`` on, attach its LM usage to the Prediction."""
+    from dspylite import settings
+    from dspylite.example import Prediction
+    from dspylite.utils.usage_tracker import track_usage
+
+    state = settings.current()
+    if not state.track_usage or state.usage_tracker is not None:
+        return call()
+    with track_usage() as tracker:
+        output = call()
+    if isinstance(output, Prediction):
+        output.set_lm_usage(tracker.get_total_tokens())
+    return output
 
 
 def _json_default(value: Any) -> Any:
