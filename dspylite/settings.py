@@ -74,6 +74,14 @@ def context(**kwargs: Any) -> Iterator[Settings]:
         _CURRENT.reset(token)
 
 
+def __getattr__(name: str) -> Any:
+    # ``dspylite.settings.trace`` etc. read the current value, as ``dspy.settings.X`` does: the
+    # package attribute ``dspylite.settings`` is this module once it has been imported.
+    if name in Settings.__dataclass_fields__:
+        return getattr(current(), name)
+    raise AttributeError(f"module 'dspylite.settings' has no attribute {name!r}")
+
+
 def _check_keys(kwargs: dict) -> None:
     known = set(Settings.__dataclass_fields__)
     unknown = sorted(set(kwargs) - known)

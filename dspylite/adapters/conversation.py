@@ -26,6 +26,8 @@ def history_turns(adapter: Any, signature: Any, inputs: dict[str, Any]) -> list[
         inputs.pop(name, None)
         if value is None:
             continue
+        if isinstance(value, dict) and isinstance(value.get("messages"), list):
+            value = History(messages=value["messages"])  # an Example's toDict() form
         if not isinstance(value, History):
             raise TypeError(f"input field {name!r} is a History; got {type(value).__name__}")
         for message in value.messages:

@@ -67,8 +67,11 @@ class Image:
         return f"{_OPEN}{self.url}{_CLOSE}"
 
     def __repr__(self) -> str:
-        shown = self.url if len(self.url) < 80 else self.url[:60] + "...(" + str(len(self.url)) + " chars)"
-        return f"Image(url={shown!r})"
+        # DSPy's format: base64 payloads are summarised by their length.
+        match = re.match(r"^data:(image/[\w.+-]+);base64,(.*)$", self.url, re.DOTALL)
+        if match:
+            return f"Image(url=data:{match.group(1)};base64,<IMAGE_BASE_64_ENCODED({len(match.group(2))})>)"
+        return f"Image(url='{self.url}')"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Image) and self.url == other.url
