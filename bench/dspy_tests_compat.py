@@ -19,7 +19,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-_CONFTEST = '''
+_CONFTEST = """
 import pytest
 
 
@@ -35,7 +35,7 @@ def clear_settings():
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-'''
+"""
 
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -49,7 +49,9 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module = importlib.import_module(real)
         except ImportError:
             return None
-        return importlib.util.spec_from_loader(fullname, self, origin=getattr(module, "__file__", None)), module
+        return importlib.util.spec_from_loader(
+            fullname, self, origin=getattr(module, "__file__", None)
+        ), module
 
     def create_module(self, spec):
         return importlib.import_module("dspylite" + spec.name[len("dspy") :])
@@ -70,7 +72,9 @@ class _Tally:
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            self.outcomes[report.nodeid] = report.outcome if report.when == "call" else f"setup-{report.outcome}"
+            self.outcomes[report.nodeid] = (
+                report.outcome if report.when == "call" else f"setup-{report.outcome}"
+            )
 
     def pytest_collectreport(self, report):
         if report.outcome == "failed":
@@ -93,7 +97,9 @@ def main(argv: list[str]) -> int:
         (root / "conftest.py").write_text(_CONFTEST)
         (root / "__init__.py").touch()
         tally = _Tally()
-        pytest.main([str(root), "-q", "-p", "no:cacheprovider", "--no-header", "-rN", *argv[1:]], plugins=[tally])
+        pytest.main(
+            [str(root), "-q", "-p", "no:cacheprovider", "--no-header", "-rN", *argv[1:]], plugins=[tally]
+        )
     per_file: dict[str, Counter] = {}
     for nodeid, outcome in tally.outcomes.items():
         per_file.setdefault(nodeid.split("::")[0], Counter())[outcome] += 1

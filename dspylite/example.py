@@ -170,7 +170,9 @@ class Prediction(Example):
         extra = len(self._completions) - 1 if self._completions is not None else 0
         if extra <= 0:
             return f"Prediction(\n    {fields}\n)"
-        return f"Prediction(\n    {fields},\n    completions=Completions(...)\n) ({extra} completions omitted)"
+        return (
+            f"Prediction(\n    {fields},\n    completions=Completions(...)\n) ({extra} completions omitted)"
+        )
 
     def __float__(self) -> float:
         if "score" in self._store:

@@ -498,16 +498,16 @@ class LM:
         api_base: str | None,
     ) -> None:
         entry = {
-                "timestamp": time.time(),
-                "model": self.served_model,
-                "messages": body.get("messages"),
-                "prompt": body.get("prompt"),
-                "rollout_id": rollout_id,
-                "outputs": [c.text for c in completions],
-                "cached": cached,
-                "duration_s": duration,
-                "api_base": api_base,
-            }
+            "timestamp": time.time(),
+            "model": self.served_model,
+            "messages": body.get("messages"),
+            "prompt": body.get("prompt"),
+            "rollout_id": rollout_id,
+            "outputs": [c.text for c in completions],
+            "cached": cached,
+            "duration_s": duration,
+            "api_base": api_base,
+        }
         self.history.append(entry)
         GLOBAL_HISTORY.append(entry)
 

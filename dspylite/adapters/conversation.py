@@ -36,7 +36,9 @@ def history_turns(adapter: Any, signature: Any, inputs: dict[str, Any]) -> list[
             if user:
                 turns.append({"role": "user", "content": adapter.format_user(signature, user, is_demo=True)})
             if assistant:
-                turns.append({"role": "assistant", "content": adapter.format_completion(signature, assistant)})
+                turns.append(
+                    {"role": "assistant", "content": adapter.format_completion(signature, assistant)}
+                )
     return turns
 
 

@@ -63,13 +63,17 @@ class XMLAdapter(Adapter):
                 sections[name] = match.group("content").strip()
         missing = [n for n in signature.output_fields if n not in sections]
         if missing:
-            raise self.parse_error(signature, completion, f"missing output field(s) {missing}", parsed=sections)
+            raise self.parse_error(
+                signature, completion, f"missing output field(s) {missing}", parsed=sections
+            )
         parsed: dict[str, Any] = {}
         for name, field in signature.output_fields.items():
             try:
                 parsed[name] = parse_value(sections[name], field.annotation)
             except ValueError as exc:
-                raise self.parse_error(signature, completion, f"field {name!r}: {exc}", parsed=parsed) from None
+                raise self.parse_error(
+                    signature, completion, f"field {name!r}: {exc}", parsed=parsed
+                ) from None
         return parsed
 
 

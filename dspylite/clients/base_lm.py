@@ -183,7 +183,11 @@ def _as_dict(value: Any) -> dict[str, Any] | None:
         return value
     if hasattr(value, "model_dump"):
         return value.model_dump()
-    return {k: v for k, v in vars(value).items() if not k.startswith("_")} if hasattr(value, "__dict__") else None
+    return (
+        {k: v for k, v in vars(value).items() if not k.startswith("_")}
+        if hasattr(value, "__dict__")
+        else None
+    )
 
 
 __all__ = ["BaseLM"]

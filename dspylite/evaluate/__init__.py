@@ -5,8 +5,8 @@ A package, like ``dspy.evaluate``: ``dspylite.evaluate.evaluate`` holds ``Evalua
 """
 
 from dspylite.evaluate.evaluate import (
-    EvaluationResult,
     Evaluate,
+    EvaluationResult,
     ExampleResult,
     Metric,
     check_score,

@@ -47,7 +47,9 @@ class Parallel:
         state = settings.current()
         threads = num_threads or self.num_threads or state.num_threads
         max_errors = self.max_errors if self.max_errors is not None else state.max_errors
-        show_traceback = self.provide_traceback if self.provide_traceback is not None else state.provide_traceback
+        show_traceback = (
+            self.provide_traceback if self.provide_traceback is not None else state.provide_traceback
+        )
         pairs = list(exec_pairs)
         bar = None
         if not self.disable_progress_bar and len(pairs) > 1:
@@ -92,6 +94,8 @@ class Parallel:
             return module(example)
         if isinstance(example, dict):
             return module(**example)
+        if isinstance(module, Parallel) and isinstance(example, list):
+            return module(example)  # a nested Parallel takes its own list of pairs
         if isinstance(example, (list, tuple)):
             return module(*example)
         raise TypeError(

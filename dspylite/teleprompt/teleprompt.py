@@ -6,11 +6,13 @@ from abc import ABCMeta
 from typing import Any
 
 
-class Teleprompter(metaclass=ABCMeta):
+class Teleprompter(metaclass=ABCMeta):  # noqa: B024 - ABCMeta for __subclasshook__, not abstract methods
     """Subclass and implement ``compile``. Every dspylite optimizer counts as a Teleprompter
     (``isinstance(opt, Teleprompter)``): any class with a ``compile`` method does."""
 
-    def compile(self, student: Any, *, trainset: list, teacher: Any = None, valset: list | None = None, **kwargs: Any):
+    def compile(
+        self, student: Any, *, trainset: list, teacher: Any = None, valset: list | None = None, **kwargs: Any
+    ):
         raise NotImplementedError(f"{type(self).__name__} must implement compile(student, *, trainset, ...)")
 
     def get_params(self) -> dict[str, Any]:

@@ -18,7 +18,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 # The call id of the innermost call running under callbacks, so a handler can nest its records.
-ACTIVE_CALL_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("dspylite_active_call_id", default=None)
+ACTIVE_CALL_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "dspylite_active_call_id", default=None
+)
 
 
 class BaseCallback:
@@ -95,7 +97,9 @@ def with_callbacks(fn: Callable) -> Callable:
                 logger.warning("callback %r on_%s_start raised: %s", callback, kind, exc)
         return kind
 
-    def end(kind: str, call_id: str, callbacks: list[Any], outputs: Any, exception: BaseException | None) -> None:
+    def end(
+        kind: str, call_id: str, callbacks: list[Any], outputs: Any, exception: BaseException | None
+    ) -> None:
         for callback in callbacks:
             try:
                 getattr(callback, f"on_{kind}_end")(call_id=call_id, outputs=outputs, exception=exception)

@@ -33,7 +33,11 @@ def load(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProgramStateError(f"dspylite.load: {path} is not valid JSON: {exc}") from None
-    class_path = ((state.get("metadata") or {}).get("dspylite") or {}).get("class") if isinstance(state, dict) else None
+    class_path = (
+        ((state.get("metadata") or {}).get("dspylite") or {}).get("class")
+        if isinstance(state, dict)
+        else None
+    )
     if not class_path:
         raise ProgramStateError(
             f"dspylite.load: {path} does not record its program class (it was not written by dspylite's "

@@ -27,7 +27,9 @@ _MAGIC = {
 class Image:
     """``Image("https://...")``, ``Image(url=b"...")``, ``Image.from_file(path)``, ``Image.from_PIL(img)``."""
 
-    def __init__(self, url: str | bytes | os.PathLike | None = None, *, download: bool = False, **kwargs: Any):
+    def __init__(
+        self, url: str | bytes | os.PathLike | None = None, *, download: bool = False, **kwargs: Any
+    ):
         if url is None:
             url = kwargs.pop("url", None)
         if url is None:
@@ -84,7 +86,9 @@ def _to_url(source: str | bytes | os.PathLike) -> str:
     if isinstance(source, bytes):
         return _data_uri(source, _sniff(source))
     if isinstance(source, os.PathLike) or (
-        isinstance(source, str) and not re.match(r"^(https?|data|gs|s3|file):", source) and Path(source).is_file()
+        isinstance(source, str)
+        and not re.match(r"^(https?|data|gs|s3|file):", source)
+        and Path(source).is_file()
     ):
         path = Path(source)
         if not path.is_file():
@@ -97,7 +101,9 @@ def _to_url(source: str | bytes | os.PathLike) -> str:
 
 
 def _sniff(data: bytes) -> str:
-    return next((mime for magic, mime in _MAGIC.items() if data.startswith(magic)), "application/octet-stream")
+    return next(
+        (mime for magic, mime in _MAGIC.items() if data.startswith(magic)), "application/octet-stream"
+    )
 
 
 def _data_uri(data: bytes, mime: str) -> str:
