@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from dspylite.adapters.conversation import history_turns, with_content_parts
+from dspylite.adapters.conversation import history_turns, with_content_parts, without_history
 from dspylite.coerce import format_value
 from dspylite.errors import AdapterParseError, DemoError
 from dspylite.example import Example
@@ -82,6 +82,7 @@ class Adapter(ABC):
         messages: Messages = [{"role": "system", "content": system}]
         for i, demo in enumerate(demos):
             demo_inputs, demo_outputs = split_demo(signature, demo, i)
+            demo_inputs = without_history(signature, demo_inputs)
             messages.append(
                 {"role": "user", "content": self.format_user(signature, demo_inputs, is_demo=True)}
             )

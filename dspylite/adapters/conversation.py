@@ -42,6 +42,18 @@ def history_turns(adapter: Any, signature: Any, inputs: dict[str, Any]) -> list[
     return turns
 
 
+def without_history(signature: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A demo's inputs minus History fields: a demo shows one turn, not the conversation before it."""
+    return {
+        k: v
+        for k, v in inputs.items()
+        if not (
+            isinstance(v, History)
+            or (k in signature.input_fields and is_history(signature.input_fields[k].annotation))
+        )
+    }
+
+
 def with_content_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {**m, "content": split_content_parts(m["content"])} if isinstance(m.get("content"), str) else m
@@ -49,4 +61,4 @@ def with_content_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["history_turns", "with_content_parts"]
+__all__ = ["history_turns", "with_content_parts", "without_history"]
