@@ -86,6 +86,27 @@ class Parallel:
         return results
 
     def _run_pair(self, pair: tuple[Any, Any]) -> Any:
+        from dspylite import settings
+        from dspylite.example import Prediction
+        from dspylite.utils.usage_tracker import track_usage
+
+        state = settings.current()
+        if not state.track_usage:
+            return self._call(pair)
+        # With track_usage on, each result carries its own usage (as in DSPy), and the enclosing
+        # program's tracker still sees every token.
+        outer = state.usage_tracker
+        with track_usage() as tracker:
+            result = self._call(pair)
+        totals = tracker.get_total_tokens()
+        if isinstance(result, Prediction) and result.get_lm_usage() is None:
+            result.set_lm_usage(totals)
+        if outer is not None:
+            for model, usage in totals.items():
+                outer.add_usage(model, usage)
+        return result
+
+    def _call(self, pair: tuple[Any, Any]) -> Any:
         module, example = pair
         if isinstance(example, Example):
             if self.access_examples:

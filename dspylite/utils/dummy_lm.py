@@ -9,6 +9,7 @@ from typing import Any
 from dspylite.adapters.base import Adapter
 from dspylite.completion import Completion
 from dspylite.signatures import OutputField, make_signature
+from dspylite.utils.usage_tracker import record_usage
 
 
 class DummyLM:
@@ -59,6 +60,8 @@ class DummyLM:
                     "outputs": texts,
                 }
             )
+        # Like DSPy's DummyLM: a request that costs no tokens, reported to track_usage() as such.
+        record_usage(self.model, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
         return [Completion(text=text, model=self.model, finish_reason="stop") for text in texts]
 
     def __call__(

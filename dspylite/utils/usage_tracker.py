@@ -21,8 +21,6 @@ class UsageTracker:
         self.usage_data: dict[str, list[dict[str, Any]]] = {}
 
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
-        if not usage_entry:
-            return
         with self._lock:
             self.usage_data.setdefault(lm, []).append(dict(usage_entry))
 
@@ -63,7 +61,7 @@ def record_usage(model: str, usage: dict[str, Any] | None) -> None:
     from dspylite import settings
 
     tracker = settings.current().usage_tracker
-    if tracker is not None and usage:
+    if tracker is not None and usage is not None:
         tracker.add_usage(model, usage)
 
 

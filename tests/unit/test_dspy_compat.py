@@ -500,6 +500,16 @@ def test_best_of_n_and_refine_fail_count_as_dspy():
             with pytest.raises(ValueError, match="boom"):
                 module(question="q")
             assert len(calls) - before == 2  # one failure tolerated, the second raises
+        calls.clear()
+        with pytest.raises(ValueError):  # fail_count=0: the first error is raised
+            module_cls(module=AlwaysFails(), N=3, reward_fn=lambda a, p: 1.0, threshold=1.0, fail_count=0)(
+                question="q"
+            )
+        assert len(calls) == 1
+        calls.clear()
+        with pytest.raises(ValueError):  # default budget N: every attempt fails, the last error is raised
+            module_cls(module=AlwaysFails(), N=3, reward_fn=lambda a, p: 1.0, threshold=1.0)(question="q")
+        assert len(calls) == 3
 
 
 def test_extra_and_missing_inputs_warn_like_dspy(caplog):
