@@ -15,6 +15,7 @@ import pytest
 
 import dspylite as dspy
 from dspylite.datasets import load_fact_qa
+from dspylite.datasets.programs import AnswerFromFact, ExtractFact
 from dspylite.evaluate.metrics import answer_exact_match
 from dspylite.teleprompt import BootstrapFewShot
 from serving import VLLMServer
@@ -22,12 +23,16 @@ from serving import VLLMServer
 pytestmark = pytest.mark.integration
 
 
-class ConversationalQA(dspy.Module):
+class ConversationalFactQA(dspy.Module):
+    """The tiny model's task (extract a fact, answer from it), with the conversation so far as a History."""
+
     def __init__(self):
-        self.respond = dspy.Predict("context, question, history: dspy.History -> answer")
+        self.extract = dspy.Predict(ExtractFact)
+        self.answer = dspy.Predict(AnswerFromFact.append("history", dspy.InputField(), type_=dspy.History))
 
     def forward(self, context, question, history=None):
-        return self.respond(context=context, question=question, history=history or dspy.History(messages=[]))
+        fact = self.extract(context=context, question=question).fact
+        return self.answer(fact=fact, question=question, history=history or dspy.History(messages=[]))
 
 
 def exact_match(example, pred):  # DSPy's Evaluate calls metrics with two arguments
@@ -50,20 +55,23 @@ def test_dspy_style_program_runs_on_vllm(task_lm: Any) -> None:
     earlier = dspy.History(messages=[{"question": "What is this about?", "answer": "facts"}])
     dev = [ex.copy(history=earlier).with_inputs("context", "question", "history") for ex in data["dev"]]
 
-    program = ConversationalQA()
+    program = ConversationalFactQA()
     result = dspy.Evaluate(devset=dev, metric=exact_match, num_threads=4, display_progress=False)(program)
     assert 0.0 <= result.score <= 100.0 and len(result.results) == len(dev)
     assert result.error_counts.get("metric", 0) == 0  # the two-argument metric was called as DSPy calls it
 
-    turns = [entry for entry in task_lm.history if entry["messages"] is not None]
-    assert turns, "no request reached the server"
-    roles = [m["role"] for m in turns[-1]["messages"]]
-    assert roles == ["system", "user", "assistant", "user"]  # the History turn sits before the new question
+    answer_requests = [
+        e for e in task_lm.history if e["messages"] and "[[ ## fact ## ]]" in e["messages"][-1]["content"]
+    ]
+    assert answer_requests, "no answer-step request reached the server"
+    for entry in answer_requests:  # the History turn sits between the system prompt and the new question
+        assert [m["role"] for m in entry["messages"]] == ["system", "user", "assistant", "user"]
+        assert "What is this about?" in entry["messages"][1]["content"]
 
     compiled = BootstrapFewShot(
         metric=exact_match_with_trace, max_bootstrapped_demos=2, max_labeled_demos=2
-    ).compile(ConversationalQA(), trainset=data["train"])
-    assert len(compiled.respond.demos) <= 4
+    ).compile(ConversationalFactQA(), trainset=data["train"])
+    assert all(len(p.demos) <= 4 for p in compiled.predictors())
 
     outputs = dspy.Parallel(num_threads=4, max_errors=len(dev), disable_progress_bar=True)(
         [(compiled, ex) for ex in dev]
