@@ -98,7 +98,17 @@ def main(argv: list[str]) -> int:
         (root / "__init__.py").touch()
         tally = _Tally()
         pytest.main(
-            [str(root), "-q", "-p", "no:cacheprovider", "--no-header", "-rN", *argv[1:]], plugins=[tally]
+            [
+                str(root),
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--no-header",
+                "-rN",
+                "--continue-on-collection-errors",
+                *argv[1:],
+            ],
+            plugins=[tally],
         )
     per_file: dict[str, Counter] = {}
     for nodeid, outcome in tally.outcomes.items():
