@@ -18,6 +18,11 @@ _EXPORTS: dict[str, str] = {
     "OutputField": "dspylite.signatures",
     "make_signature": "dspylite.signatures",
     "ensure_signature": "dspylite.signatures",
+    "infer_prefix": "dspylite.signatures",
+    "SignatureMeta": "dspylite.signatures",
+    "History": "dspylite.adapters.types",
+    "Image": "dspylite.adapters.types",
+    "Completions": "dspylite.example",
     "Example": "dspylite.example",
     "Prediction": "dspylite.example",
     "Module": "dspylite.modules.module",
@@ -27,11 +32,20 @@ _EXPORTS: dict[str, str] = {
     "Tool": "dspylite.modules.react",
     "BestOfN": "dspylite.modules.best_of_n",
     "Refine": "dspylite.modules.best_of_n",
+    "Parallel": "dspylite.modules.parallel",
+    "majority": "dspylite.modules.aggregation",
     # adapters and LMs
     "Adapter": "dspylite.adapters.base",
     "ChatAdapter": "dspylite.adapters.chat",
     "JSONAdapter": "dspylite.adapters.json_adapter",
+    "XMLAdapter": "dspylite.adapters.xml_adapter",
     "LM": "dspylite.lm",
+    "BaseLM": "dspylite.clients.base_lm",
+    "inspect_history": "dspylite.utils.inspect_history",
+    "track_usage": "dspylite.utils.usage_tracker",
+    "asyncify": "dspylite.utils.asyncify",
+    "syncify": "dspylite.utils.asyncify",
+    "load": "dspylite.utils.saving",
     "Completion": "dspylite.completion",
     # settings and traces
     "configure": "dspylite.settings",
@@ -43,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "Evaluate": "dspylite.evaluate",
     "EvaluationResult": "dspylite.evaluate",
     # optimizers
+    "Teleprompter": "dspylite.teleprompt.teleprompt",
     "LabeledFewShot": "dspylite.optimizers",
     "BootstrapFewShot": "dspylite.optimizers",
     "BootstrapFewShotWithRandomSearch": "dspylite.optimizers",
@@ -63,7 +78,22 @@ _EXPORTS: dict[str, str] = {
     "ToolError": "dspylite.errors",
 }
 
-_SUBMODULES = {"utils", "datasets", "errors", "evaluate", "optimizers", "adapters", "modules", "trace"}
+_SUBMODULES = {
+    "utils",
+    "datasets",
+    "errors",
+    "evaluate",
+    "optimizers",
+    "adapters",
+    "modules",
+    "trace",
+    # DSPy's package layout
+    "teleprompt",
+    "predict",
+    "primitives",
+    "clients",
+    "signatures",
+}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

@@ -157,3 +157,14 @@ def _rebuild_all_failed(msg, error_counts):
 
 class ToolError(DSPyLiteError, ValueError):
     """A ReAct tool was called with unknown, missing or wrongly typed arguments."""
+
+
+class PickleNotSupportedError(ProgramStateError):
+    """A DSPy call asked for pickled state (``save_program=True``, ``allow_pickle=True``).
+
+    dspylite saves programs as JSON state only: pickle runs arbitrary code when loaded.
+    """
+
+
+class ParallelError(DSPyLiteError, RuntimeError):
+    """``Parallel``/``Module.batch``: more examples failed than ``max_errors`` allows."""

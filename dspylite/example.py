@@ -53,7 +53,8 @@ class Example:
         return key in self._store
 
     def __len__(self) -> int:
-        return len(self._store)
+        # As in DSPy, ``dspy_``-prefixed keys (DSPy's bookkeeping, e.g. dspy_uuid) are not fields.
+        return len(self.keys())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._store)
@@ -65,17 +66,19 @@ class Example:
         return hash(tuple(sorted((k, repr(v)) for k, v in self._store.items())))
 
     def __repr__(self) -> str:
-        inputs = f", input_keys={sorted(self._input_keys)}" if self._input_keys is not None else ""
-        return f"{type(self).__name__}({self._store!r}{inputs})"
+        # DSPy's format: "Example({'a': 1}) (input_keys={'a'})", without dspy_ bookkeeping keys.
+        shown = {k: v for k, v in self._store.items() if not k.startswith("dspy_")}
+        keys = set(self._input_keys) if self._input_keys is not None else None
+        return f"{type(self).__name__}({shown!r}) (input_keys={keys})"
 
-    def keys(self):
-        return self._store.keys()
+    def keys(self, include_dspy: bool = False) -> list[str]:
+        return [k for k in self._store if include_dspy or not k.startswith("dspy_")]
 
-    def values(self):
-        return self._store.values()
+    def values(self, include_dspy: bool = False) -> list[Any]:
+        return [v for k, v in self._store.items() if include_dspy or not k.startswith("dspy_")]
 
-    def items(self):
-        return self._store.items()
+    def items(self, include_dspy: bool = False) -> list[tuple[str, Any]]:
+        return [(k, v) for k, v in self._store.items() if include_dspy or not k.startswith("dspy_")]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._store.get(key, default)
@@ -117,9 +120,24 @@ class Example:
         return new
 
     def toDict(self) -> dict[str, Any]:  # noqa: N802 - DSPy's name
-        return dict(self._store)
+        """A plain dict; nested Examples and History values become dicts too, as in DSPy."""
+        return {k: _plain(v) for k, v in self._store.items()}
 
     to_dict = toDict
+
+
+def _plain(value: Any) -> Any:
+    from dspylite.adapters.types.history import History
+
+    if isinstance(value, Example):
+        return value.toDict()
+    if isinstance(value, History):
+        return value.model_dump()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 class Prediction(Example):
@@ -128,6 +146,14 @@ class Prediction(Example):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         object.__setattr__(self, "_completions", None)
+        object.__setattr__(self, "_lm_usage", None)
+
+    def get_lm_usage(self) -> dict[str, Any] | None:
+        """Token usage per model of the program call that returned this (``track_usage=True``)."""
+        return self._lm_usage
+
+    def set_lm_usage(self, value: dict[str, Any] | None) -> None:
+        object.__setattr__(self, "_lm_usage", value)
 
     @classmethod
     def from_completions(cls, outputs: list[dict[str, Any]]) -> Prediction:
@@ -138,6 +164,15 @@ class Prediction(Example):
     @property
     def completions(self) -> Completions:
         return self._completions if self._completions is not None else Completions([dict(self._store)])
+
+    def __repr__(self) -> str:
+        fields = ",\n    ".join(f"{k}={v!r}" for k, v in self._store.items())
+        extra = len(self._completions) - 1 if self._completions is not None else 0
+        if extra <= 0:
+            return f"Prediction(\n    {fields}\n)"
+        return (
+            f"Prediction(\n    {fields},\n    completions=Completions(...)\n) ({extra} completions omitted)"
+        )
 
     def __float__(self) -> float:
         if "score" in self._store:

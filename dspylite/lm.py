@@ -32,6 +32,9 @@ from dspylite.errors import (
     LMResponseError,
     LMServerError,
 )
+from dspylite.utils.callback import with_callbacks
+from dspylite.utils.inspect_history import GLOBAL_HISTORY
+from dspylite.utils.usage_tracker import record_usage
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +227,7 @@ class LM:
         """Let calls through again after the breaker opened (the server was restarted or fixed)."""
         self.breaker.reset()
 
+    @with_callbacks
     def generate(
         self,
         messages: list[dict[str, Any]] | None,
@@ -272,6 +276,7 @@ class LM:
             raise
         breaker.record_success()
         self._usage.add(calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        record_usage(self.model, {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
         if key is not None:
             self._get_cache().put(key, completions)
         self._record(
@@ -573,19 +578,19 @@ class LM:
         duration: float,
         api_base: str | None,
     ) -> None:
-        self.history.append(
-            {
-                "timestamp": time.time(),
-                "model": self.served_model,
-                "messages": body.get("messages"),
-                "prompt": body.get("prompt"),
-                "rollout_id": rollout_id,
-                "outputs": [c.text for c in completions],
-                "cached": cached,
-                "duration_s": duration,
-                "api_base": api_base,
-            }
-        )
+        entry = {
+            "timestamp": time.time(),
+            "model": self.served_model,
+            "messages": body.get("messages"),
+            "prompt": body.get("prompt"),
+            "rollout_id": rollout_id,
+            "outputs": [c.text for c in completions],
+            "cached": cached,
+            "duration_s": duration,
+            "api_base": api_base,
+        }
+        self.history.append(entry)
+        GLOBAL_HISTORY.append(entry)
 
     def _where(self) -> str:
         return f"{', '.join(self.api_bases)} (model {self.served_model!r})"

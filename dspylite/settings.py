@@ -24,6 +24,24 @@ class Settings:
     # The id attached to trace records and cache keys for the current program run.
     example_id: str | None = None
     rollout_id: int | None = None
+    # ---- DSPy settings that DSPy programs read or set ------------------------------------------
+    # Callbacks (dspylite.utils.callback.BaseCallback) run around every module, LM and adapter call.
+    callbacks: list = field(default_factory=list)
+    # When True, each top-level program call returns a Prediction whose get_lm_usage() has tokens.
+    track_usage: bool = False
+    usage_tracker: Any = None  # the active dspylite.utils.usage_tracker.UsageTracker, if any
+    # DSPy's (predictor, inputs, prediction) trace, as in DSPy a process-wide list capped at
+    # max_trace_size (oldest dropped); None turns recording off. Optimizers use their own lists.
+    trace: list | None = field(default_factory=list)
+    max_trace_size: int = 10_000
+    warn_on_type_mismatch: bool = True
+    num_threads: int = 8
+    max_errors: int = 10
+    async_max_workers: int = 8
+    disable_history: bool = False
+    provide_traceback: bool = False
+    max_history_size: int = 10_000
+    allow_tool_async_sync_conversion: bool = False
 
 
 _GLOBAL = Settings()
@@ -54,6 +72,14 @@ def context(**kwargs: Any) -> Iterator[Settings]:
         yield current()
     finally:
         _CURRENT.reset(token)
+
+
+def __getattr__(name: str) -> Any:
+    # ``dspylite.settings.trace`` etc. read the current value, as ``dspy.settings.X`` does: the
+    # package attribute ``dspylite.settings`` is this module once it has been imported.
+    if name in Settings.__dataclass_fields__:
+        return getattr(current(), name)
+    raise AttributeError(f"module 'dspylite.settings' has no attribute {name!r}")
 
 
 def _check_keys(kwargs: dict) -> None:

@@ -8,10 +8,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
+from dspylite.adapters.conversation import history_turns, with_content_parts, without_history
 from dspylite.coerce import format_value
 from dspylite.errors import AdapterParseError, DemoError
 from dspylite.example import Example
 from dspylite.signatures import Field, Signature
+from dspylite.utils.callback import with_callbacks
 
 Messages = list[dict[str, Any]]
 
@@ -25,12 +27,20 @@ class Adapter(ABC):
 
     name: str = "base"
 
-    def __init__(self, fallback: Adapter | None = None):
+    def __init__(self, fallback: Adapter | None = None, callbacks: list | None = None):
         self.fallback = fallback
+        self.callbacks = list(callbacks or [])  # dspylite.utils.callback handlers for this adapter
         self._lock = threading.Lock()
         self.usage = {"calls": 0, "parse_failures": 0, "fallbacks": 0}
         # Per-signature renderings that do not depend on inputs (system prompt, schema, ...).
         self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Every adapter's own parse/format reports to callbacks, as DSPy's adapters do.
+        for method in ("parse", "format"):
+            if method in cls.__dict__ and not getattr(cls.__dict__[method], "__wrapped__", None):
+                setattr(cls, method, with_callbacks(cls.__dict__[method]))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Adapter:
         # Programs are deep-copied by optimizers; copies keep formatting (and counting) through the same adapter.
@@ -66,17 +76,21 @@ class Adapter(ABC):
         return {}
 
     # ---- shared behaviour ---------------------------------------------------------------------------
+    @with_callbacks
     def format(self, signature: type[Signature], demos: list[Any], inputs: dict[str, Any]) -> Messages:
         system = self.memo(signature, "system", lambda: self.format_system(signature))
         messages: Messages = [{"role": "system", "content": system}]
         for i, demo in enumerate(demos):
             demo_inputs, demo_outputs = split_demo(signature, demo, i)
+            demo_inputs = without_history(signature, demo_inputs)
             messages.append(
                 {"role": "user", "content": self.format_user(signature, demo_inputs, is_demo=True)}
             )
             messages.append({"role": "assistant", "content": self.format_completion(signature, demo_outputs)})
+        inputs = dict(inputs)
+        messages += history_turns(self, signature, inputs)  # pops History fields from inputs
         messages.append({"role": "user", "content": self.format_user(signature, inputs)})
-        return messages
+        return with_content_parts(messages)
 
     def parse_completion(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         """``parse``, with the guarantee callers rely on: any failure is an ``AdapterParseError``

@@ -22,7 +22,23 @@ def marker(name: str) -> str:
 
 
 class ChatAdapter(Adapter):
+    """DSPy's constructor: ``ChatAdapter(callbacks=None, use_native_function_calling=False)``.
+
+    ``use_native_function_calling`` is kept for DSPy code; in DSPy it only changes how ``ToolCalls``
+    output fields travel, a type dspylite does not have (ReAct calls tools through text fields).
+    """
+
     name = "chat"
+
+    def __init__(
+        self,
+        callbacks: list | None = None,
+        use_native_function_calling: bool = False,
+        *,
+        fallback: Adapter | None = None,
+    ):
+        super().__init__(fallback, callbacks=callbacks)
+        self.use_native_function_calling = use_native_function_calling
 
     def format_system(self, signature: type[Signature]) -> str:
         lines = ["Input fields:"]

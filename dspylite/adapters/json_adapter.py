@@ -18,9 +18,18 @@ class JSONAdapter(Adapter):
 
     name = "json"
 
-    def __init__(self, fallback: Adapter | None = None, structured: bool = True):
-        super().__init__(fallback)
+    def __init__(
+        self,
+        fallback: Adapter | None = None,
+        structured: bool = True,
+        *,
+        callbacks: list | None = None,
+        use_native_function_calling: bool = True,
+    ):
+        super().__init__(fallback, callbacks=callbacks)
         self.structured = structured
+        # DSPy's flag; it only concerns ToolCalls output fields, which dspylite does not have.
+        self.use_native_function_calling = use_native_function_calling
 
     def format_system(self, signature: type[Signature]) -> str:
         lines = ["Input fields:"]

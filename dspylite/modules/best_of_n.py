@@ -40,8 +40,9 @@ class BestOfN(Module):
     """``BestOfN(module, N, reward_fn, threshold, fail_count=None)``.
 
     Runs ``module`` up to ``N`` times; returns the first prediction whose ``reward_fn(inputs, pred)``
-    reaches ``threshold``, else the best one. An attempt that raises counts as a failure; after
-    ``fail_count`` failures (default ``N``) the last error is raised. A reward that is not a number
+    reaches ``threshold``, else the best one. An attempt that raises counts as a failure; as in DSPy,
+    each call tolerates ``fail_count`` failures (default ``N``; 0 raises the first error) and re-raises
+    the next one, and when every attempt fails the last error is raised. A reward that is not a number
     raises ``MetricError`` at once (a bug in the reward function, not a bad sample).
     ``last_attempts`` holds every scored attempt of the latest call, without traces (shared by all
     threads using this module: read it right after the call).
@@ -57,12 +58,12 @@ class BestOfN(Module):
     ):
         if N < 1:
             raise ValueError(f"{type(self).__name__}: N must be >= 1, got {N}")
-        if fail_count is not None and fail_count < 1:
-            raise ValueError(f"{type(self).__name__}: fail_count must be >= 1, got {fail_count}")
+        if fail_count is not None and fail_count < 0:
+            raise ValueError(f"{type(self).__name__}: fail_count must be >= 0, got {fail_count}")
         self.module = module
         self.N = N
         self.threshold = threshold
-        self.fail_count = fail_count or N
+        self.fail_count = N if fail_count is None else fail_count
         self._reward_fn = reward_fn  # underscore: a function, not part of the program's state
         self.last_attempts: list[Attempt] = []
 
@@ -74,6 +75,7 @@ class BestOfN(Module):
             lm_kwargs["temperature"] = SAMPLING_TEMPERATURE
         attempts: list[Attempt] = []
         best: Attempt | None = None
+        # DSPy's failure budget, per call: fail_count failures are tolerated, the next one raises.
         failures, last_error = 0, None
         for index in range(self.N):
             # Distinct ids per (outer rollout, attempt): base * N + index never collides across rollouts.
@@ -97,7 +99,7 @@ class BestOfN(Module):
                     type(exc).__name__,
                     exc,
                 )
-                if failures >= self.fail_count:
+                if failures > self.fail_count:
                     self.last_attempts = _without_traces(attempts)
                     raise
                 continue

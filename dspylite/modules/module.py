@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dspylite.errors import ProgramStateError
+from dspylite.errors import PickleNotSupportedError, ProgramStateError
+from dspylite.utils.callback import with_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +28,80 @@ class Module:
 
     _leaf_module = False  # True for modules that never contain other modules (Predict)
 
+    @with_callbacks
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _ACTIVE_PROGRAM.get() is not None:  # a sub-module: names were set by the outermost call
             return self.forward(*args, **kwargs)
         self._assign_predictor_names()
         token = _ACTIVE_PROGRAM.set(self)
         try:
-            return self.forward(*args, **kwargs)
+            return _with_usage(lambda: self.forward(*args, **kwargs))
         finally:
             _ACTIVE_PROGRAM.reset(token)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
+    # ---- async and batches (DSPy's acall / aforward / batch) -----------------------------------
+    @with_callbacks
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """Await the program. A subclass's own ``async def aforward`` runs on the event loop; otherwise
+        the synchronous call runs in a worker thread (with this context's settings)."""
+        if _ACTIVE_PROGRAM.get() is not None:
+            return await self.aforward(*args, **kwargs)
+        self._assign_predictor_names()
+        token = _ACTIVE_PROGRAM.set(self)
+        try:
+            return await self.aforward(*args, **kwargs)
+        finally:
+            _ACTIVE_PROGRAM.reset(token)
+
+    async def aforward(self, *args: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(_with_usage, lambda: self.forward(*args, **kwargs))
+
+    def batch(
+        self,
+        examples: list[Any],
+        num_threads: int | None = None,
+        max_errors: int | None = None,
+        return_failed_examples: bool = False,
+        provide_traceback: bool | None = None,
+        disable_progress_bar: bool = False,
+    ) -> Any:
+        """Run the program on every example in parallel (DSPy's ``Module.batch``); results keep order.
+
+        Each example is an ``Example`` (its inputs are passed) or a dict of keyword arguments.
+        """
+        from dspylite.modules.parallel import Parallel
+
+        parallel = Parallel(
+            num_threads=num_threads,
+            max_errors=max_errors,
+            return_failed_examples=return_failed_examples,
+            provide_traceback=provide_traceback,
+            disable_progress_bar=disable_progress_bar,
+        )
+        return parallel([(self, example) for example in examples])
+
     # ---- structure -----------------------------------------------------------------------------
-    def named_sub_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
-        """Every Module reachable through attributes, lists, tuples and dicts (each once)."""
+    def named_sub_modules(
+        self, type_: type | None = None, skip_compiled: bool = False
+    ) -> Iterator[tuple[str, Module]]:
+        """Every Module reachable through attributes, lists, tuples and dicts (each once), named as
+        DSPy names them: the root is ``self``, a child ``self.attr``, ``self.items[0]``, ``self.d[key]``.
+
+        ``type_`` keeps only modules of that type; ``skip_compiled`` does not descend into modules
+        marked ``_compiled``.
+        """
+        yield from (
+            (name, module)
+            for name, module in self._walk_sub_modules("self", skip_compiled)
+            if type_ is None or isinstance(module, type_)
+        )
+
+    def _walk_sub_modules(self, root: str, skip_compiled: bool = False) -> Iterator[tuple[str, Module]]:
         seen: set[int] = set()
 
         def walk(obj: Any, name: str) -> Iterator[tuple[str, Module]]:
@@ -52,6 +111,8 @@ class Module:
                 seen.add(id(obj))
                 yield name, obj
                 if obj._leaf_module:  # a Predict holds no sub-modules; skip its demos and config
+                    return
+                if skip_compiled and getattr(obj, "_compiled", False):
                     return
                 for attr, value in vars(obj).items():
                     if attr.startswith("_"):
@@ -64,12 +125,14 @@ class Module:
                 for key, value in obj.items():
                     yield from walk(value, f"{name}['{key}']")
 
-        yield from walk(self, prefix)
+        yield from walk(self, root)
 
     def named_predictors(self) -> list[tuple[str, Any]]:
+        """Predictors named by their path from this module (``predict``, ``steps[0].predict``);
+        a Predict used as the program itself is ``self``."""
         from dspylite.modules.predict import Predict
 
-        return [(name or "self", m) for name, m in self.named_sub_modules() if isinstance(m, Predict)]
+        return [(name or "self", m) for name, m in self._walk_sub_modules("") if isinstance(m, Predict)]
 
     def predictors(self) -> list[Any]:
         return [p for _, p in self.named_predictors()]
@@ -91,7 +154,7 @@ class Module:
     def deepcopy(self) -> Module:
         """A copy that shares LM clients and adapters but owns its demos, signatures and sub-modules."""
         memo: dict[int, Any] = {}
-        for _, module in self.named_sub_modules():
+        for _, module in self._walk_sub_modules(""):
             for attr in ("lm", "adapter"):
                 value = vars(module).get(attr)
                 if value is not None:
@@ -145,7 +208,12 @@ class Module:
             predictor.apply_state(prepared[name])
         return self
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike,
+        save_program: bool = False,
+        modules_to_serialize: list | None = None,
+    ) -> Path:
         """Write the program's state (demos, instructions, LM/adapter bindings) as JSON, atomically.
 
         The layout is DSPy's (one entry per predictor, plus ``metadata.dependency_versions``), so
@@ -154,11 +222,25 @@ class Module:
         """
         from dspylite.utils.io import atomic_write_text
 
+        if save_program or modules_to_serialize:
+            raise PickleNotSupportedError(
+                f"{type(self).__name__}.save(save_program=True) would pickle the whole program, and dspylite "
+                "never writes pickles (loading one runs arbitrary code). Save the state instead: "
+                "program.save('program.json'); to restore, build the program in code and call "
+                "program.load('program.json') (or dspylite.load('program.json') for a class that takes no "
+                "constructor arguments)."
+            )
         path = Path(path)
         state = self.dump_state()
         state["metadata"] = {
             "dependency_versions": {"python": f"{sys.version_info.major}.{sys.version_info.minor}"},
-            "dspylite": {"format": STATE_FORMAT, "program": type(self).__name__, "version": _version()},
+            "dspylite": {
+                "format": STATE_FORMAT,
+                "program": type(self).__name__,
+                # Where dspylite.load finds the class to rebuild the program from this file.
+                "class": f"{type(self).__module__}:{type(self).__qualname__}",
+                "version": _version(),
+            },
         }
         try:
             # allow_nan=False: NaN is not JSON, and DSPy's loader (orjson) rejects it.
@@ -172,7 +254,13 @@ class Module:
         atomic_write_text(path, text)
         return path
 
-    def load(self, path: str | os.PathLike) -> Module:
+    def load(self, path: str | os.PathLike, allow_pickle: bool = False) -> Module:
+        if allow_pickle or str(path).endswith(".pkl"):
+            raise PickleNotSupportedError(
+                f"{type(self).__name__}.load: dspylite reads JSON program state only, never pickles "
+                f"({path}): loading a pickle runs arbitrary code. Re-save the program from DSPy with "
+                "program.save('program.json') and load that file."
+            )
         path = Path(path)
         if not path.is_file():
             raise ProgramStateError(f"program file not found: {path}")
@@ -192,6 +280,22 @@ class Module:
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={p!r}" for n, p in self.named_predictors())
         return f"{type(self).__name__}({inner})"
+
+
+def _with_usage(call):
+    """Run a top-level program call; with ``track_usage`` on, attach its LM usage to the Prediction."""
+    from dspylite import settings
+    from dspylite.example import Prediction
+    from dspylite.utils.usage_tracker import track_usage
+
+    state = settings.current()
+    if not state.track_usage or state.usage_tracker is not None:
+        return call()
+    with track_usage() as tracker:
+        output = call()
+    if isinstance(output, Prediction):
+        output.set_lm_usage(tracker.get_total_tokens())
+    return output
 
 
 def _json_default(value: Any) -> Any:

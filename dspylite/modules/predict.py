@@ -96,23 +96,30 @@ class Predict(Module):
                 adapter=adapter.name,
                 signature=signature.signature,
             )
-        return Prediction.from_completions(outputs)
+        prediction = Prediction.from_completions(outputs)
+        _record_dspy_trace(self, inputs, prediction)
+        return prediction
 
     def _check_inputs(self, signature: type[Signature], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """As DSPy: inputs the signature does not name are dropped with a warning; missing required
+        inputs are warned about and the call goes ahead without them."""
         expected = signature.input_fields
         unknown = [k for k in kwargs if k not in expected]
         if unknown:
-            raise InputError(
-                f"unknown input field(s) {unknown} for signature {signature.signature!r}; "
-                f"expected {list(expected)}"
+            logger.warning(
+                "Input contains fields not in signature. These fields will be ignored: %s. Expected fields: %s.",
+                unknown,
+                list(expected),
             )
         missing = [k for k, f in expected.items() if k not in kwargs and not _is_optional(f.annotation)]
         if missing:
-            raise InputError(
-                f"missing input field(s) {missing} for signature {signature.signature!r} "
-                f"(predictor {self._name or 'Predict'})"
+            logger.warning(
+                "Not all input fields were provided to module %s. Present: %s. Missing: %s.",
+                self._name or "Predict",
+                [k for k in expected if k in kwargs],
+                missing,
             )
-        return kwargs
+        return {k: v for k, v in kwargs.items() if k in expected}
 
     def _run(
         self,
@@ -274,6 +281,17 @@ def _restore_lm(lm_state: dict[str, Any]) -> Any:
     from dspylite.lm import LM
 
     return LM.load_state({k: v for k, v in lm_state.items() if k not in _NON_REQUEST_LM_KEYS})
+
+
+def _record_dspy_trace(predictor: Predict, inputs: dict[str, Any], prediction: Prediction) -> None:
+    """Append ``(predictor, inputs, prediction)`` to DSPy's ``settings.trace``, capped at max_trace_size."""
+    state = _settings.current()
+    trace = state.trace
+    if trace is None or state.max_trace_size <= 0:
+        return
+    if len(trace) >= state.max_trace_size:
+        trace.pop(0)
+    trace.append((predictor, dict(inputs), prediction))
 
 
 def _is_optional(annotation: Any) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 from dspylite.adapters.base import Adapter
 from dspylite.completion import Completion
 from dspylite.signatures import OutputField, make_signature
+from dspylite.utils.usage_tracker import record_usage
 
 
 class DummyLM:
@@ -47,7 +48,8 @@ class DummyLM:
     def generate(
         self, messages: list[dict[str, Any]], *, n: int = 1, rollout_id: int | None = None, **kwargs: Any
     ) -> list[Completion]:
-        text = self._answer(messages, kwargs)
+        # As in DSPy, each of the n choices takes its own scripted answer (the next one in list mode).
+        texts = [self._answer(messages, kwargs) for _ in range(n)]
         with self._state.lock:
             self.history.append(
                 {
@@ -55,10 +57,12 @@ class DummyLM:
                     "kwargs": kwargs,
                     "rollout_id": rollout_id,
                     "model": self.model,
-                    "outputs": [text] * n,
+                    "outputs": texts,
                 }
             )
-        return [Completion(text=text, model=self.model, finish_reason="stop") for _ in range(n)]
+        # Like DSPy's DummyLM: a request that costs no tokens, reported to track_usage() as such.
+        record_usage(self.model, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+        return [Completion(text=text, model=self.model, finish_reason="stop") for text in texts]
 
     def __call__(
         self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any

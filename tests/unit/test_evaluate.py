@@ -15,7 +15,7 @@ from dspylite.example import Example
 from dspylite.utils import DummyLM
 
 settings_module = import_module("dspylite.settings")
-evaluate_module = import_module("dspylite.evaluate")
+evaluate_module = import_module("dspylite.evaluate.evaluate")
 
 
 @pytest.fixture(autouse=True)

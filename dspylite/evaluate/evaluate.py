@@ -114,8 +114,13 @@ def run_one(
     *,
     keep_traces: bool = False,
     rollout_id: int | None = None,
+    pass_trace: bool = True,
 ) -> ExampleResult:
     """Run the program on one example and score it; every failure is caught and labelled.
+
+    ``pass_trace=True`` calls ``metric(example, prediction, None)`` as DSPy's optimizers do;
+    ``False`` calls ``metric(example, prediction)`` as DSPy's ``Evaluate`` does, so a two-argument
+    metric works (and a three-argument one with a default ``trace``).
 
     A metric that returns something other than a number raises ``MetricError`` (a bug in the metric,
     not a property of the example), and an open circuit breaker raises ``LMUnavailableError`` (the
@@ -148,7 +153,7 @@ def run_one(
     if metric is None:
         return ExampleResult(example, prediction, 0.0, traces=kept)
     try:
-        value = metric(example, prediction, None)
+        value = metric(example, prediction, None) if pass_trace else metric(example, prediction)
     except Exception as exc:
         return ExampleResult(example, prediction, 0.0, f"metric: {type(exc).__name__}: {exc}", "metric", kept)
     return ExampleResult(example, prediction, check_score(value), traces=kept)
@@ -217,7 +222,7 @@ class Evaluate:
             if stop.stopped:  # queued examples are skipped once the run is over its error budget
                 return None
             try:
-                result = run_one(program, example, metric, keep_traces=keep)
+                result = run_one(program, example, metric, keep_traces=keep, pass_trace=False)
             except (MetricError, LMUnavailableError):
                 stop.stopped = True
                 raise
@@ -262,6 +267,14 @@ class Evaluate:
             if r.error_kind:
                 counts[r.error_kind] = counts.get(r.error_kind, 0) + 1
         failures = sum(counts.values())
+        if results and counts.get("metric") == len(results):
+            # A metric that raises on every example is broken (wrong signature, wrong field name);
+            # a score of 0.0 would hide it.
+            first = next(r.error for r in results if r.error_kind == "metric")
+            raise EvaluationError(
+                f"Evaluate: the metric raised on all {len(results)} examples, so there is no score; "
+                f"first error: {first}. Evaluate calls metric(example, prediction)."
+            )
         if self.raise_if_all_failed and results and failures == len(results):
             first = next(r.error for r in results if r.error)
             raise AllExamplesFailedError(

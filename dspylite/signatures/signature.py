@@ -64,9 +64,18 @@ def OutputField(desc: str = "", *, prefix: str = "", **_: Any) -> Any:  # noqa: 
 
 
 def infer_prefix(name: str) -> str:
-    """``some_field`` -> ``Some Field:`` (the label DSPy stores in saved programs)."""
-    words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name).replace("_", " ").split()
-    return " ".join(w.capitalize() if not w.isupper() else w for w in words) + ":"
+    """DSPy's label for a field name: ``some_field`` -> ``Some Field``, ``camelCase`` -> ``Camel Case``,
+    ``question2`` -> ``Question 2``; all-caps words (acronyms) stay as they are."""
+    text = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", text)
+    text = re.sub(r"([a-zA-Z])(\d)", r"\1_\2", text)
+    text = re.sub(r"(\d)([a-zA-Z])", r"\1_\2", text)
+    return " ".join(w if w.isupper() else w.capitalize() for w in text.split("_"))
+
+
+def _label(name: str) -> str:
+    """The prefix DSPy stores in saved programs: the inferred label plus a colon."""
+    return infer_prefix(name) + ":"
 
 
 def type_name(annotation: Any) -> str:
@@ -114,7 +123,7 @@ class SignatureMeta(type):
                 ann = annotations.get(attr, str)
                 if isinstance(ann, str):  # `from __future__ import annotations`
                     ann = _resolve_annotation(ann, module, attr)
-                fields[attr] = Field(attr, value.kind, ann, value.desc, value.prefix or infer_prefix(attr))
+                fields[attr] = Field(attr, value.kind, ann, value.desc, value.prefix or _label(attr))
                 del namespace[attr]
         for attr in annotations:
             if attr not in fields and not attr.startswith("_"):
@@ -187,7 +196,7 @@ class Signature(metaclass=SignatureMeta):
     @classmethod
     def insert(cls, index: int, name: str, field: Any, type_: Any = None) -> type[Signature]:
         spec = _as_spec(field, name)
-        new = Field(name, spec.kind, type_ or str, spec.desc, spec.prefix or infer_prefix(name))
+        new = Field(name, spec.kind, type_ or str, spec.desc, spec.prefix or _label(name))
         group = [f for f in cls._fields.values() if f.kind == new.kind]
         other = [f for f in cls._fields.values() if f.kind != new.kind]
         if index < 0:
@@ -325,12 +334,12 @@ def make_signature(
         for name, value in spec.items():
             ann, fspec = value if isinstance(value, tuple) else (str, value)
             fspec = _as_spec(fspec, name)
-            fields.append(Field(name, fspec.kind, ann, fspec.desc, fspec.prefix or infer_prefix(name)))
+            fields.append(Field(name, fspec.kind, ann, fspec.desc, fspec.prefix or _label(name)))
         return _build(signature_name, fields, instructions)
     if not isinstance(spec, str) or spec.count("->") != 1:
         raise SignatureError(f"signature string must contain exactly one '->': {spec!r}")
     left, right = spec.split("->")
-    names = {**_TYPE_NAMES, **(custom_types or {})}
+    names = _TypeNames({**_TYPE_NAMES, **(custom_types or {})})
     inputs = _parse_side(left, "input", names, spec)
     outputs = _parse_side(right, "output", names, spec)
     if not outputs:
@@ -339,6 +348,43 @@ def make_signature(
         return _build(signature_name, inputs + outputs, instructions)
     except SignatureError as exc:
         raise SignatureError(f"{exc} (in signature {spec!r})") from None
+
+
+class _TypeNames(Mapping):
+    """Type names a string signature may use: the built-in table and ``custom_types``, then (as in
+    DSPy) names visible where the signature was written: the first frame outside dspylite that
+    defines the name, in its locals or globals."""
+
+    def __init__(self, known: dict[str, Any]):
+        self._known = known
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._known:
+            return self._known[name]
+        import sys
+
+        frame = sys._getframe(1)
+        while frame is not None:
+            module = frame.f_globals.get("__name__", "")
+            if module != "dspylite" and not module.startswith("dspylite."):
+                for scope in (frame.f_locals, frame.f_globals):
+                    if name in scope:
+                        return scope[name]
+            frame = frame.f_back
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[name]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self):
+        return iter(self._known)
+
+    def __len__(self) -> int:
+        return len(self._known)
 
 
 def _parse_side(text: str, kind: Literal["input", "output"], names: dict[str, Any], spec: str) -> list[Field]:
@@ -356,7 +402,7 @@ def _parse_side(text: str, kind: Literal["input", "output"], names: dict[str, An
         except SignatureError as exc:
             raise SignatureError(f"{exc} (in signature {spec!r})") from None
         ann = _eval_type(type_text.strip(), names, spec, name) if type_text.strip() else str
-        fields.append(Field(name, kind, ann, "", infer_prefix(name)))
+        fields.append(Field(name, kind, ann, "", _label(name)))
     return fields
 
 

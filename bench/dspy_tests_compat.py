@@ -1,0 +1,125 @@
+"""Run DSPy's own unit tests against dspylite, with ``dspy`` aliased to ``dspylite``.
+
+    python bench/dspy_tests_compat.py DSPY_TESTS_DIR [pytest args...]
+
+DSPY_TESTS_DIR is a copy of (some of) DSPy's ``tests/`` folder, e.g. ``signatures``, ``primitives``,
+``predict``, ``adapters``, ``evaluate``, ``utils``, ``teleprompt``. The DSPy tests are not part of
+this repository. Every ``import dspy`` / ``import dspy.x.y`` resolves to ``dspylite`` /
+``dspylite.x.y``; DSPy's root ``tests/conftest.py`` is replaced by a minimal one (it resets
+settings between tests, as DSPy's does). Prints passed / failed / errors per file and in total.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+_CONFTEST = """
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def clear_settings():
+    import importlib
+
+    settings_module = importlib.import_module("dspylite.settings")
+    yield
+    settings_module._GLOBAL = settings_module.Settings()
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+"""
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``dspy`` and ``dspy.*`` imports load the matching ``dspylite`` module object."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "dspy" and not fullname.startswith("dspy."):
+            return None
+        real = "dspylite" + fullname[len("dspy") :]
+        try:
+            module = importlib.import_module(real)
+        except ImportError:
+            return None
+        return importlib.util.spec_from_loader(
+            fullname, self, origin=getattr(module, "__file__", None)
+        ), module
+
+    def create_module(self, spec):
+        return importlib.import_module("dspylite" + spec.name[len("dspy") :])
+
+    def exec_module(self, module):
+        pass
+
+
+class _Finder(_Alias):
+    def find_spec(self, fullname, path, target=None):
+        found = super().find_spec(fullname, path, target)
+        return found[0] if found else None
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            self.outcomes[report.nodeid] = (
+                report.outcome if report.when == "call" else f"setup-{report.outcome}"
+            )
+
+    def pytest_collectreport(self, report):
+        if report.outcome == "failed":
+            self.outcomes[report.nodeid + "::<collection>"] = "collection-error"
+
+
+def main(argv: list[str]) -> int:
+    import pytest
+
+    if not argv:
+        print(__doc__)
+        return 2
+    source = Path(argv[0]).resolve()
+    sys.meta_path.insert(0, _Finder())
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "tests"
+        import shutil
+
+        shutil.copytree(source, root, ignore=shutil.ignore_patterns("__pycache__"))
+        (root / "conftest.py").write_text(_CONFTEST)
+        (root / "__init__.py").touch()
+        tally = _Tally()
+        pytest.main(
+            [
+                str(root),
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--no-header",
+                "-rN",
+                "--continue-on-collection-errors",
+                *argv[1:],
+            ],
+            plugins=[tally],
+        )
+    per_file: dict[str, Counter] = {}
+    for nodeid, outcome in tally.outcomes.items():
+        per_file.setdefault(nodeid.split("::")[0], Counter())[outcome] += 1
+    total = Counter()
+    for name in sorted(per_file):
+        total.update(per_file[name])
+        print(f"{name}: {dict(per_file[name])}")
+    print(f"TOTAL: {dict(total)}; passed {total['passed']} of {sum(total.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,10 @@
+"""DSPy's ``dspy.predict``: the predictor modules, re-exported from ``dspylite.modules``."""
+
+from dspylite.modules.aggregation import majority
+from dspylite.modules.best_of_n import BestOfN, Refine
+from dspylite.modules.chain_of_thought import ChainOfThought
+from dspylite.modules.parallel import Parallel
+from dspylite.modules.predict import Predict
+from dspylite.modules.react import ReAct, Tool
+
+__all__ = ["BestOfN", "ChainOfThought", "Parallel", "Predict", "ReAct", "Refine", "Tool", "majority"]

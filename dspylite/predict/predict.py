@@ -1,0 +1,5 @@
+"""DSPy path ``dspy.predict.predict``."""
+
+from dspylite.modules.predict import Predict
+
+__all__ = ["Predict"]

@@ -1,0 +1,5 @@
+"""DSPy path ``dspy.primitives.example``."""
+
+from dspylite.example import Example
+
+__all__ = ["Example"]

@@ -1,0 +1,5 @@
+"""DSPy path ``dspy.primitives.module``."""
+
+from dspylite.modules.module import Module
+
+__all__ = ["Module"]

@@ -1,0 +1,5 @@
+"""DSPy path ``dspy.primitives.prediction``."""
+
+from dspylite.example import Completions, Prediction
+
+__all__ = ["Completions", "Prediction"]
