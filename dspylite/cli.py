@@ -427,6 +427,49 @@ def report(
     typer.echo(f"report: {path}")
 
 
+# ---- doctor ---------------------------------------------------------------------------------------
+
+
+@app.command(cls=_with_config_keys(None))
+def doctor(
+    model: Optional[str] = typer.Argument(
+        None, help="A checkpoint directory or named model source (e.g. tiny) to size; omit to skip."
+    ),
+    lora_rank: int = typer.Option(16, help="LoRA rank to size training and vLLM's LoRA slots for."),
+    max_loras: int = typer.Option(4, help="vLLM LoRA slots (server.max_loras)."),
+    batch_size: int = typer.Option(8, help="Training micro-batch (sequences) to size training for."),
+    seq_len: int = typer.Option(512, help="Training sequence length (tokens) to size training for."),
+    vllm_args: bool = typer.Option(
+        True, "--vllm-args/--no-vllm-args", help="Run vLLM's own argument check on the server command (slow)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
+) -> None:
+    """Check this machine: package versions against the tested set, devices and free memory, bf16,
+    whether vLLM accepts the LoRA server command, and (with MODEL) whether the model fits.
+
+    Each problem is one line with its fix; the exit code is 2 when any check failed.
+
+    Example: dspylite doctor tiny --lora-rank 16
+    """
+    import json
+
+    from serving.doctor import Environment, as_dicts, diagnose, format_findings
+    from serving.models import resolve_model
+
+    model_dir = _run_job(resolve_model, model, _say) if model else None
+    findings = diagnose(
+        Environment.detect(check_vllm_args=vllm_args),
+        model_dir=model_dir,
+        lora_rank=lora_rank,
+        max_loras=max_loras,
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
+    typer.echo(json.dumps(as_dicts(findings), indent=2) if as_json else format_findings(findings))
+    if any(f.status == "error" for f in findings):
+        raise typer.Exit(code=ERROR_EXIT_CODE)
+
+
 def main() -> None:
     app()
 

@@ -123,6 +123,11 @@ class ServingError(DSPyLiteError, RuntimeError):
     """Starting, reaching or managing the vLLM server failed."""
 
 
+class ColocationError(ServingError):
+    """vLLM and training cannot share the device as configured (memory split too small, sleep mode
+    unavailable, an adapter lost across a sleep)."""
+
+
 class AdapterRegistryError(ServingError):
     """An adapter is missing, corrupt, too large for the server, or built for another base model."""
 

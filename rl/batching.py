@@ -10,6 +10,7 @@ sequences, at the cost of one prompt instead of K.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,16 @@ class TokenBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.completion_mask.sum())
+
+    def to(self, device: Any) -> TokenBatch:
+        """The same batch with its tensors on ``device`` (the policy's, e.g. a GPU)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            if hasattr(getattr(self, f.name), "to")
+            else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+        }
+        return TokenBatch(**moved)
 
 
 def make_batch(samples: Sequence[Any], indices: Sequence[int], *, pad_token_id: int = 0) -> TokenBatch:

@@ -124,9 +124,9 @@ def completion_logprobs(model: Any, batch: Any, *, temperature: float = 1.0) -> 
         attention = torch.cat(
             [batch.prompt_mask.index_select(0, index), (batch.completion_mask[:, :steps] > 0).long()], dim=1
         )
-        positions = batch.prompt_lengths.index_select(0, index).unsqueeze(1) + torch.arange(steps).unsqueeze(
-            0
-        )
+        positions = batch.prompt_lengths.index_select(0, index).unsqueeze(1) + torch.arange(
+            steps, device=batch.completion_ids.device
+        ).unsqueeze(0)
         out = model(
             input_ids=batch.completion_ids[:, :steps],
             attention_mask=attention,

@@ -160,7 +160,8 @@ class Policy:
                 "optimizer_steps": 0.0,
             }
         plan = plan_micro_batches(fitting, cfg.micro_batch_tokens, cfg.micro_batch_size)
-        batches = [make_batch(fitting, idx, pad_token_id=self.pad_token_id) for idx in plan]
+        device = next(self.model.parameters()).device  # batches are built on CPU
+        batches = [make_batch(fitting, idx, pad_token_id=self.pad_token_id).to(device) for idx in plan]
         total_tokens = float(sum(b.num_tokens for b in batches))
         normalizer = total_tokens if cfg.loss_normalization == "token" else float(len(fitting))
 

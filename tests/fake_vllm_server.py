@@ -5,6 +5,14 @@ adapter cards with ``parent``), ``POST /v1/load_lora_adapter`` and ``/v1/unload_
 vLLM's status codes, and ``POST /v1/chat/completions`` echoing which model answered. Every request
 is recorded, so a test can assert that vLLM was never asked.
 
+Sleep mode (``sleep_mode=True``, or ``VLLM_SERVER_DEV_MODE=1`` with ``--enable-sleep-mode`` as a
+process) adds vLLM's dev endpoints ``POST /sleep?level=N``, ``POST /wake_up`` and ``GET /is_sleeping``
+with the real server's bodies. As in vLLM 0.32, level 1 keeps the runtime-loaded LoRA adapters (their
+weights are offloaded with the model's and restored on wake-up; the frontend keeps their names), and
+completions sent while asleep wait until wake-up. Level 2 discards the weights; the fake models the
+adapters' lost state by forgetting them. ``drop_adapters_on_sleep=True`` makes level 1 forget them
+too, so tests can exercise a client's reload path.
+
 Run in a thread (``FakeVLLM(...).start()``) or as a process with vLLM's command-line flags (what
 ``VLLMServer`` launches when a test points ``entrypoint_argv`` at this file). As a process it also
 spawns a sleeping child, like vLLM's engine workers, so tests can check the whole group is stopped.
@@ -34,12 +42,21 @@ class FakeVLLM:
         port: int = 0,
         api_key: str | None = None,
         lora_modules: dict[str, str] | None = None,
+        sleep_mode: bool = False,
+        drop_adapters_on_sleep: bool = False,
     ):
         self.model = model
         self.name = served_model_name or model
         self.api_key = api_key
         self.adapters: dict[str, str] = dict(lora_modules or {})
         self.requests: list[tuple[str, str, Any]] = []
+        # (model, adapter path or None for the base) of every completion served, in order
+        self.completions: list[tuple[str, str | None]] = []
+        self.sleep_mode = sleep_mode
+        self.drop_adapters_on_sleep = drop_adapters_on_sleep
+        self.sleep_level = 0  # 0: awake
+        self._awake = threading.Event()
+        self._awake.set()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), _handler(self))
         self._httpd.daemon_threads = True
@@ -112,6 +129,8 @@ def _handler(fake: FakeVLLM) -> type[BaseHTTPRequestHandler]:
                 return self._send(401, {"error": "Unauthorized"})
             if self.path == "/v1/models":
                 return self._send(200, fake.models_body())
+            if self.path == "/is_sleeping" and fake.sleep_mode:
+                return self._send(200, {"is_sleeping": fake.sleep_level > 0})
             self._send(404, _error("not found", 404))
 
         def do_POST(self) -> None:
@@ -120,6 +139,9 @@ def _handler(fake: FakeVLLM) -> type[BaseHTTPRequestHandler]:
             fake.requests.append(("POST", self.path, body))
             if not self._authorized():
                 return self._send(401, {"error": "Unauthorized"})
+            path, _, query = self.path.partition("?")
+            if fake.sleep_mode and path in ("/sleep", "/wake_up"):
+                return self._sleep_endpoint(path, query)
             with fake._lock:
                 if self.path == "/v1/load_lora_adapter":
                     name = body.get("lora_name")
@@ -136,9 +158,12 @@ def _handler(fake: FakeVLLM) -> type[BaseHTTPRequestHandler]:
                     del fake.adapters[name]
                     return self._send(200, f"Success: LoRA adapter '{name}' removed successfully.")
             if self.path == "/v1/chat/completions":
+                # vLLM's paused scheduler holds requests until wake-up
+                fake._awake.wait(timeout=30.0)
                 model = body.get("model")
                 if model != fake.name and model not in fake.adapters:
                     return self._send(404, _error(f"The model `{model}` does not exist.", 404))
+                fake.completions.append((model, fake.adapters.get(model)))
                 return self._send(
                     200,
                     {
@@ -157,6 +182,22 @@ def _handler(fake: FakeVLLM) -> type[BaseHTTPRequestHandler]:
                 )
             self._send(404, _error("not found", 404))
 
+        def _sleep_endpoint(self, path: str, query: str) -> None:
+            with fake._lock:
+                if path == "/sleep":
+                    params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+                    level = int(params.get("level", 1))
+                    if level not in (0, 1, 2):
+                        return self._send(422, {"detail": "level must be between 0 and 2"})
+                    fake._awake.clear()
+                    fake.sleep_level = max(level, 1)
+                    if level == 2 or fake.drop_adapters_on_sleep:
+                        fake.adapters.clear()
+                    return self._send(200, {"status": "sleeping", "level": level})
+                fake.sleep_level = 0
+                fake._awake.set()
+                return self._send(200, {"status": "awake", "tags": None})
+
     return Handler
 
 
@@ -171,6 +212,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max-lora-rank", type=int)
     parser.add_argument("--max-loras", type=int)
     parser.add_argument("--lora-modules", nargs="*", default=[])
+    parser.add_argument("--enable-sleep-mode", action="store_true")
     args, unknown = parser.parse_known_args(argv)
     print(f"fake vllm starting with {argv} (unknown: {unknown})", flush=True)
     failure = os.environ.get("FAKE_VLLM_FAIL")
@@ -182,6 +224,8 @@ def main(argv: list[str]) -> None:
         f"env VLLM_ALLOW_RUNTIME_LORA_UPDATING={os.environ.get('VLLM_ALLOW_RUNTIME_LORA_UPDATING')}",
         flush=True,
     )
+    for key in ("VLLM_SERVER_DEV_MODE", "CUDA_VISIBLE_DEVICES"):
+        print(f"env {key}={os.environ.get(key)}", flush=True)
     # Like vLLM's engine worker: a child in the same process group.
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     print(f"worker pid {worker.pid}", flush=True)
@@ -195,6 +239,7 @@ def main(argv: list[str]) -> None:
         # Like vLLM: --api-key wins, else $VLLM_API_KEY (how VLLMServer passes it, off the argv).
         api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
         lora_modules=modules,
+        sleep_mode=args.enable_sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1",
     )
     print("fake vllm healthy", flush=True)
     fake._httpd.serve_forever(poll_interval=0.05)
