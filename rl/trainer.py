@@ -136,6 +136,7 @@ class GRPOTrainer:
         display_progress: bool = False,
         on_step_end: Callable[[int, dict[str, Any]], None] | None = None,
         registry: Any = None,
+        colocation: Any = None,
     ):
         if not cfg.model_path:
             raise OptimizerError("GRPO needs model_path: the base model directory the server runs")
@@ -154,6 +155,7 @@ class GRPOTrainer:
         self.display_progress = display_progress
         self.on_step_end = on_step_end
         self.registry = registry  # where versions are registered; default <run_dir>/adapters
+        self.colocation = colocation  # serving.colocate.Colocation, or None: nothing to arrange
         self.policy: Any = None
         self.state: dict[str, Any] = {}
         self._writer: Any = None
@@ -311,9 +313,11 @@ class GRPOTrainer:
         )
         t_train = time.perf_counter()
         if grouping.samples:
-            train_stats = self.policy.update(
-                grouping.samples, temperature=cfg.temperature, learning_rate=learning_rate_at(cfg, step)
-            )
+            # On a GPU shared with vLLM (server.colocate=sleep) the server sleeps while the policy trains.
+            with self._training_phase(f"GRPO step {step}"):
+                train_stats = self.policy.update(
+                    grouping.samples, temperature=cfg.temperature, learning_rate=learning_rate_at(cfg, step)
+                )
             updated = train_stats.get("optimizer_steps", 0) > 0
         else:
             train_stats = {"loss": float("nan"), "kl": float("nan")}
@@ -392,6 +396,13 @@ class GRPOTrainer:
                 self.state["epoch"] += 1
                 self.state["cursor"] = 0
         return chosen
+
+    def _training_phase(self, what: str) -> Any:
+        import contextlib
+
+        return (
+            self.colocation.training_phase(what) if self.colocation is not None else contextlib.nullcontext()
+        )
 
     # ---- sync -------------------------------------------------------------------------------------------------
     def _sync(self, step: int) -> str:

@@ -93,6 +93,7 @@ def run_grpo_job(
             val_metric=task.metric,
             display_progress=display_progress,
             registry=session.registry,
+            colocation=session.colocation,
         )
         result = trainer.fit(
             task.make_program(), task.split("train"), task.split("dev"), testset=task.split("test")

@@ -92,6 +92,7 @@ class JobSession:
     lm_settings: LMSettings
     say: Say = log_say
     info: dict[str, Any] = field(default_factory=dict)
+    colocation: Any = None  # serving.colocate.Colocation: what trainers wrap their training phases in
 
     # -- programs ---------------------------------------------------------------------------------
     def load_program(self, program_path: str = "") -> Any:
@@ -178,6 +179,7 @@ class JobSession:
             sample_temperature=bootstrap.sample_temperature,
             sample_seed=bootstrap.sample_seed if bootstrap.sample_seed >= 0 else None,
             lm=self.lm,
+            colocation=self.colocation,
         )
 
     def grpo(
@@ -193,6 +195,7 @@ class JobSession:
             run_dir=run_dir,
             lm=self.lm,
             registry=self.registry,
+            colocation=self.colocation,
             **kwargs,
         )
 
@@ -240,6 +243,7 @@ def open_session(
         model_dir = _model_dir(cfg.model, cfg.server, say)
         with open_server(model_dir, cfg.server, run, say) as server:
             lm = make_lm(server, cfg.lm, run)
+            shared = colocation(server, cfg.server, say)
             session = JobSession(
                 kind=kind,
                 run=run,
@@ -251,6 +255,7 @@ def open_session(
                 lm_settings=cfg.lm,
                 say=say,
                 info={"api_base": cfg.server.api_base},
+                colocation=shared,
             )
             with dspylite.context(lm=lm, adapter=make_adapter(cfg.lm)):
                 yield session
@@ -302,6 +307,7 @@ def open_server(model_dir: str, settings: ServerSettings, run: RunDir, say: Say 
         return
     from serving import VLLMServer
 
+    placement = plan_placement(model_dir, settings, say)
     server = VLLMServer(
         model_dir,
         max_lora_rank=settings.max_lora_rank,
@@ -310,6 +316,10 @@ def open_server(model_dir: str, settings: ServerSettings, run: RunDir, say: Say 
         log_dir=run.path,
         extra_args=settings.extra_args,
         startup_timeout=settings.startup_timeout,
+        devices=settings.devices or None,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        data_parallel_size=settings.data_parallel_size,
+        **placement,
     )
     say(f"starting vLLM on {server.model} (log: {run.path / 'vllm.log'}) ...")
     server.start()
@@ -318,6 +328,66 @@ def open_server(model_dir: str, settings: ServerSettings, run: RunDir, say: Say 
         yield server
     finally:
         server.stop()
+
+
+def plan_placement(model_dir: str, settings: ServerSettings, say: Say = log_say) -> dict[str, Any]:
+    """Where the server and training run, and how they share a GPU: the VLLMServer arguments for
+    ``server.colocate`` (sleep mode, or a computed memory split), after checking the device lists.
+    Training processes started by this job see ``server.train_devices``."""
+    from serving.colocate import effective_mode, server_args
+    from serving.devices import plan_devices, use_training_devices
+    from serving.server import vllm_flavor
+
+    plan = plan_devices(
+        settings.devices or None,
+        settings.train_devices or None,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        data_parallel_size=settings.data_parallel_size,
+    )
+    if plan.train is not None:
+        use_training_devices(plan.train)
+    mode = effective_mode(settings.colocate, flavor=vllm_flavor(), shared=plan.shared)
+    split = None
+    if mode == "split" and settings.gpu_memory_utilization is None:
+        split = _memory_split(model_dir, settings)
+        say(f"server.colocate=split: {split.describe()}")
+    elif mode == "sleep":
+        say("server.colocate=sleep: vLLM sleeps (level 1) around each training phase")
+    args = server_args(mode, split)
+    if settings.gpu_memory_utilization is not None:
+        args["gpu_memory_utilization"] = settings.gpu_memory_utilization
+    return args
+
+
+def _memory_split(model_dir: str, settings: ServerSettings) -> Any:
+    import torch
+
+    from serving.memory import ModelShape, memory_split, serving_memory, training_memory
+
+    shape = ModelShape.from_dir(model_dir)
+    total = torch.cuda.get_device_properties(0).total_memory
+    # Sized for the recipes' defaults: a LoRA of the server's largest rank, micro-batches of 8 x 1024.
+    training = training_memory(shape, lora_rank=settings.max_lora_rank, batch_size=8, seq_len=1024)
+    serving = serving_memory(shape, max_lora_rank=settings.max_lora_rank)
+    return memory_split(total, training, serving, min_kv_tokens=2048)
+
+
+def colocation(session_server: Any, settings: ServerSettings, say: Say = log_say) -> Any:
+    """The Colocation the trainers wrap their training phases in (a no-op unless colocate=sleep)."""
+    from serving.colocate import Colocation, effective_mode
+    from serving.devices import plan_devices
+    from serving.server import vllm_flavor
+
+    if settings.api_base:
+        return Colocation(session_server, "off", say=say)
+    plan = plan_devices(
+        settings.devices or None,
+        settings.train_devices or None,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        data_parallel_size=settings.data_parallel_size,
+    )
+    mode = effective_mode(settings.colocate, flavor=vllm_flavor(), shared=plan.shared)
+    return Colocation(session_server, "sleep" if mode == "sleep" else "off", say=say)
 
 
 def make_lm(server: Any, settings: LMSettings, run: RunDir) -> Any:

@@ -56,9 +56,54 @@ class ServerSettings:
             "them can then be loaded)."
         ),
     )
+    colocate: Literal["off", "sleep", "split"] = field(
+        default="off",
+        metadata=_help(
+            "How vLLM and training share a GPU: sleep puts vLLM to sleep (level 1) around each training "
+            "phase; split starts vLLM with a --gpu-memory-utilization that leaves training its estimated "
+            "share; off arranges nothing (separate GPUs, or CPU, where it is always off)."
+        ),
+    )
+    gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata=_help(
+            "Fraction of each GPU vLLM may take (--gpu-memory-utilization); null: vLLM's 0.9, or computed "
+            "when colocate=split."
+        ),
+    )
+    devices: str = field(
+        default="",
+        metadata=_help(
+            "GPU indices for the vLLM server, e.g. '0' or '0,1' (its CUDA_VISIBLE_DEVICES); empty: all "
+            "visible. Must list tensor_parallel_size x data_parallel_size GPUs."
+        ),
+    )
+    train_devices: str = field(
+        default="",
+        metadata=_help(
+            "GPU indices for training (the trainer's CUDA_VISIBLE_DEVICES); empty: all visible. Disjoint "
+            "from devices means no sharing (colocate is then off)."
+        ),
+    )
+    tensor_parallel_size: int = field(
+        default=1, metadata=_help("vLLM --tensor-parallel-size: GPUs one model replica is split over.")
+    )
+    data_parallel_size: int = field(
+        default=1, metadata=_help("vLLM --data-parallel-size: replicas sharing the load.")
+    )
 
     def __post_init__(self) -> None:
-        _positive("server", max_lora_rank=self.max_lora_rank, startup_timeout=self.startup_timeout)
+        _positive(
+            "server",
+            max_lora_rank=self.max_lora_rank,
+            startup_timeout=self.startup_timeout,
+            tensor_parallel_size=self.tensor_parallel_size,
+            data_parallel_size=self.data_parallel_size,
+        )
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"server.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
 
 
 @dataclass

@@ -18,6 +18,7 @@ Heavy libraries (torch, TRL, PEFT) load only when training starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -114,6 +115,7 @@ class BootstrapFinetune:
         max_lm_errors: int | None = None,
         train_fn: Callable[..., Any] | None = None,
         train_kwargs: dict[str, Any] | None = None,
+        colocation: Any = None,
     ):
         if not callable(metric):
             raise OptimizerError(f"BootstrapFinetune needs a metric function, got {metric!r}")
@@ -128,6 +130,7 @@ class BootstrapFinetune:
         self._model_path = str(model_path) if model_path is not None else None
         self._config_source = config
         self.train_kwargs = dict(train_kwargs or {})
+        self.colocation = colocation  # serving.colocate.Colocation around training (a shared GPU)
         self.teacher = teacher
         self.multitask = multitask
         self.metric_threshold = metric_threshold
@@ -248,17 +251,21 @@ class BootstrapFinetune:
         for predictors, subset in self._groups(student, data):
             run_name = f"{self._adapter_run_name(predictors)}-{token}"
             name = fresh_version_name(self.registry, run_name, run.adapters_dir)
-            result = train_fn(
-                subset,
-                cfg,
-                run,
-                adapter_name=name,
-                model_path=model_path,
-                extra_metadata={
-                    "program": type(student).__name__,
-                    "predictors": predictors or [n for n, _ in student.named_predictors()],
-                },
+            phase = (
+                self.colocation.training_phase(f"SFT {name}") if self.colocation else contextlib.nullcontext()
             )
+            with phase:
+                result = train_fn(
+                    subset,
+                    cfg,
+                    run,
+                    adapter_name=name,
+                    model_path=model_path,
+                    extra_metadata={
+                        "program": type(student).__name__,
+                        "predictors": predictors or [n for n, _ in student.named_predictors()],
+                    },
+                )
             trained.append((predictors, result))
             outcome.adapters[name] = result.path
             outcome.train_metrics[name] = _jsonable_numbers(result.metrics)

@@ -60,6 +60,7 @@ class GRPO:
         display_progress: bool = True,
         on_step_end: Callable[[int, dict[str, Any]], None] | None = None,
         registry: Any = None,
+        colocation: Any = None,
         **options: Any,
     ):
         from rl.config import GRPOConfig
@@ -71,6 +72,7 @@ class GRPO:
         self.metric = metric
         self.server = server
         self.registry = registry
+        self.colocation = colocation  # serving.colocate.Colocation around training phases (shared GPU)
         self.lm = lm
         self.val_fraction = val_fraction
         self.display_progress = display_progress
@@ -137,6 +139,7 @@ class GRPO:
             display_progress=self.display_progress,
             on_step_end=self.on_step_end,
             registry=self.registry,
+            colocation=self.colocation,
         )
         self.result = trainer.fit(student, trainset, list(valset))
         self.registry = trainer.registry

@@ -29,6 +29,10 @@ DSPYLITE_CONFIGS = {
     "demo.yaml": "dspylite.jobs.demo_job:DemoConfig",
     "multi_gpu/serve_tp_dp.yaml": "serving.serve:ServeConfig",
     "multi_gpu/sft_accelerate.yaml": "finetune.train:SFTTrainJobConfig",
+    "multi_gpu/grpo_one_gpu_sleep.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
+    "multi_gpu/grpo_one_gpu_split.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
+    "multi_gpu/grpo_tp2_dp2.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
+    "multi_gpu/grpo_two_gpus.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
 }
 # accelerate's own launch configs (accelerate.commands.config.config_args.ClusterConfig).
 ACCELERATE_CONFIGS = {"multi_gpu/accelerate_ddp.yaml": "MULTI_GPU", "multi_gpu/accelerate_fsdp.yaml": "FSDP"}
