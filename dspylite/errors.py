@@ -144,6 +144,10 @@ class EvaluationError(DSPyLiteError, RuntimeError):
     """An evaluation was stopped: more examples failed than ``max_errors`` allows."""
 
 
+class BudgetExhausted(OptimizerError):
+    """An optimizer's LM-call budget (``max_lm_calls``) is spent; runs cut short by it score nothing."""
+
+
 class AllExamplesFailedError(EvaluationError):
     """Every example of an evaluation failed, so there is no score to report; ``error_counts`` says
     how many failed of each kind (``parse``, ``lm``, ``program``, ``metric``)."""

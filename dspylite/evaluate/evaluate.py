@@ -14,6 +14,7 @@ from dspylite import settings as _settings
 from dspylite.errors import (
     AdapterParseError,
     AllExamplesFailedError,
+    BudgetExhausted,
     ConfigError,
     EvaluationError,
     LMError,
@@ -115,12 +116,18 @@ def run_one(
     keep_traces: bool = False,
     rollout_id: int | None = None,
     pass_trace: bool = True,
+    metric_trace: str | None = None,
 ) -> ExampleResult:
-    """Run the program on one example and score it; every failure is caught and labelled.
+    """Run the program on one example and score it; every failure is caught and labelled. The one
+    program runner: Evaluate, the prompt optimizers (``optimizers._eval.run_scored``), SFT teacher
+    collection and GRPO rollouts all call it.
 
-    ``pass_trace=True`` calls ``metric(example, prediction, None)`` as DSPy's optimizers do;
-    ``False`` calls ``metric(example, prediction)`` as DSPy's ``Evaluate`` does, so a two-argument
-    metric works (and a three-argument one with a default ``trace``).
+    How the metric is called: ``metric_trace="none"`` (or ``pass_trace=True``, the default) calls
+    ``metric(example, prediction, None)`` as DSPy's optimizers do; ``"pair"`` (or ``pass_trace=False``)
+    calls ``metric(example, prediction)`` as DSPy's ``Evaluate`` does, so a two-argument metric works;
+    ``"traces"`` passes the run's TraceRecords as the third argument, as bootstrapping does.
+
+    A run cut short by an optimizer's LM budget is labelled ``budget`` (its score means nothing).
 
     A metric that returns something other than a number raises ``MetricError`` (a bug in the metric,
     not a property of the example), and an open circuit breaker raises ``LMUnavailableError`` (the
@@ -134,6 +141,8 @@ def run_one(
     with _settings.context(example_id=eid, rollout_id=rollout_id), capture_traces() as traces:
         try:
             prediction = program(**inputs)
+        except BudgetExhausted as exc:
+            return ExampleResult(example, None, 0.0, f"budget: {exc}", "budget", _kept(traces, keep_traces))
         except AdapterParseError as exc:
             return ExampleResult(example, None, 0.0, f"parse: {exc}", "parse", _kept(traces, keep_traces))
         except LMUnavailableError:
@@ -141,22 +150,33 @@ def run_one(
         except LMError as exc:
             return ExampleResult(example, None, 0.0, f"lm: {exc}", "lm", _kept(traces, keep_traces))
         except Exception as exc:
+            # A program that caught the budget's refusal and raised its own error was still cut short.
+            kind = "budget" if _caused_by_budget(exc) else "program"
             return ExampleResult(
-                example,
-                None,
-                0.0,
-                f"program: {type(exc).__name__}: {exc}",
-                "program",
-                _kept(traces, keep_traces),
+                example, None, 0.0, f"{kind}: {type(exc).__name__}: {exc}", kind, _kept(traces, keep_traces)
             )
     kept = _kept(traces, keep_traces)
     if metric is None:
         return ExampleResult(example, prediction, 0.0, traces=kept)
     try:
-        value = metric(example, prediction, None) if pass_trace else metric(example, prediction)
+        style = metric_trace or ("none" if pass_trace else "pair")
+        if style == "pair":
+            value = metric(example, prediction)
+        else:
+            value = metric(example, prediction, list(traces) if style == "traces" else None)
     except Exception as exc:
         return ExampleResult(example, prediction, 0.0, f"metric: {type(exc).__name__}: {exc}", "metric", kept)
     return ExampleResult(example, prediction, check_score(value), traces=kept)
+
+
+def _caused_by_budget(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, BudgetExhausted):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def _kept(traces: list[TraceRecord], keep: bool) -> list[TraceRecord]:

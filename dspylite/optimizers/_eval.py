@@ -28,20 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from dspylite import settings as _settings
-from dspylite.errors import AdapterParseError, LMError, LMUnavailableError, OptimizerError
-from dspylite.evaluate import check_score, example_id
+from dspylite.errors import BudgetExhausted, OptimizerError
+from dspylite.evaluate import example_id, run_one
 from dspylite.example import Example, Prediction
-from dspylite.trace import TraceRecord, capture_traces
+from dspylite.trace import TraceRecord
 from dspylite.utils.io import append_jsonl, read_jsonl
 from dspylite.utils.parallel import parallel_map
 
 logger = logging.getLogger(__name__)
 
 Metric = Callable[..., Any]
-
-
-class BudgetExhausted(OptimizerError):
-    """The optimizer's LM-call budget (``max_lm_calls``) is spent."""
 
 
 # ---- budget -------------------------------------------------------------------------------------
@@ -256,50 +252,32 @@ def run_scored(
     metric_sees_trace: bool = False,
     failure_score: float = 0.0,
 ) -> ScoredRun:
-    """Run ``program`` on one example and score it; failures are labelled, never raised.
+    """``dspylite.evaluate.run_one`` (the one program runner) in the optimizers' terms.
 
     ``metric_sees_trace`` passes the run's TraceRecords as the metric's third argument (bootstrapping
-    does this, as DSPy passes its trace, so metrics can be stricter there). ``MetricError`` (a metric
-    returning a non-number) propagates (a bug in the metric), and so does ``LMUnavailableError`` (the
-    LM's circuit breaker opened: the server is gone).
+    does this, as DSPy passes its trace, so metrics can be stricter there); else the third argument
+    is None. ``MetricError`` and ``LMUnavailableError`` propagate; a run cut short by the budget is
+    labelled ``budget_hit``.
     """
-    inputs = example.inputs().toDict()
-    with _settings.context(example_id=example_id(example), rollout_id=rollout_id), capture_traces() as traces:
-        try:
-            prediction = program(**inputs)
-        except BudgetExhausted as exc:
-            return ScoredRun(example, None, failure_score, "budget", str(exc), list(traces), budget_hit=True)
-        except AdapterParseError as exc:
-            return ScoredRun(example, None, failure_score, "parse", str(exc), list(traces))
-        except LMUnavailableError:
-            raise  # the server's circuit breaker opened: every later candidate would fail too
-        except LMError as exc:
-            return ScoredRun(example, None, failure_score, "lm", str(exc), list(traces))
-        except Exception as exc:
-            if _caused_by_budget(exc):
-                return ScoredRun(
-                    example, None, failure_score, "budget", str(exc), list(traces), budget_hit=True
-                )
-            return ScoredRun(
-                example, None, failure_score, "program", f"{type(exc).__name__}: {exc}", list(traces)
-            )
-    try:
-        raw = metric(example, prediction, list(traces) if metric_sees_trace else None)
-    except Exception as exc:
-        return ScoredRun(
-            example, prediction, failure_score, "metric", f"{type(exc).__name__}: {exc}", list(traces)
-        )
-    return ScoredRun(example, prediction, check_score(raw), traces=list(traces))
-
-
-def _caused_by_budget(exc: BaseException) -> bool:
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, BudgetExhausted):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
+    result = run_one(
+        program,
+        example,
+        metric,
+        keep_traces=True,
+        rollout_id=rollout_id,
+        metric_trace="traces" if metric_sees_trace else "none",
+    )
+    if result.error_kind is None:
+        return ScoredRun(example, result.prediction, result.score, traces=result.traces)
+    return ScoredRun(
+        example,
+        result.prediction,
+        failure_score,
+        result.error_kind,
+        result.error,
+        result.traces,
+        budget_hit=result.error_kind == "budget",
+    )
 
 
 # ---- the score cache -----------------------------------------------------------------------------
