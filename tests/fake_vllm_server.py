@@ -65,6 +65,7 @@ class RecordedRequest:
     method: str
     path: str  # with its query string, as sent
     body: Any  # the parsed JSON body; None for a GET or a body that is not JSON
+    # Left out of ==, so a test can compare with RecordedRequest(method, path, body).
     headers: dict[str, str] = field(default_factory=dict, compare=False)
 
 

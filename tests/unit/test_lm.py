@@ -1,4 +1,4 @@
-"""LM client against the local stub server: protocol, retries, errors, cache, round-robin, usage."""
+"""LM client against the fake vLLM server (tests/fake_vllm_server.py): protocol, retries, errors, cache, round-robin, usage."""
 
 from __future__ import annotations
 
