@@ -145,6 +145,7 @@ class DemoPipeline:
             if record is not None and Path(record.program_path).exists():
                 self.session.say(f"[{name}] already finished; loading {record.program_path}")
                 self.records.append(record)
+                self._program(name)  # re-serves its bound adapters: a restarted server has none of them
                 continue
             self.records.append(self._stage(name, stages[name]))
             save_stages(self.session.run.path, self.records)

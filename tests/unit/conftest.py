@@ -1,4 +1,4 @@
-"""Fixtures for unit tests: a local OpenAI-compatible stub server (no network beyond 127.0.0.1)."""
+"""Fixtures for unit tests: a local fake vLLM server (no network beyond 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-# tests/ is not a package; make its helper modules (stub_openai_server) importable from any rootdir.
+# tests/ is not a package; make its helper modules (fake_vllm_server) importable from any rootdir.
 _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from stub_openai_server import StubOpenAIServer  # noqa: E402
+from fake_vllm_server import FakeVLLM  # noqa: E402
 
 
 @pytest.fixture
-def stub_server() -> Iterator[StubOpenAIServer]:
-    """A fresh stub server per test; serves the model name ``stub-model``."""
-    with StubOpenAIServer() as server:
+def fake_server() -> Iterator[FakeVLLM]:
+    """A fresh fake vLLM per test; serves the model name ``stub-model``."""
+    with FakeVLLM() as server:
         yield server

@@ -1,5 +1,5 @@
 """The ``dspylite`` CLI: help texts list config keys, bad input exits 2 with one red line, and the
-eval / optimize / better-together / report commands write their run directories (against the stub
+eval / optimize / better-together / report commands write their run directories (against the fake
 OpenAI server, no vLLM)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from stub_openai_server import StubOpenAIServer
+from fake_vllm_server import FakeVLLM
 from typer.testing import CliRunner
 
 from dspylite.cli import app
@@ -307,7 +307,7 @@ def test_report_on_a_missing_or_empty_directory_exits_2(tmp_path: Path) -> None:
     assert "not a run directory" in _single_error_line(result.output)
 
 
-# ---- jobs against the stub server --------------------------------------------------------------------
+# ---- jobs against the fake server ---------------------------------------------------------------------
 
 
 def _fact_qa_replies(answer_needs_demos: bool = False):  # noqa: ANN202
@@ -338,7 +338,7 @@ def _metrics(run: Path) -> list[dict]:
 
 def test_eval_against_a_server_writes_the_run_directory(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    with StubOpenAIServer(reply_fn=_fact_qa_replies()) as server:
+    with FakeVLLM(reply_fn=_fact_qa_replies()) as server:
         result = runner.invoke(
             app,
             [
@@ -368,7 +368,7 @@ def test_eval_counts_parse_failures_instead_of_crashing(tmp_path: Path) -> None:
     # Issue 14: an evaluation in which every example failed has no score and must not exit 0; the
     # error says how many failed and why. (The job layer may also record the failed rows first.)
     run = tmp_path / "run"
-    with StubOpenAIServer(reply_fn=lambda body: "no markers here") as server:
+    with FakeVLLM(reply_fn=lambda body: "no markers here") as server:
         result = runner.invoke(
             app,
             [
@@ -394,7 +394,7 @@ def test_eval_of_a_program_bound_to_an_unknown_adapter_names_it(tmp_path: Path) 
     program = FactQA()
     program.set_lm(LM("sft-9", api_base="http://127.0.0.1:9/v1"))
     program.save(tmp_path / "program.json")
-    with StubOpenAIServer() as server:
+    with FakeVLLM() as server:
         result = runner.invoke(
             app,
             [
@@ -430,7 +430,7 @@ def test_eval_of_a_custom_program_on_a_jsonl_dataset(tmp_path: Path) -> None:
         return f"[[ ## echo ## ]]\n{echo}\n\n[[ ## completed ## ]]"
 
     run = tmp_path / "run"
-    with StubOpenAIServer(reply_fn=reply) as server:
+    with FakeVLLM(reply_fn=reply) as server:
         result = runner.invoke(
             app,
             [
@@ -453,7 +453,7 @@ def test_eval_of_a_custom_program_on_a_jsonl_dataset(tmp_path: Path) -> None:
 
 def test_optimize_with_labeled_demos_beats_the_baseline(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    with StubOpenAIServer(reply_fn=_fact_qa_replies(answer_needs_demos=True)) as server:
+    with FakeVLLM(reply_fn=_fact_qa_replies(answer_needs_demos=True)) as server:
         result = runner.invoke(
             app,
             [
@@ -479,7 +479,7 @@ def test_optimize_with_labeled_demos_beats_the_baseline(tmp_path: Path) -> None:
 
 def test_better_together_prompt_only_strategy_keeps_each_stage(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    with StubOpenAIServer(reply_fn=_fact_qa_replies(answer_needs_demos=True)) as server:
+    with FakeVLLM(reply_fn=_fact_qa_replies(answer_needs_demos=True)) as server:
         result = runner.invoke(
             app,
             [
@@ -533,7 +533,7 @@ def test_better_together_runs_each_stage_in_its_own_directory_and_resumes(
     monkeypatch.setattr(_FakeFinetune, "built", [])
     monkeypatch.setattr(_FakeFinetune, "compiled", [])
     run = tmp_path / "run"
-    with StubOpenAIServer(reply_fn=_fact_qa_replies(answer_needs_demos=True)) as server:
+    with FakeVLLM(reply_fn=_fact_qa_replies(answer_needs_demos=True)) as server:
         args = [
             "better-together",
             str(CONFIGS / "better_together.yaml"),
@@ -565,7 +565,7 @@ def test_better_together_runs_each_stage_in_its_own_directory_and_resumes(
 def test_the_api_key_never_reaches_the_run_directory(tmp_path: Path) -> None:
     run = tmp_path / "run"
     key = "sk-test-6f1c0e9b"
-    with StubOpenAIServer(reply_fn=_fact_qa_replies(), api_key=key) as server:
+    with FakeVLLM(reply_fn=_fact_qa_replies(), api_key=key) as server:
         result = runner.invoke(
             app,
             [
@@ -623,7 +623,7 @@ def test_a_full_disk_is_a_clear_error_and_the_results_are_kept(
 
     monkeypatch.setattr(Module, "save", full)
     run = tmp_path / "run"
-    with StubOpenAIServer(reply_fn=_fact_qa_replies()) as server:
+    with FakeVLLM(reply_fn=_fact_qa_replies()) as server:
         result = runner.invoke(
             app,
             [

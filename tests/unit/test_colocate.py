@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_vllm_server import FakeVLLM
+from fake_vllm_server import FakeVLLM, RecordedRequest
 from serving_helpers import make_adapter
 
 from dspylite.errors import ColocationError, ConfigError, ServingError
@@ -59,16 +59,20 @@ def test_sleep_train_wake_then_the_new_version_answers(
     connection.load_adapter("run-2", v2)
 
     # level 1 keeps LoRA state: run-1 is still served, and was not reloaded
-    assert ("POST", "/sleep?level=1", {}) in sleepy.requests
-    assert [r for r in sleepy.admin_requests() if r[1] == "/v1/load_lora_adapter"] == [
-        ("POST", "/v1/load_lora_adapter", {"lora_name": "run-1", "lora_path": str(v1.resolve())}),
-        ("POST", "/v1/load_lora_adapter", {"lora_name": "run-2", "lora_path": str(v2.resolve())}),
+    assert RecordedRequest("POST", "/sleep?level=1", {}) in sleepy.requests
+    assert [r for r in sleepy.admin_requests() if r.path == "/v1/load_lora_adapter"] == [
+        RecordedRequest(
+            "POST", "/v1/load_lora_adapter", {"lora_name": "run-1", "lora_path": str(v1.resolve())}
+        ),
+        RecordedRequest(
+            "POST", "/v1/load_lora_adapter", {"lora_name": "run-2", "lora_path": str(v2.resolve())}
+        ),
     ]
     assert colocation.events[0]["phase"] == "SFT step 2" and colocation.events[0]["reloaded"] == []
     assert said[0].startswith("vLLM asleep (level 1) for SFT step 2") and said[1].startswith("vLLM awake")
 
-    assert connection.lm("run-2", cache=False)("q") == ["answered by run-2"]
-    assert connection.lm("run-1", cache=False)("q") == ["answered by run-1"]
+    assert connection.lm("run-2", cache=False)("q") == ["run-2 echoes: q"]
+    assert connection.lm("run-1", cache=False)("q") == ["run-1 echoes: q"]
     assert sleepy.completions == [("run-2", str(v2.resolve())), ("run-1", str(v1.resolve()))]
 
 
@@ -81,7 +85,7 @@ def test_adapters_dropped_by_the_sleep_are_reloaded(base_dir: Path, tmp_path: Pa
             assert fake.adapters == {}  # the server forgot it
         assert colocation.events[0]["reloaded"] == ["run-1"]
         assert fake.adapters == {"run-1": str(v1.resolve())}
-        assert connection.lm("run-1", cache=False)("q") == ["answered by run-1"]
+        assert connection.lm("run-1", cache=False)("q") == ["run-1 echoes: q"]
         assert fake.completions == [("run-1", str(v1.resolve()))]
 
 
@@ -94,7 +98,7 @@ def test_a_request_sent_while_asleep_is_served_after_wake_up(sleepy: FakeVLLM) -
         time.sleep(0.3)
         assert answers == [] and sleepy.completions == []
     worker.join(timeout=10)
-    assert answers == [["answered by tiny"]]
+    assert answers == [["tiny echoes: q"]]
 
 
 def test_failed_training_still_wakes_the_server(sleepy: FakeVLLM) -> None:
@@ -117,7 +121,7 @@ def test_other_modes_do_nothing_around_training(sleepy: FakeVLLM) -> None:
     for mode in ("split", "off"):
         with Colocation(connection, mode).training_phase():
             assert not connection.is_sleeping()
-    assert not any(r[1].startswith(("/sleep", "/wake_up")) for r in sleepy.requests)
+    assert not any(r.path.startswith(("/sleep", "/wake_up")) for r in sleepy.requests)
     with pytest.raises(ColocationError, match="level 2"):
         Colocation(connection, "sleep", level=2)
 
@@ -187,7 +191,7 @@ def test_server_process_with_sleep_mode(
         with asleep(server) as colocation:
             assert server.is_sleeping()
         assert not server.is_sleeping() and colocation.events[0]["reloaded"] == []
-        assert server.lm("v-1", cache=False)("q") == ["answered by v-1"]
+        assert server.lm("v-1", cache=False)("q") == ["v-1 echoes: q"]
         log = server.log_path.read_text()
         assert "env VLLM_SERVER_DEV_MODE=1" in log and "env CUDA_VISIBLE_DEVICES=1" in log
         assert re.search(r"--enable-sleep-mode", log)

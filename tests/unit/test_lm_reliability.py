@@ -83,19 +83,19 @@ def test_hung_server_trips_the_breaker_then_calls_fail_fast() -> None:
             lm.generate(MESSAGES)
 
 
-def test_a_success_resets_the_count_and_4xx_do_not_count(stub_server) -> None:
-    lm = LM("stub-model", api_base=stub_server.api_base, num_retries=0, max_consecutive_failures=2, **FAST)
+def test_a_success_resets_the_count_and_4xx_do_not_count(fake_server) -> None:
+    lm = LM("stub-model", api_base=fake_server.api_base, num_retries=0, max_consecutive_failures=2, **FAST)
     for _ in range(3):
-        stub_server.fail_next(1, status=503)
+        fake_server.fail_next(1, status=503)
         with pytest.raises(LMServerError):
             lm.generate(MESSAGES)
         assert lm.generate(MESSAGES)  # resets the count: isolated failures never open it
-    stub_server.fail_next(5, status=400)
+    fake_server.fail_next(5, status=400)
     for _ in range(5):
         with pytest.raises(LMRequestError):  # the request is wrong, not the server
             lm.generate(MESSAGES)
     assert not lm.breaker.is_open
-    stub_server.fail_next(2, status=500)
+    fake_server.fail_next(2, status=500)
     with pytest.raises(LMServerError):
         lm.generate(MESSAGES)
     with pytest.raises(LMUnavailableError, match=r"last error: LMServerError"):
@@ -113,9 +113,9 @@ def test_garbage_bodies_count_toward_the_breaker() -> None:
         assert server.posts == 3
 
 
-def test_breaker_can_be_disabled(stub_server) -> None:
-    lm = LM("stub-model", api_base=stub_server.api_base, num_retries=0, max_consecutive_failures=None, **FAST)
-    stub_server.fail_next(10, status=500)
+def test_breaker_can_be_disabled(fake_server) -> None:
+    lm = LM("stub-model", api_base=fake_server.api_base, num_retries=0, max_consecutive_failures=None, **FAST)
+    fake_server.fail_next(10, status=500)
     for _ in range(10):
         with pytest.raises(LMServerError):
             lm.generate(MESSAGES)
@@ -150,18 +150,18 @@ def test_bad_settings_are_refused_naming_the_field(setting: str, value: object) 
 
 @pytest.mark.parametrize("bad", [{"usage": None}, {"token_ids": 5}, {"logprobs": "x"}, {"text": 3}])
 def test_bad_field_cache_entry_is_a_miss_with_a_warning_and_is_overwritten(
-    stub_server, tmp_path, caplog, bad: dict
+    fake_server, tmp_path, caplog, bad: dict
 ) -> None:
-    lm = LM("stub-model", api_base=stub_server.api_base, cache=True, cache_dir=tmp_path, num_retries=0)
-    stub_server.push("first")
+    lm = LM("stub-model", api_base=fake_server.api_base, cache=True, cache_dir=tmp_path, num_retries=0)
+    fake_server.push("first")
     assert lm("hi") == ["first"]
     [entry_path] = list(tmp_path.glob("*/*.json"))
     data = json.loads(entry_path.read_text())
     data["completions"][0].update(bad)
     entry_path.write_text(json.dumps(data))
-    fresh = LM("stub-model", api_base=stub_server.api_base, cache=True, cache_dir=tmp_path)
+    fresh = LM("stub-model", api_base=fake_server.api_base, cache=True, cache_dir=tmp_path)
     fresh._cache = LMCache(tmp_path)  # a new process: nothing in memory
-    stub_server.push("second")
+    fake_server.push("second")
     with caplog.at_level(logging.WARNING, logger="dspylite.cache"):
         assert fresh("hi") == ["second"]  # a miss: the server was asked again
     warnings = [r for r in caplog.records if "corrupt" in r.getMessage()]

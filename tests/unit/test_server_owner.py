@@ -92,7 +92,7 @@ def test_running_server_processes_have_no_key_in_argv(base_dir: Path, tmp_path: 
         for pid in members:
             assert KEY.encode() not in cmdline(pid)
         assert KEY not in server.log_path.read_text()
-        assert server.lm("tiny", cache=False)("hi") == ["answered by tiny"]
+        assert server.lm("tiny", cache=False)("hi") == ["tiny echoes: hi"]
         with pytest.raises(LMRequestError, match="HTTP 401"):
             LM("tiny", api_base=server.api_base, api_key="EMPTY", cache=False, num_retries=0)("hi")
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_vllm_server import FakeVLLM
+from fake_vllm_server import FakeVLLM, RecordedRequest
 from serving_helpers import make_adapter
 
 import dspylite as dspy
@@ -63,7 +63,7 @@ def test_load_then_serve_then_unload(fake: FakeVLLM, base_dir: Path, tmp_path: P
     assert info.rank == 8
     cards = {c["id"]: c for c in list_models(fake.api_base)}
     assert cards["run-1"]["parent"] == "tiny" and cards["run-1"]["root"] == str(path.resolve())
-    assert fake.admin_requests()[-1] == (
+    assert fake.admin_requests()[-1] == RecordedRequest(
         "POST",
         "/v1/load_lora_adapter",
         {"lora_name": "run-1", "lora_path": str(path.resolve())},
@@ -143,8 +143,8 @@ def test_connect_loads_on_every_endpoint_and_lm_round_robins(base_dir: Path, tmp
         lm = conn.lm("v-1", cache=False)
         assert lm.api_base == [a.api_base, b.api_base]
         texts = [lm("hi")[0] for _ in range(4)]
-        assert texts == ["answered by v-1"] * 4
-        assert len([r for r in a.requests if r[1] == "/v1/chat/completions"]) == 2
+        assert texts == ["v-1 echoes: hi"] * 4
+        assert len([r for r in a.requests if r.path == "/v1/chat/completions"]) == 2
         conn.unload_adapter("v-1")
         assert not a.adapters and not b.adapters
 
@@ -213,7 +213,7 @@ def test_server_lifecycle(base_dir: Path, tmp_path: Path) -> None:
         assert set(server.served_models()) == {"tiny", "boot-1"}
         server.load_adapter("live-1", str(adapter))
         assert server.adapters() == ["boot-1", "live-1"]
-        assert server.lm("live-1", cache=False)("hello") == ["answered by live-1"]
+        assert server.lm("live-1", cache=False)("hello") == ["live-1 echoes: hello"]
         log = server.log_path.read_text()
         worker_pid = int(re.search(r"worker pid (\d+)", log).group(1))
         assert _alive(worker_pid)
@@ -340,11 +340,12 @@ def test_bind_all_then_some_then_unbind(fake: FakeVLLM) -> None:
 
 def test_bound_program_sends_the_adapter_name(fake: FakeVLLM) -> None:
     fake.adapters["sft-1"] = "/x"
+    fake.reply_fn = lambda body: f"answered by {body['model']}"  # free text, not the echo's field markers
     program = bind(TwoStep(), "sft-1", lm=LM("tiny", api_base=fake.api_base, cache=False))
     with dspy.context(lm=LM("tiny", api_base=fake.api_base, cache=False)):
         with pytest.raises(AdapterParseError):  # the fake answers free text; only the requests matter here
             program(context="c", question="q")
-    sent = [body["model"] for method, path, body in fake.requests if path == "/v1/chat/completions"]
+    sent = [r.body["model"] for r in fake.requests if r.path == "/v1/chat/completions"]
     assert sent and set(sent) == {"sft-1"}
 
 
