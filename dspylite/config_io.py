@@ -117,11 +117,29 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config", pre
         )
     kwargs = {}
     for name, value in data.items():
+        field = fields[name]
+        if (
+            isinstance(value, dict)
+            and dataclasses.is_dataclass(hints[name])
+            and field.default_factory is not dataclasses.MISSING
+        ):
+            # A partial section keeps the rest of the field's own defaults (DemoConfig's prompt
+            # section is a random search), not the section class's bare defaults.
+            value = _merged(to_dict(field.default_factory()), value)
         kwargs[name] = _convert(hints[name], value, f"{prefix}{name}", source)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: invalid {cls.__name__}: {exc}") from None
+
+
+def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in given.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
 
 
 def _convert(annotation: Any, value: Any, key: str, source: str) -> Any:

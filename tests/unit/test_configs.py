@@ -180,3 +180,21 @@ def test_whole_floats_still_load_as_ints() -> None:
     from dspylite.jobs.eval_job import EvalJobConfig
 
     assert load_config(EvalJobConfig, CONFIGS / "eval.yaml", ["task.n_test=20.0"]).task.n_test == 20
+
+
+def test_a_partial_section_keeps_the_fields_own_defaults() -> None:
+    """An override of one key of a section whose default is a configured instance keeps the rest."""
+    from dspylite.jobs.demo_job import DemoConfig
+
+    cfg = load_config(
+        DemoConfig, None, ["prompt.num_candidate_programs=2", "lm.num_threads=2", "task.n_train=8"]
+    )
+    assert (cfg.prompt.kind, cfg.prompt.num_candidate_programs, cfg.prompt.max_labeled_demos) == (
+        "random_search",
+        2,
+        0,
+    )
+    assert (cfg.lm.max_tokens, cfg.lm.num_threads) == (512, 2)
+    assert (cfg.task.n_train, cfg.task.n_dev, cfg.task.n_test) == (8, 400, 400)
+    sft_grpo = load_config(DemoConfig, None, ["sft_grpo.num_steps=3"]).sft_grpo
+    assert (sft_grpo.num_steps, sft_grpo.temperature, sft_grpo.learning_rate) == (3, 0.7, 5e-4)
