@@ -84,6 +84,8 @@ class BootstrapFinetune:
             settings, with ``model`` set to the adapter); default: each predictor's own or the configured one.
         max_lm_errors: stop collecting (OptimizerError) once more teacher runs than this failed to get
             an answer from the server; default: 5% of the runs, at least 8.
+        adapter: the prompt adapter (ChatAdapter, JSONAdapter, ...) the teacher runs use; the training
+            rows are the messages it rendered. Default: the configured one.
         train_kwargs: FinetuneConfig fields that override ``config`` (DSPy's name), e.g.
             ``{"learning_rate": 1e-4, "lora": {"r": 8}}``.
         train_fn: the training function (``finetune.sft.train_lora``); replaceable for tests.
@@ -91,7 +93,7 @@ class BootstrapFinetune:
 
     def __init__(
         self,
-        metric: Metric,
+        metric: Metric | None = None,
         *,
         server: Any = None,
         api_base: str | None = None,
@@ -101,7 +103,7 @@ class BootstrapFinetune:
         teacher: Any = None,
         multitask: bool = True,
         metric_threshold: float | None = None,
-        num_threads: int = 8,
+        num_threads: int | None = 8,
         run_dir: str | Path | RunDir | None = None,
         registry: Any = None,
         run_name: str = "sft",
@@ -116,11 +118,16 @@ class BootstrapFinetune:
         train_fn: Callable[..., Any] | None = None,
         train_kwargs: dict[str, Any] | None = None,
         colocation: Any = None,
+        adapter: Any = None,
     ):
+        if metric is None:
+            metric = _keep_every_run  # DSPy's BootstrapFinetune(metric=None): train on every trace
         if not callable(metric):
             raise OptimizerError(f"BootstrapFinetune needs a metric function, got {metric!r}")
         if samples_per_example < 1:
             raise OptimizerError(f"samples_per_example must be >= 1, got {samples_per_example}")
+        if num_threads is None:  # DSPy's default: the configured num_threads
+            num_threads = int(getattr(_settings.current(), "num_threads", None) or 8)
         if num_threads < 1:
             raise OptimizerError(f"num_threads must be >= 1, got {num_threads}")
         self.metric = metric
@@ -131,6 +138,8 @@ class BootstrapFinetune:
         self._config_source = config
         self.train_kwargs = dict(train_kwargs or {})
         self.colocation = colocation  # serving.colocate.Colocation around training (a shared GPU)
+        # The adapter the teacher runs format with; the SFT rows are exactly those messages.
+        self.adapter = adapter
         self.teacher = teacher
         self.multitask = multitask
         self.metric_threshold = metric_threshold
@@ -312,7 +321,8 @@ class BootstrapFinetune:
 
         bar = _progress(len(jobs), "BootstrapFinetune: teacher runs") if self.display_progress else None
         try:
-            outcomes = parallel_map(run, jobs, num_threads=self.num_threads, progress=bar)
+            with _settings.context(**({"adapter": self.adapter} if self.adapter is not None else {})):
+                outcomes = parallel_map(run, jobs, num_threads=self.num_threads, progress=bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -485,6 +495,10 @@ def _load_collected(directory: Path, fingerprint: str) -> Any:
         return SFTData.load(directory)
     except (OSError, ValueError, DSPyLiteError):
         return None
+
+
+def _keep_every_run(example: Any, prediction: Any, trace: Any = None) -> float:
+    return 1.0
 
 
 class _Skipped(Exception):

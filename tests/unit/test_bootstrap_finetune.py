@@ -51,7 +51,7 @@ class FakeTrainer:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, data, cfg, run, *, adapter_name, model_path, extra_metadata=None, callbacks=None):
-        self.calls.append({"data": data, "name": adapter_name, "model_path": model_path})
+        self.calls.append({"data": data, "cfg": cfg, "name": adapter_name, "model_path": model_path})
         path = make_adapter(run.adapters_dir / adapter_name, rank=cfg.lora.r, base_model=model_path)
         return AdapterResult(
             name=adapter_name,
@@ -386,3 +386,27 @@ def test_a_rerun_reuses_the_collected_data_and_new_settings_collect_again(
     third, _, _ = make_optimizer(tmp_path, samples_per_example=2)
     third.compile(program, trainset=examples)
     assert len(calls) > collected
+
+
+def test_dspy_call_shape_metric_none_keeps_every_run_and_train_kwargs_override(
+    tmp_path: Path, examples
+) -> None:
+    lm = oracle_lm(examples, wrong_every=3)
+    program = FactQA()
+    program.set_lm(lm)
+    server, trainer = FakeServer(), FakeTrainer()
+    optimizer = BootstrapFinetune(
+        None,  # DSPy: no metric, every trace is data
+        server=server,
+        model_path=BASE,
+        run_dir=tmp_path / "run",
+        train_fn=trainer,
+        display_progress=False,
+        num_threads=None,  # DSPy: the configured thread count
+        config={"val_fraction": 0.0},
+        train_kwargs={"learning_rate": 1e-4, "num_train_epochs": 3},
+    )
+    optimizer.compile(program, trainset=examples)
+    [call] = trainer.calls
+    assert len(call["data"].train) == 2 * len(examples)  # the 4 wrong answers are kept too
+    assert (call["cfg"].learning_rate, call["cfg"].num_train_epochs) == (1e-4, 3)
