@@ -36,6 +36,7 @@ from dspylite.errors import TrainingError
 from dspylite.run_dir import RunDir
 from finetune.config import FinetuneConfig, LoraSettings, load_finetune_config, resolve_threads
 from finetune.data import SFTData
+from finetune.sft_tokens import tokenize_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +200,9 @@ def build_sft_trainer(
     output_dir = run.checkpoints_dir / key
     tokenizer, model = _load_model(base, cfg)
     check_target_modules(model, cfg.lora.target_modules, base)
+    # Token ids and loss mask built here (invariant 1), not by TRL's template rendering: see sft_tokens.
+    train_ds = tokenize_dataset(train_ds, tokenizer)
+    val_ds = tokenize_dataset(val_ds, tokenizer) if val_ds is not None and len(val_ds) > 0 else None
     trainer = _build_trainer(model, tokenizer, train_ds, val_ds, cfg, output_dir, run, callbacks or [])
     check_completion_only_labels(trainer.train_dataset)
     return TrainerSetup(
@@ -406,8 +410,9 @@ def _as_datasets(data: Any) -> tuple[Any, Any, str]:
 
 
 def _trainable(dataset: Any) -> Any:
-    """Only the columns TRL should see: extra columns (token ids, scores) would reach the collator."""
-    return dataset.select_columns(["prompt", "completion"])
+    """The columns tokenization reads (the rest, scores and names, must not reach the collator)."""
+    wanted = ["prompt", "completion", "prompt_token_ids", "completion_token_ids"]
+    return dataset.select_columns([c for c in wanted if c in dataset.column_names])
 
 
 def _train_key(cfg: FinetuneConfig, data_hash: str, base: str) -> str:

