@@ -37,6 +37,8 @@ from dspylite.run_dir import RunDir
 from finetune.config import FinetuneConfig, LoraSettings, load_finetune_config, resolve_threads
 from finetune.data import SFTData
 from finetune.sft_tokens import tokenize_dataset
+from serving.adapter_files import METADATA_FILE
+from serving.dtype import precision_record
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,6 @@ __all__ = [
     "METADATA_FILE",
 ]
 
-METADATA_FILE = "dspylite_adapter.json"
 # Config fields that do not change what is trained (so they stay out of the checkpoint key).
 _NOT_IN_KEY = {
     "run_dir",
@@ -93,6 +94,7 @@ def train_lora(
     model_path: str | Path | None = None,
     extra_metadata: dict[str, Any] | None = None,
     callbacks: list[Any] | None = None,
+    serving_dtype: str | None = None,
 ) -> AdapterResult:
     """Train a LoRA adapter on ``data`` and save it under ``run_dir/adapters/<adapter_name>``.
 
@@ -144,6 +146,7 @@ def train_lora(
         "world_size": accelerator.num_processes if accelerator is not None else 1,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
+        "precision": precision_record(train_dtype(cfg), serving_dtype),
         **(extra_metadata or {}),
     }
     path = _save_from_every_process(trainer, run.adapters_dir / name, metadata)
@@ -454,6 +457,12 @@ def _precision(cfg: FinetuneConfig) -> tuple[Any, bool, bool, bool]:
     if choice == "fp16":
         return torch.float32, False, True, False  # fp16 autocast with fp32 master weights
     return torch.float32, False, False, not cuda
+
+
+def train_dtype(cfg: FinetuneConfig) -> str:
+    """The precision the LoRA is trained in under ``cfg`` on this machine (fp16 mixes into fp32 weights)."""
+    dtype, bf16, fp16, _ = _precision(cfg)
+    return "bfloat16" if bf16 else "float16" if fp16 else str(dtype).removeprefix("torch.")
 
 
 def _load_model(base: str, cfg: FinetuneConfig) -> tuple[Any, Any]:

