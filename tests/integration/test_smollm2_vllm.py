@@ -172,15 +172,19 @@ def test_one_grpo_step_on_smollm2_rollouts(smollm2_server, smollm2_dir, fact_qa,
         val_threads=N,
     )
     lm = smollm2_server.lm(max_tokens=MAX_TOKENS)
+    served_after: dict[int, set[str]] = {}
+
+    def watch(step: int, row: dict) -> None:
+        served_after[step] = set(smollm2_server.adapters())
+
+    trainer = GRPOTrainer(cfg, reward, smollm2_server, lm=lm, on_step_end=watch)
     with dspy.context(adapter=JSONAdapter()):
-        result = GRPOTrainer(cfg, reward, smollm2_server, lm=lm).fit(
-            FactQA(), fact_qa["train"], fact_qa["dev"][:2]
-        )
+        result = trainer.fit(FactQA(), fact_qa["train"], fact_qa["dev"][:2])
     rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in rows if r["step"] == 1)
     assert step["rollouts"] == 8 and step["calls"] >= 8
     assert step["updated"], f"the GRPO step made no update: {step}"
-    assert step["version"] in smollm2_server.adapters()
+    assert step["version"] in served_after[1]  # the new version was loaded by path and served
     assert result is not None
 
 
@@ -224,5 +228,5 @@ def test_trainer_and_server_logprobs_differ_by_the_stated_precision_gap(
         mean_gap,
         worst,
     )
-    bound = 0.05 if smollm2_server.dtype == "float32" else 0.5
+    bound = 0.05 if smollm2_server.dtype == "float32" else 0.1  # bf16 measured: mean 0.026, worst 0.11
     assert mean_gap < bound, f"mean log-prob gap {mean_gap:.3f} (server {smollm2_server.dtype}) over {bound}"
