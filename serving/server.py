@@ -140,8 +140,9 @@ class VLLMServer(VLLMConnection):
         if self._dtype is None:
             from serving.dtype import normalize_dtype, serving_dtype
 
-            if "--dtype" in self.extra_args:
-                self._dtype = normalize_dtype(self.extra_args[self.extra_args.index("--dtype") + 1])
+            given = _flag_value(self.extra_args, "--dtype")
+            if given is not None:
+                self._dtype = normalize_dtype(given)
             else:
                 self._dtype = serving_dtype(self.model, self.requested_dtype)
         return self._dtype
@@ -286,7 +287,7 @@ class VLLMServer(VLLMConnection):
         ]
         if self.served_model_name:
             cmd += ["--served-model-name", self.served_model_name]
-        if "--dtype" not in self.extra_args:
+        if _flag_value(self.extra_args, "--dtype") is None:
             cmd += ["--dtype", self.dtype]
         if self.enable_lora:
             cmd += [
@@ -381,6 +382,16 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(process.pid, sig)  # start_new_session=True made the pid the group id
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``args`` (``--flag value`` or ``--flag=value``), else None."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _url_host(host: str) -> str:

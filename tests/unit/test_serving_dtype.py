@@ -82,3 +82,4 @@ def test_server_passes_its_dtype_to_vllm_and_extra_args_still_win(tmp_path: Path
     argv = legacy.command()
     assert argv.count("--dtype") == 1 and argv[argv.index("--dtype") + 1] == "float32"
     assert legacy.dtype == "float32"
+    assert "--dtype" not in VLLMServer(base, extra_args=["--dtype=float16"]).command()
