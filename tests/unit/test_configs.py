@@ -26,6 +26,7 @@ DSPYLITE_CONFIGS = {
     "grpo.yaml": "rl.job:GRPOJobConfig",
     "better_together.yaml": "dspylite.jobs.better_together_job:BetterTogetherJobConfig",
     "demo.yaml": "dspylite.demo:DemoConfig",
+    "demo_real.yaml": "dspylite.demo:DemoConfig",
     "multi_gpu/serve_tp_dp.yaml": "serving.serve:ServeConfig",
     "multi_gpu/sft_accelerate.yaml": "finetune.train:SFTTrainJobConfig",
 }
