@@ -9,7 +9,13 @@ import pytest
 
 from dspylite.errors import ConfigError
 from serving import VLLMServer
-from serving.dtype import checkpoint_dtype, cpu_has_native_bf16, normalize_dtype, serving_dtype
+from serving.dtype import (
+    approx_parameters,
+    checkpoint_dtype,
+    cpu_has_native_bf16,
+    normalize_dtype,
+    serving_dtype,
+)
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
 AMX = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -25,10 +31,23 @@ def cpuinfo(tmp_path: Path):
     return write
 
 
-def model_dir(tmp_path: Path, dtype: str | None) -> Path:
-    directory = tmp_path / f"model-{dtype}"
+SMOLLM2_SIZES = {  # SmolLM2-135M-Instruct's config.json
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "vocab_size": 49152,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "tie_word_embeddings": True,
+}
+TINY_SIZES = {"hidden_size": 256, "num_hidden_layers": 4, "vocab_size": 2048, "intermediate_size": 688}
+
+
+def model_dir(tmp_path: Path, dtype: str | None, sizes: dict | None = None) -> Path:
+    directory = tmp_path / f"model-{dtype}-{len(list(tmp_path.iterdir()))}"
     directory.mkdir()
-    config = {"model_type": "llama"}
+    config = {"model_type": "llama", **(sizes or {})}
     if dtype:
         config["torch_dtype" if dtype == "float16" else "dtype"] = dtype
     (directory / "config.json").write_text(json.dumps(config))
@@ -43,9 +62,18 @@ def test_cpu_without_native_bf16_serves_fp32(tmp_path: Path, cpuinfo) -> None:
     assert serving_dtype(model_dir(tmp_path, "bfloat16"), device="cpu", cpuinfo=path) == "float32"
 
 
-def test_cpu_with_amx_serves_bf16(tmp_path: Path, cpuinfo) -> None:
+def test_cpu_with_amx_serves_a_real_size_model_in_bf16_and_a_tiny_one_in_fp32(
+    tmp_path: Path, cpuinfo
+) -> None:
     path = cpuinfo(AMX)
     assert cpu_has_native_bf16(path)
+    assert 130e6 < approx_parameters(model_dir(tmp_path, "float32", SMOLLM2_SIZES)) < 140e6  # "135M"
+    assert (
+        serving_dtype(model_dir(tmp_path, "float32", SMOLLM2_SIZES), device="cpu", cpuinfo=path) == "bfloat16"
+    )
+    # measured: bf16 is no faster for a few-million-parameter model, so it keeps its training precision
+    assert serving_dtype(model_dir(tmp_path, "float32", TINY_SIZES), device="cpu", cpuinfo=path) == "float32"
+    # sizes unknown: the CPU decides
     assert serving_dtype(model_dir(tmp_path, "float32"), device="cpu", cpuinfo=path) == "bfloat16"
 
 
