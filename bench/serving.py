@@ -1,8 +1,14 @@
-"""Serving benchmark: the tiny model behind vLLM, through dspylite's LM client and a bare httpx loop.
+"""Serving benchmark: the serving precision on SmolLM2, and the tiny model through dspylite's LM client.
 
-    python bench/serving.py [--model DIR] [--requests-per-worker 4] [--max-tokens 32] [--json out.json]
+    python bench/serving.py [--part all|dtype|client] [--model DIR] [--max-tokens 32] [--json out.json]
 
-Measures, in one run against one server:
+Part ``dtype`` (SmolLM2-135M-Instruct, a server per precision, one after the other in the same run):
+  * calls/s at concurrency 1 and 16 with the precision ``serving.dtype.serving_dtype`` picks for this
+    machine against the other of fp32/bf16 (~110-token distinct prompts, exactly ``--dtype-max-tokens``
+    new tokens each); target: the chosen precision is at least as fast at concurrency 16 (>= 0.95x,
+    the noise of a shared machine), and it is the last line printed.
+
+Part ``client`` measures, in one run against one server on the tiny model:
   * server start time (launch -> /health answers);
   * completion throughput at concurrency 1, 8 and 32, dspylite ``LM`` vs a bare httpx client sending
     the identical request body from the same number of threads (target: LM >= 0.9x httpx);
@@ -42,6 +48,15 @@ from serving import VLLMServer  # noqa: E402
 LM_VS_HTTPX_TARGET = 0.9
 HOT_LOAD_TARGET_S = 2.0
 CONCURRENCIES = (1, 8, 32)
+DTYPE_CONCURRENCIES = (1, 16)
+DTYPE_RATIO_TARGET = 0.95
+# ~110 prompt tokens under SmolLM2's template, like a Fact QA call; {i} keeps the prefixes apart.
+DTYPE_PROMPT = (
+    "Request {i}. Read the passage and answer the question with one word.\n"
+    "Passage: Person {i} lives in a small city by the sea, works as a baker in the old market, owns a "
+    "red bicycle and a blue lamp, and has {i} brothers who visit every summer from the north.\n"
+    "Question: what does person {i} own that is red? Answer:"
+)
 
 
 def messages_for(i: int) -> list[dict[str, str]]:
@@ -147,19 +162,92 @@ def hot_load_latency(server: VLLMServer, base: Path, root: Path, seeds: list[int
     return latencies
 
 
+def dtype_calls_per_s(server: VLLMServer, concurrency: int, total: int, max_tokens: int) -> float:
+    lm = server.lm(cache=False, max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+
+    def one(i: int) -> int:
+        [completion] = lm.generate(
+            [{"role": "user", "content": DTYPE_PROMPT.format(i=i + 1000 * concurrency)}]
+        )
+        return len(completion.token_ids or [])
+
+    return _timed(one, concurrency, total)["req_per_s"]
+
+
+def dtype_part(model: str | None, max_tokens: int, requests: int, root: Path) -> tuple[float, dict[str, Any]]:
+    """SmolLM2 (or ``model``) calls/s per precision; returns (chosen / other at c16, figures)."""
+    from serving.dtype import serving_dtype
+    from serving.models import SMOLLM2, resolve_model
+
+    base = resolve_model(model or SMOLLM2)
+    chosen = serving_dtype(base)
+    other = "bfloat16" if chosen == "float32" else "float32"
+    figures: dict[str, Any] = {"model": base, "chosen": chosen, "other": other, "max_tokens": max_tokens}
+    for dtype in (chosen, other):
+        server = VLLMServer(base, served_model_name="bench", log_dir=root / f"dtype-{dtype}", dtype=dtype)
+        launched = time.perf_counter()
+        server.start()
+        figures[f"{dtype}:start_s"] = time.perf_counter() - launched
+        try:
+            dtype_calls_per_s(server, 4, 8, max_tokens)  # warm-up
+            for concurrency in DTYPE_CONCURRENCIES:
+                total = max(requests, concurrency) if concurrency > 1 else max(4, requests // 4)
+                figures[f"{dtype}:c{concurrency}"] = dtype_calls_per_s(server, concurrency, total, max_tokens)
+        finally:
+            server.stop()
+    print(f"\nserving precision on {Path(base).name}, {max_tokens} new tokens per call (calls/s)")
+    print(f"{'dtype':>10} {'start s':>8} " + " ".join(f"{'c' + str(c):>8}" for c in DTYPE_CONCURRENCIES))
+    for dtype in (chosen, other):
+        label = f"{dtype}{'*' if dtype == chosen else ''}"
+        cells = " ".join(f"{figures[f'{dtype}:c{c}']:>8.2f}" for c in DTYPE_CONCURRENCIES)
+        print(f"{label:>10} {figures[f'{dtype}:start_s']:>8.1f} {cells}")
+    print("(* = what serving_dtype picks on this machine)")
+    ratio = figures[f"{chosen}:c16"] / figures[f"{other}:c16"]
+    figures["chosen_vs_other_c16"] = ratio
+    return ratio, figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", help="model directory (default: the tiny model, built if needed)")
+    parser.add_argument("--part", choices=("all", "dtype", "client"), default="all", help="what to measure")
+    parser.add_argument("--model", help="client part: model directory (default: the tiny model)")
+    parser.add_argument("--dtype-model", help="dtype part: model (default: smollm2-135m-instruct)")
+    parser.add_argument("--dtype-max-tokens", type=int, default=24, help="dtype part: new tokens per call")
+    parser.add_argument(
+        "--dtype-requests", type=int, default=48, help="dtype part: calls per concurrency-16 run"
+    )
     parser.add_argument("--requests-per-worker", type=int, default=8, help="requests per thread per run")
     parser.add_argument("--min-requests", type=int, default=96, help="at least this many requests per run")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved LM/httpx runs per concurrency")
-    parser.add_argument("--dtype", default="float32", help="vLLM --dtype")
+    parser.add_argument(
+        "--dtype", default="auto", help="client part: vLLM --dtype (auto: serving_dtype's pick)"
+    )
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
 
+    ok, dtype_line = True, ""
+    if args.part in ("all", "client"):
+        ok = client_part(args)
+    if args.part in ("all", "dtype"):
+        root = Path(tempfile.mkdtemp(prefix="bench-serving-dtype-"))
+        ratio, figures = dtype_part(args.dtype_model, args.dtype_max_tokens, args.dtype_requests, root)
+        if args.json:
+            Path(args.json).with_suffix(".dtype.json").write_text(json.dumps(figures, indent=2))
+        hit = ratio >= DTYPE_RATIO_TARGET
+        ok = ok and hit
+        dtype_line = (
+            f"{figures['chosen']} (chosen) / {figures['other']} calls/s at concurrency 16: {ratio:.2f}x "
+            f"(target >= {DTYPE_RATIO_TARGET}x){'' if hit else ' MISSED'}"
+        )
+        print("\n" + dtype_line)
+    return 0 if ok else 1
+
+
+def client_part(args: argparse.Namespace) -> bool:
+    """The tiny model: LM client vs bare httpx, adapters, hot-load latency. True when targets are met."""
     if args.model:
         base = Path(args.model).resolve()
     else:
@@ -170,9 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     adapters = {f"bench-{s}": make_adapter(base, work / f"bench-{s}", seed=s) for s in (1, 2)}
     results: dict[str, Any] = {"model": str(base), "max_tokens": args.max_tokens}
 
-    server = VLLMServer(
-        base, served_model_name="tiny", log_dir=work / "run", extra_args=["--dtype", args.dtype]
-    )
+    server = VLLMServer(base, served_model_name="tiny", log_dir=work / "run", dtype=args.dtype)
     launched = time.perf_counter()
     server.start()
     results["start_s"] = time.perf_counter() - launched
@@ -258,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         f"LM client / bare httpx throughput, worst over concurrency {list(CONCURRENCIES)}: {worst_ratio:.2f}x "
         f"(target >= {LM_VS_HTTPX_TARGET}x){'' if ok else ' MISSED'}"
     )
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":

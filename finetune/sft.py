@@ -35,6 +35,9 @@ from dspylite.run_dir import RunDir
 from dspylite.utils.io import write_dir_atomically
 from finetune.config import FinetuneConfig, LoraSettings, load_finetune_config, resolve_threads
 from finetune.data import SFTData
+from finetune.sft_tokens import tokenize_dataset
+from serving.adapter_files import METADATA_FILE
+from serving.dtype import precision_record
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,6 @@ __all__ = [
     "METADATA_FILE",
 ]
 
-METADATA_FILE = "dspylite_adapter.json"
 # Config fields that do not change what is trained (so they stay out of the checkpoint key).
 _NOT_IN_KEY = {
     "run_dir",
@@ -91,6 +93,7 @@ def train_lora(
     model_path: str | Path | None = None,
     extra_metadata: dict[str, Any] | None = None,
     callbacks: list[Any] | None = None,
+    serving_dtype: str | None = None,
 ) -> AdapterResult:
     """Train a LoRA adapter on ``data`` and save it under ``run_dir/adapters/<adapter_name>``.
 
@@ -142,6 +145,7 @@ def train_lora(
         "world_size": accelerator.num_processes if accelerator is not None else 1,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
+        "precision": precision_record(train_dtype(cfg), serving_dtype),
         **(extra_metadata or {}),
     }
     path = _save_from_every_process(trainer, run.adapters_dir / name, metadata)
@@ -198,6 +202,9 @@ def build_sft_trainer(
     output_dir = run.checkpoints_dir / key
     tokenizer, model = _load_model(base, cfg)
     check_target_modules(model, cfg.lora.target_modules, base)
+    # Token ids and loss mask built here (invariant 1), not by TRL's template rendering: see sft_tokens.
+    train_ds = tokenize_dataset(train_ds, tokenizer)
+    val_ds = tokenize_dataset(val_ds, tokenizer) if val_ds is not None and len(val_ds) > 0 else None
     trainer = _build_trainer(model, tokenizer, train_ds, val_ds, cfg, output_dir, run, callbacks or [])
     check_completion_only_labels(trainer.train_dataset)
     return TrainerSetup(
@@ -395,8 +402,9 @@ def _as_datasets(data: Any) -> tuple[Any, Any, str]:
 
 
 def _trainable(dataset: Any) -> Any:
-    """Only the columns TRL should see: extra columns (token ids, scores) would reach the collator."""
-    return dataset.select_columns(["prompt", "completion"])
+    """The columns tokenization reads (the rest, scores and names, must not reach the collator)."""
+    wanted = ["prompt", "completion", "prompt_token_ids", "completion_token_ids"]
+    return dataset.select_columns([c for c in wanted if c in dataset.column_names])
 
 
 def _train_key(cfg: FinetuneConfig, data_hash: str, base: str) -> str:
@@ -438,6 +446,12 @@ def _precision(cfg: FinetuneConfig) -> tuple[Any, bool, bool, bool]:
     if choice == "fp16":
         return torch.float32, False, True, False  # fp16 autocast with fp32 master weights
     return torch.float32, False, False, not cuda
+
+
+def train_dtype(cfg: FinetuneConfig) -> str:
+    """The precision the LoRA is trained in under ``cfg`` on this machine (fp16 mixes into fp32 weights)."""
+    dtype, bf16, fp16, _ = _precision(cfg)
+    return "bfloat16" if bf16 else "float16" if fp16 else str(dtype).removeprefix("torch.")
 
 
 def _load_model(base: str, cfg: FinetuneConfig) -> tuple[Any, Any]:

@@ -25,6 +25,8 @@ from dspylite.errors import TrainingError
 from rl.batching import make_batch, plan_micro_batches
 from rl.config import GRPOConfig
 from rl.loss import completion_logprobs, grpo_loss
+from serving.adapter_files import METADATA_FILE
+from serving.dtype import precision_record
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ TRAINED_ADAPTER = "default"
 REFERENCE_ADAPTER = "reference"
 OPTIMIZER_META = "optimizer.json"
 RNG_TENSORS = "rng.safetensors"
+
+
+TRAIN_DTYPE = "float32"  # Policy.load loads the base in fp32; LoRA weights and the loss run in fp32
 
 
 class Policy:
@@ -51,6 +56,9 @@ class Policy:
         import torch
 
         self.model = model
+        # The precision the server samples rollouts in (VLLMServer.dtype), for the adapters' metadata;
+        # the policy itself trains in fp32 (old logprobs are recomputed here, not taken from the server).
+        self.serving_dtype: str | None = None
         # None: the reference is the base model (adapter disabled); else a frozen adapter's name.
         self.reference_adapter = reference_adapter
         self.model_path = model_path
@@ -82,7 +90,7 @@ class Policy:
         model_path = str(Path(model_path).expanduser().resolve())
         if not Path(model_path, "config.json").is_file():
             raise TrainingError(f"model_path {model_path!r} is not a model directory (no config.json)")
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, TRAIN_DTYPE))
         reference: str | None = None
         if adapter_dir is not None:
             _check_adapter_base(adapter_dir, model_path)
@@ -259,12 +267,17 @@ class Policy:
         target = Path(directory)
         if target.exists():
             raise TrainingError(f"adapter directory {target} already exists; adapter versions are immutable")
-        return write_dir_atomically(
-            target,
-            lambda tmp: self.model.save_pretrained(
-                str(tmp), safe_serialization=True, selected_adapters=[TRAINED_ADAPTER]
-            ),
-        )
+
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
+            metadata = {
+                "trainer": "grpo",
+                "base_model": self.model_path,
+                "precision": precision_record(TRAIN_DTYPE, self.serving_dtype),
+            }
+            (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+
+        return write_dir_atomically(target, write)
 
     def save_training_state(self, directory: Path) -> None:
         """Optimizer moments and torch's RNG state into ``directory`` (safetensors + JSON)."""

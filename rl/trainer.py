@@ -212,6 +212,7 @@ class GRPOTrainer:
         cfg = self.cfg
         init_dir = self._resolve_init_adapter(program)
         self.policy = Policy.load(cfg.model_path, cfg, adapter_dir=init_dir)
+        self.policy.serving_dtype = getattr(self.server, "dtype", None)  # recorded in adapter metadata
         self.state = {
             "session": os.urandom(3).hex(),
             "step": 0,
@@ -259,6 +260,7 @@ class GRPOTrainer:
         state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
         logger.info("resuming GRPO from %s (step %d)", checkpoint, state["step"])
         self.policy = Policy.load(self.cfg.model_path, self.cfg, adapter_dir=state.get("init_adapter"))
+        self.policy.serving_dtype = getattr(self.server, "dtype", None)
         self.policy.load_adapter_weights(checkpoint / ADAPTER_SUBDIR)
         self.policy.load_training_state(checkpoint)
         self.state = state

@@ -15,6 +15,7 @@ from serving.adapter_files import AdapterInfo, read_adapter
 from serving.adapters import list_models, load_adapter, unload_adapter
 from serving.binding import bind, bindings, unbind
 from serving.connection import VLLMConnection, connect
+from serving.dtype import serving_dtype
 from serving.registry import AdapterEntry, AdapterRegistry
 from serving.server import VLLMServer, vllm_flavor
 
@@ -30,6 +31,7 @@ __all__ = [
     "list_models",
     "load_adapter",
     "read_adapter",
+    "serving_dtype",
     "unbind",
     "unload_adapter",
     "vllm_flavor",

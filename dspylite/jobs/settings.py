@@ -39,6 +39,14 @@ class ServerSettings:
         ),
     )
     max_lora_rank: int = field(default=16, metadata=_help("--max-lora-rank of a server started here."))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto",
+        metadata=_help(
+            "Serving precision of a server started here: auto (bf16 on GPUs, and on AVX512-BF16/AMX CPUs for "
+            "models of at least 30M parameters; else fp32: measured in README), or a fixed one. Adapter "
+            "metadata records it next to the training precision."
+        ),
+    )
     startup_timeout: float = field(
         default=300.0, metadata=_help("Seconds to wait for vLLM to become healthy.")
     )

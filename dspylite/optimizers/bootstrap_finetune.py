@@ -254,6 +254,8 @@ class BootstrapFinetune:
         from serving.publish import fresh_version_name, publish_adapter
 
         train_fn = self._train_fn if self._train_fn is not None else _default_train_fn()
+        # The default trainer records the serving precision next to its own in the adapter metadata.
+        extra = {"serving_dtype": getattr(server, "dtype", None)} if self._train_fn is None else {}
         started = time.perf_counter()
         trained: list[tuple[list[str] | None, Any]] = []
         token = os.urandom(3).hex()
@@ -274,6 +276,7 @@ class BootstrapFinetune:
                         "program": type(student).__name__,
                         "predictors": predictors or [n for n, _ in student.named_predictors()],
                     },
+                    **extra,
                 )
             trained.append((predictors, result))
             outcome.adapters[name] = result.path

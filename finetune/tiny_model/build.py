@@ -6,21 +6,16 @@ an interrupted build never leaves a directory that looks like a valid model.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from dspylite.errors import TrainingError
+from finetune.model_cache import build_once, default_models_root, read_json_marker
 from finetune.tiny_model.plant import plant_copy_circuits
 from finetune.tiny_model.pretrain import StepCallback, llama_config, pack_tokens, pretrain
 from finetune.tiny_model.recipe import TinyModelRecipe
@@ -31,34 +26,8 @@ logger = logging.getLogger(__name__)
 MARKER_FILE = "tiny_model.json"  # written last; its presence and key make a directory a valid build
 
 
-def default_models_root() -> Path:
-    home = os.environ.get("DSPYLITE_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "dspylite"
-    return base / "models"
-
-
 def read_marker(model_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(model_dir) / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_valid_build(model_dir: Path, key: str) -> bool:
-    marker = read_marker(model_dir)
-    return bool(marker) and marker.get("cache_key") == key and (Path(model_dir) / "config.json").is_file()
-
-
-@contextlib.contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
-    """Concurrent callers asking for the same model wait for one build instead of racing."""
-    lock_path = target.parent / f".{target.name}.lock"
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return read_json_marker(model_dir, MARKER_FILE)
 
 
 def resolve_recipe(seed: int = 0, recipe: TinyModelRecipe | None = None, **overrides: Any) -> TinyModelRecipe:
@@ -94,32 +63,14 @@ def build_tiny_model(
     renderer = ChatRenderer()
     key = recipe.cache_key(renderer.fingerprint())
     target = Path(out_dir) if out_dir is not None else default_models_root() / f"tiny-llama-{key}"
-    target = target.expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-
-    with _build_lock(target):
-        if _is_valid_build(target, key) and not force:
-            logger.info("using cached tiny model %s", target)
-            return target
-        if target.exists() and not force and read_marker(target) is None and any(target.iterdir()):
-            raise TrainingError(
-                f"out_dir {target} exists and is not a tiny-model build; pass force=True to replace it"
-            )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            _build_into(tmp, recipe, renderer, key, num_threads=num_threads, on_step=on_step)
-            # mkdtemp (and the weights writer) make things private; a model directory is for sharing.
-            tmp.chmod(0o755)
-            for path in tmp.iterdir():
-                path.chmod(0o644)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    logger.info("tiny model ready at %s", target)
-    return target
+    return build_once(
+        target,
+        key,
+        lambda tmp: _build_into(tmp, recipe, renderer, key, num_threads=num_threads, on_step=on_step),
+        marker_file=MARKER_FILE,
+        what="tiny-model",
+        force=force,
+    )
 
 
 def _build_into(

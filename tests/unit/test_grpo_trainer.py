@@ -420,9 +420,13 @@ def test_from_an_init_adapter_the_kl_reference_is_that_adapter_not_the_base(mode
     assert second["kl"] > 0.0  # the trained copy moved, the reference did not
     assert {n for n, p in policy.model.named_parameters() if p.requires_grad} == trainable
 
+    policy.serving_dtype = "bfloat16"  # what the trainer sets from its server
     saved = policy.save_adapter(tmp_path / "next")
     assert not (saved / "reference").exists()  # only the trained adapter is written
     assert (saved / "adapter_model.safetensors").is_file()
+    metadata = json.loads((saved / "dspylite_adapter.json").read_text())
+    assert metadata["trainer"] == "grpo" and metadata["base_model"] == policy.model_path
+    assert metadata["precision"]["train_dtype"] == "float32" and metadata["precision"]["match"] is False
 
 
 def test_a_testset_scores_start_and_best_without_reloading_any_version(model_dir, tmp_path):

@@ -114,8 +114,19 @@ def test_train_lora_saves_a_safetensors_adapter_with_metadata_that_peft_loads(
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(micro_model), str(path))
     assert any("lora_A" in name for name, _ in tuned.named_parameters())
 
-    second = train_lora(data, config(micro_model, max_steps=3, learning_rate=5e-3), tmp_path / "run")
+    assert meta["precision"] == {
+        "train_dtype": "float32",
+        "serving_dtype": None,
+        "match": None,
+        "note": "trained in float32; the serving precision was not recorded",
+    }
+
+    second = train_lora(
+        data, config(micro_model, max_steps=3, learning_rate=5e-3), tmp_path / "run", serving_dtype="bf16"
+    )
     assert second.name == "sft-2" and second.path != result.path
+    precision = json.loads((Path(second.path) / METADATA_FILE).read_text())["precision"]
+    assert precision["serving_dtype"] == "bfloat16" and precision["match"] is False
 
 
 def test_unknown_target_module_is_refused_before_training_and_lists_the_linear_modules(
