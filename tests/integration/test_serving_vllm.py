@@ -15,7 +15,13 @@ import httpx
 import pytest
 
 import dspylite as dspy
-from dspylite.errors import AdapterParseError, AdapterRegistryError, LMConnectionError, LMRequestError
+from dspylite.errors import (
+    AdapterParseError,
+    AdapterRegistryError,
+    LMConnectionError,
+    LMRequestError,
+    LMUnavailableError,
+)
 from serving import VLLMServer, bind, bindings, connect
 
 pytestmark = pytest.mark.integration
@@ -233,19 +239,26 @@ def test_server_killed_mid_run_then_restarted(vllm_server: VLLMServer, lora_adap
             # a fraction of a second, so any wait (even for vLLM's running gauge) races with completion.
             os.killpg(vllm_server.pid, signal.SIGKILL)
             outcomes = [future.exception(timeout=120) for future in futures]
-        # A request the server finished before it died is answered; every other one fails the same
-        # documented way: LMConnectionError after num_retries retries, naming the endpoint.
+        # A request the server finished before it died is answered; every other one fails a documented
+        # way naming the endpoint: LMConnectionError after num_retries retries, or, once 3 requests in a
+        # row have failed, LMUnavailableError (the circuit breaker: the rest fail fast, retries stop).
         errors = [e for e in outcomes if e is not None]
         assert errors, "no request was in flight when the server was killed"
-        assert all(isinstance(e, LMConnectionError) for e in errors), errors
-        assert all(vllm_server.api_base in str(e) and "after 3 attempt(s)" in str(e) for e in errors), errors
-        assert lm.usage["retries"] == 2 * len(errors)
+        assert all(isinstance(e, (LMConnectionError, LMUnavailableError)) for e in errors), errors
+        assert all(vllm_server.api_base in str(e) for e in errors), errors
+        assert any(isinstance(e, LMUnavailableError) for e in errors) == (len(errors) >= 3)
+        assert lm.usage["retries"] <= 2 * len(errors)
         assert not vllm_server.is_healthy()
+        if len(errors) >= 3:
+            with pytest.raises(LMUnavailableError):  # open: fails fast without asking the dead server
+                lm.copy(max_tokens=4).generate(MESSAGES)
     finally:
         vllm_server.restart()  # whatever happened above: the rest of the session needs the server
 
     assert vllm_server.is_healthy()
-    # Same address, same client object: it works again; the runtime adapter came back.
+    # Same address, same client object: after closing its breaker it works again, and the runtime
+    # adapter came back.
+    lm.reset_breaker()
     assert lm.copy(max_tokens=4).generate(MESSAGES)[0].token_ids
     assert "crash-1" in vllm_server.adapters()
     assert _greedy(vllm_server.lm("crash-1", cache=False, max_tokens=16)) == before
