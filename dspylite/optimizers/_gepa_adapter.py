@@ -21,11 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dspylite import settings as _settings
 from dspylite.errors import MetricError, OptimizerError
 from dspylite.evaluate import check_score, example_id
 from dspylite.example import Example, Prediction
-from dspylite.optimizers._eval import BudgetExhausted, LMBudget, program_key, run_scored, unwrap_lm
+from dspylite.optimizers._eval import BudgetExhausted, LMBudget, program_key, run_scored
 from dspylite.trace import TraceRecord
 from dspylite.utils.io import append_jsonl, read_jsonl
 from dspylite.utils.parallel import parallel_map
@@ -404,14 +403,3 @@ def _labels(example: Example) -> str:
     except Exception:
         labels = example.toDict()
     return json.dumps(labels, ensure_ascii=False, default=str)
-
-
-__all__ = [
-    "FeedbackMetric",
-    "ProgramAdapter",
-    "build_program",
-    "seed_candidate",
-    "split_score",
-    "unwrap_lm",
-    "_settings",
-]

@@ -1,7 +1,8 @@
 """Scripted task and reflection LMs for GEPA's unit tests.
 
-The task LM answers a question right only when the calling predictor's instruction (the system
-message) contains ``RULE``; the reflection LM rewrites the current instruction by a script, so a test
+The task LM answers kind-a and kind-b questions right only when the calling predictor's instruction
+(the system message) contains ``RULE``, and kind-c questions only when it does not (so fixing one
+kind can break another and the seed stays on the Pareto frontier); the reflection LM rewrites the current instruction by a script, so a test
 decides which proposals help.
 """
 
@@ -25,7 +26,8 @@ class RuleLM(DummyLM):
         system = messages[0]["content"]
         last_user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         question = next(q for q in self.gold if q in last_user)
-        answer = self.gold[question] if "RULE" in system else "no idea"
+        wants_rule = "-c" not in question
+        answer = self.gold[question] if ("RULE" in system) == wants_rule else "no idea"
         return self._render({"answer": answer}, kwargs)
 
     def calls_for(self, question: str) -> int:
@@ -62,7 +64,7 @@ class ScriptedReflectionLM:
 
 
 class TwoPart(dspy.Module):
-    """Kind-a questions go to ``pa``, kind-b to ``pb``: each predictor's instruction matters for half the data."""
+    """Kinds a and c go to ``pa``, kind b to ``pb``: each predictor's instruction matters for part of the data."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,15 +72,15 @@ class TwoPart(dspy.Module):
         self.pb = dspy.Predict(dspy.Signature("question -> answer", "Answer the B question."))
 
     def forward(self, question: str, kind: str) -> dspy.Prediction:
-        return (self.pa if kind == "a" else self.pb)(question=question)
+        return (self.pb if kind == "b" else self.pa)(question=question)
 
 
 def make_data(
     n_train: int = 8, n_val: int = 6
 ) -> tuple[list[dspy.Example], list[dspy.Example], dict[str, str]]:
     def ex(i: int, split: str) -> dspy.Example:
-        kind = "a" if i % 2 == 0 else "b"
-        return dspy.Example(question=f"{split}-q{i}?", kind=kind, answer=f"{split}-ans{i}").with_inputs(
+        kind = "abc"[i % 3]
+        return dspy.Example(question=f"{split}-{kind}{i}?", kind=kind, answer=f"{split}-ans{i}").with_inputs(
             "question", "kind"
         )
 
