@@ -266,3 +266,21 @@ def test_feedback_metrics_say_what_went_wrong():
         "not one of the allowed" in fact_topic_feedback_metric(topic, dspy.Prediction(topic="town")).feedback
     )
     assert fact_topic_feedback_metric(topic, dspy.Prediction(topic="city")).score == 1.0
+
+
+def test_gepa_is_better_togethers_prompt_step(tmp_path):
+    train, val, gold = make_data()
+    gepa = GEPA(
+        exact_metric,
+        reflection_lm=ScriptedReflectionLM(["RULE"]),
+        max_metric_calls=60,
+        reflection_minibatch_size=2,
+        use_merge=False,
+        progress=False,
+    )
+    bt = dspy.BetterTogether(exact_metric, prompt_optimizer=gepa, run_dir=tmp_path / "bt")
+    student = TwoPart()
+    with dspy.context(lm=RuleLM(gold)):
+        best = bt.compile(student, trainset=train, valset=val, strategy="p")
+    assert "RULE" in json.dumps({n: p.signature.instructions for n, p in best.named_predictors()})
+    assert student.pa.signature.instructions == "Answer the A question."
