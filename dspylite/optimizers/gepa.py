@@ -220,6 +220,7 @@ class GEPA:
                 f"({len(valset)}) plus one iteration (up to {worst}); raise max_metric_calls to at least "
                 f"{len(valset) + worst} or use a smaller valset"
             )
+        max_iterations = (budget_calls - len(valset)) // (2 * self.reflection_minibatch_size)
         run = start_compile_run(
             self.run_dir,
             optimizer="GEPA",
@@ -238,18 +239,24 @@ class GEPA:
             "full_evals_equivalent": round(budget_calls / (len(trainset) + len(valset)), 2),
             "worst_case_iteration": worst,
             "max_lm_calls": self.max_lm_calls,
+            # Without a cache and with one LM call per predictor per run (no loops): task calls plus
+            # at most one reflection per iteration per updated predictor.
+            "lm_calls_estimate": budget_calls * len(student.predictors())
+            + max_iterations * (len(student.predictors()) if self.component_selector == "all" else 1),
             "trainset": len(trainset),
             "valset": len(valset),
         }
         run.save_json(BUDGET_FILE, budget_info)
         logger.info(
             "GEPA: budget %d metric calls (%s; %.2f full evals of train+val; an iteration starts only if its "
-            "worst case of %d calls still fits), max_lm_calls=%s (task + reflection LM)",
+            "worst case of %d calls still fits), max_lm_calls=%s (task + reflection LM; about %d LM calls "
+            "expected at one call per predictor and no cache)",
             budget_calls,
             budget_info["source"],
             budget_info["full_evals_equivalent"],
             worst,
             self.max_lm_calls,
+            budget_info["lm_calls_estimate"],
         )
 
         rng = random.Random(self.seed)
@@ -508,6 +515,10 @@ class _Recorder:
             row["minibatch_before"] = evals[0] if evals else None
             row["minibatch_after"] = evals[1] if len(evals) > 1 else None
         row.setdefault("accepted", bool(event.get("proposal_accepted")))
+        if not row["accepted"] and "reason" not in row and row.get("tag") == "reflective":
+            row["reason"] = (
+                "no proposal (no call of the selected predictor in the minibatch, or reflection failed)"
+            )
         row["metric_calls"] = int(event["state"].total_num_evals)
         self.run.record(row)
         state = event["state"]
