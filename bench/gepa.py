@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder comes first on sys.path and this very file would shadow the
+# ``gepa`` package (as bench/serving.py would ``serving``): drop the folder, put the repository first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 DEFAULT_DSPY_VENV = ROOT / ".cache" / "bench-dspy-venv"
 SCRIPTED_RULE = (

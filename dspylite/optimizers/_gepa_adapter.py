@@ -138,8 +138,8 @@ class ProgramAdapter:
         failure_score: float,
         add_format_failure_as_feedback: bool,
         rng: random.Random,
-        batch_sampler: Any,
-        run_path: Path | None,
+        search: Any = None,
+        run_path: Path | None = None,
         reflection_prompt_template: str | None = None,
         on_reflection: Callable[[dict[str, Any]], None] | None = None,
     ):
@@ -151,7 +151,7 @@ class ProgramAdapter:
         self.failure_score = failure_score
         self.add_format_failure_as_feedback = add_format_failure_as_feedback
         self.rng = rng
-        self.batch_sampler = batch_sampler
+        self.search = search
         self.reflection_prompt_template = reflection_prompt_template
         self.on_reflection = on_reflection
         self._lock = threading.Lock()
@@ -363,30 +363,12 @@ class ProgramAdapter:
 
     # ---- resume state (gepa snapshots it into its checkpoint) ------------------------------------
     def get_adapter_state(self) -> dict[str, Any]:
-        sampler = self.batch_sampler
-        return {
-            "rng": self.rng.getstate(),
-            "sampler": {
-                "shuffled_ids": list(sampler.shuffled_ids),
-                "epoch": sampler.epoch,
-                "id_freqs": dict(sampler.id_freqs),
-                "last_trainset_size": sampler.last_trainset_size,
-            },
-        }
+        return self.search.snapshot() if self.search is not None else {}
 
     def set_adapter_state(self, state: dict[str, Any]) -> None:
-        """Restore the search's random stream and minibatch order, so a resumed run draws what the killed one would have."""
-        from collections import Counter
-
-        if not state:
-            return
-        self.rng.setstate(state["rng"])
-        sampler_state = state.get("sampler") or {}
-        sampler = self.batch_sampler
-        sampler.shuffled_ids = list(sampler_state.get("shuffled_ids", []))
-        sampler.epoch = sampler_state.get("epoch", -1)
-        sampler.id_freqs = Counter(sampler_state.get("id_freqs", {}))
-        sampler.last_trainset_size = sampler_state.get("last_trainset_size", 0)
+        """Restore the search's random stream, minibatch order and merge schedule (see _gepa_engine)."""
+        if self.search is not None:
+            self.search.restore(state)
 
 
 def _trace_row(trace: TraceRecord) -> dict[str, Any]:

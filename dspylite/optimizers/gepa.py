@@ -3,7 +3,8 @@
     gepa = GEPA(metric, reflection_lm=big_lm, auto="light")          # or max_metric_calls=...
     compiled = gepa.compile(program, trainset=train, valset=dev)
 
-The search engine is the ``gepa`` package (``gepa.optimize``): per validation example it keeps the best
+The search engine is the ``gepa`` package (its ``GEPAEngine``, assembled as ``gepa.optimize`` does, in
+``_gepa_engine``): per validation example it keeps the best
 candidate seen (the Pareto frontier), picks a parent from it, runs the parent on a minibatch of the
 trainset, shows the reflection LM one predictor's inputs, outputs and the metric's feedback, and keeps
 the rewritten instruction only if the minibatch score strictly improves; accepted candidates are scored
@@ -25,7 +26,7 @@ What dspylite adds to ``dspy.GEPA``:
   checkpoint lives in ``gepa/`` (gepa pickles it; everything a user reads is JSON).
 - Resume: compiling again with the same run directory continues from gepa's last checkpoint; the
   runs and reflection replies of the interrupted iteration are replayed from the run directory, and
-  the random stream and minibatch order are restored, so nothing is paid twice and, without merge,
+  the random stream, minibatch order and merge schedule are restored, so nothing is paid twice and
   the resumed search draws exactly what the uninterrupted one would have.
 """
 
@@ -42,6 +43,7 @@ from dspylite.errors import OptimizerError
 from dspylite.example import Example
 from dspylite.optimizers._eval import BudgetExhausted, check_examples, check_metric, check_positive
 from dspylite.optimizers._gepa_adapter import ProgramAdapter, build_program, seed_candidate
+from dspylite.optimizers._gepa_engine import CheckpointedSearch, build_engine
 from dspylite.optimizers._run import OptimizerRun, fingerprint_value, start_compile_run
 from dspylite.run_dir import RunDir, line_plot, markdown_table
 
@@ -200,9 +202,7 @@ class GEPA:
         teacher: Any = None,
     ) -> Any:
         """A new program with the best instructions found (the student is not changed)."""
-        import gepa
         from gepa.strategies.batch_sampler import EpochShuffledBatchSampler
-        from gepa.strategies.candidate_selector import CurrentBestCandidateSelector, ParetoCandidateSelector
 
         if teacher is not None:
             raise OptimizerError("GEPA does not use a teacher program (as in DSPy); pass teacher=None")
@@ -260,11 +260,8 @@ class GEPA:
         )
 
         rng = random.Random(self.seed)
-        sampler = EpochShuffledBatchSampler(minibatch_size=self.reflection_minibatch_size, rng=rng)
-        selector = (
-            ParetoCandidateSelector(rng=rng)
-            if self.candidate_selection_strategy == "pareto"
-            else CurrentBestCandidateSelector()
+        search = CheckpointedSearch(
+            rng, EpochShuffledBatchSampler(minibatch_size=self.reflection_minibatch_size, rng=rng)
         )
         recorder = _Recorder(run)
         adapter = ProgramAdapter(
@@ -276,7 +273,7 @@ class GEPA:
             failure_score=self.failure_score,
             add_format_failure_as_feedback=self.add_format_failure_as_feedback,
             rng=rng,
-            batch_sampler=sampler,
+            search=search,
             run_path=run.dir.path if run.dir is not None else None,
             reflection_prompt_template=self.reflection_prompt_template,
             on_reflection=recorder.on_reflection,
@@ -287,28 +284,27 @@ class GEPA:
         stopper = _WorstCaseBudgetStopper(budget_calls, worst, run)
         try:
             try:
-                gepa.optimize(
+                engine = build_engine(
+                    adapter=adapter,
+                    search=search,
                     seed_candidate=seed_candidate(student),
                     trainset=trainset,
                     valset=valset,
-                    adapter=adapter,
-                    candidate_selection_strategy=selector,
+                    candidate_selection_strategy=self.candidate_selection_strategy,
+                    component_selector=self.component_selector,
                     skip_perfect_score=self.skip_perfect_score,
-                    batch_sampler=sampler,
                     perfect_score=self.perfect_score,
-                    module_selector=self.component_selector,
                     use_merge=self.use_merge,
                     max_merge_invocations=self.max_merge_invocations,
-                    max_metric_calls=budget_calls,
-                    stop_callbacks=[stopper],
-                    logger=_GepaLog(),
+                    stoppers=[stopper],
                     run_dir=str(gepa_dir),
+                    logger=_GepaLog(),
                     callbacks=[recorder],
-                    track_best_outputs=False,
-                    display_progress_bar=self.progress,
                     seed=self.seed,
-                    raise_on_exception=True,
+                    progress=self.progress,
                 )
+                with engine.experiment_tracker:
+                    engine.run()
             except BudgetExhausted:
                 run.warn(
                     f"the LM-call budget (max_lm_calls={self.max_lm_calls}) ran out; the search stopped at its last "

@@ -161,24 +161,31 @@ def test_the_lm_call_budget_is_never_exceeded(tmp_path):
     assert any("LM-call budget" in w for w in gepa.summary["warnings"])
 
 
-def test_resume_after_a_kill_continues_without_re_spending(tmp_path):
+@pytest.mark.parametrize(
+    ("use_merge", "kill_at", "suffixes"),
+    [(False, 3, ["Be careful.", "RULE"]), (True, 2, ["RULE"]), (True, 3, ["RULE"])],
+)
+def test_resume_after_a_kill_continues_without_re_spending(tmp_path, use_merge, kill_at, suffixes):
     train, val, gold = make_data()
-    options = dict(max_metric_calls=60, reflection_minibatch_size=2, use_merge=False, num_threads=1)
+    # with suffixes ["RULE"], seed 2 merges at iteration 3 (see the merge test): kills before and after it
+    options = dict(
+        max_metric_calls=90, reflection_minibatch_size=2, use_merge=use_merge, num_threads=1, seed=2
+    )
 
     # the uninterrupted run, for reference
-    lm_ref, refl_ref = RuleLM(gold), ScriptedReflectionLM(["Be careful.", "RULE"])
+    lm_ref, refl_ref = RuleLM(gold), ScriptedReflectionLM(suffixes)
     ref = GEPA(exact_metric, reflection_lm=refl_ref, run_dir=tmp_path / "ref", progress=False, **options)
     with dspy.context(lm=lm_ref):
         ref.compile(TwoPart(), trainset=train, valset=val)
 
-    # killed during its third reflection, then resumed with the same run directory
-    lm1, refl1 = RuleLM(gold), ScriptedReflectionLM(["Be careful.", "RULE"], fail_on_call=3)
+    # killed during a reflection, then resumed with the same run directory
+    lm1, refl1 = RuleLM(gold), ScriptedReflectionLM(suffixes, fail_on_call=kill_at)
     killed = GEPA(exact_metric, reflection_lm=refl1, run_dir=tmp_path / "run", progress=False, **options)
     with pytest.raises(KeyboardInterrupt), dspy.context(lm=lm1):
         killed.compile(TwoPart(), trainset=train, valset=val)
     lm2 = RuleLM(gold)
-    refl2 = ScriptedReflectionLM(["Be careful.", "RULE"])
-    refl2.calls = 2  # the script continues where the killed process stopped
+    refl2 = ScriptedReflectionLM(suffixes)
+    refl2.calls = kill_at - 1  # the script continues where the killed process stopped
     resumed = GEPA(exact_metric, reflection_lm=refl2, run_dir=tmp_path / "run", progress=False, **options)
     with dspy.context(lm=lm2):
         compiled = resumed.compile(TwoPart(), trainset=train, valset=val)
@@ -192,7 +199,9 @@ def test_resume_after_a_kill_continues_without_re_spending(tmp_path):
 
     assert requests(lm1) + requests(lm2) == requests(lm_ref)
     assert len(lm2.history) < len(lm_ref.history)
-    assert (refl1.calls - 1) + (refl2.calls - 2) == refl_ref.calls  # the killed call never answered
+    assert (refl1.calls - 1) + (
+        refl2.calls - (kill_at - 1)
+    ) == refl_ref.calls  # the killed call never answered
     # and the search is the one the uninterrupted run made
     assert json.loads((tmp_path / "run" / "candidates.json").read_text()) == json.loads(
         (tmp_path / "ref" / "candidates.json").read_text()
