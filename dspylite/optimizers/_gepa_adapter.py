@@ -270,6 +270,8 @@ class ProgramAdapter:
         return EvaluationBatch(outputs=outputs, scores=scores, trajectories=trajectories)
 
     def _run(self, runnable: Any, key: str, example: Example) -> dict[str, Any] | None:
+        # run_scored runs the program and labels failures; the metric is called here instead (with
+        # DSPy's feedback arguments), so a placeholder stands in for it there.
         run = run_scored(runnable, example, lambda *_a: 0.0, failure_score=self.failure_score)
         if run.budget_hit or (run.error_kind is not None and self.budget.exhausted):
             return None
