@@ -123,6 +123,13 @@ class GEPA:
             )
         if run_dir is not None and log_dir is not None and str(run_dir) != str(log_dir):
             raise OptimizerError("GEPA: give run_dir= or log_dir= (DSPy's name for it), not both")
+        if reflection_prompt_template is not None:
+            missing = [p for p in ("<curr_param>", "<side_info>") if p not in reflection_prompt_template]
+            if missing:
+                raise OptimizerError(
+                    f"GEPA reflection_prompt_template lacks the placeholder(s) {missing}: <curr_param> becomes "
+                    "the current instruction, <side_info> the examples with their feedback"
+                )
         check_positive(max_full_evals, "max_full_evals")
         check_positive(max_metric_calls, "max_metric_calls")
         check_positive(reflection_minibatch_size, "reflection_minibatch_size")
@@ -511,6 +518,8 @@ class _Recorder:
             row["minibatch_before"] = evals[0] if evals else None
             row["minibatch_after"] = evals[1] if len(evals) > 1 else None
         row.setdefault("accepted", bool(event.get("proposal_accepted")))
+        if row["accepted"] and row.get("val_score") is not None:
+            row["score"] = row["val_score"]  # OptimizerRun.record logs it to metrics.jsonl
         if not row["accepted"] and "reason" not in row and row.get("tag") == "reflective":
             row["reason"] = (
                 "no proposal (no call of the selected predictor in the minibatch, or reflection failed)"

@@ -248,6 +248,10 @@ def test_budget_options_are_checked():
         GEPA(exact_metric, reflection_lm=refl, auto="light", max_metric_calls=10)
     with pytest.raises(OptimizerError, match="reflection_lm"):
         GEPA(exact_metric, max_metric_calls=100)
+    with pytest.raises(OptimizerError, match="side_info"):
+        GEPA(
+            exact_metric, reflection_lm=refl, max_metric_calls=100, reflection_prompt_template="<curr_param>"
+        )
     train, val, gold = make_data()
     with pytest.raises(OptimizerError, match="at least"), dspy.context(lm=RuleLM(gold)):
         GEPA(exact_metric, reflection_lm=refl, max_metric_calls=8, progress=False).compile(
