@@ -47,6 +47,20 @@ def _bench_optimizers() -> Any:
     return module
 
 
+def settled_requests(bench: Any, api_base: str, timeout_s: float = 20.0) -> float | None:
+    """vLLM's finished-request counter once it stops moving: /metrics lags the requests by a few
+    seconds, which would undercount a compile that takes seconds."""
+    last = bench.server_requests(api_base)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        now = bench.server_requests(api_base)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def scripted_reflection(prompt: str) -> str:
     """A deterministic reflector: the current instruction (first ``` block) plus a fixed rule."""
     current = prompt.split("```", 2)[1].strip() if prompt.count("```") >= 2 else ""
@@ -104,11 +118,11 @@ def run_dspylite(task: dict[str, Any]) -> dict[str, Any]:
             run_dir=run_dir,
             progress=False,
         )
-        before = bench.server_requests(task["api_base"])
+        before = settled_requests(bench, task["api_base"])
         start = time.perf_counter()
         program = gepa.compile(FactQA(), trainset=train, valset=val)
         wall = time.perf_counter() - start
-        after = bench.server_requests(task["api_base"])
+        after = settled_requests(bench, task["api_base"])
         result = dspy.Evaluate(
             devset=dev, metric=fact_qa_metric, num_threads=opts["num_threads"], display_progress=False
         )(program)
@@ -206,11 +220,11 @@ def run_dspy(task: dict[str, Any]) -> dict[str, Any]:
             log_dir=log_dir,
             track_stats=True,
         )
-        before = bench.server_requests(task["api_base"])
+        before = settled_requests(bench, task["api_base"])
         start = time.perf_counter()
         program = gepa.compile(FactQA(), trainset=train, valset=val)
         wall = time.perf_counter() - start
-        after = bench.server_requests(task["api_base"])
+        after = settled_requests(bench, task["api_base"])
     results = program.detailed_results
     evaluate = dspy.Evaluate(
         devset=dev,
