@@ -145,7 +145,11 @@ class ProgramAdapter:
     ):
         self.student = student
         self.metric = FeedbackMetric(metric)
-        self.reflection_lm = budget.wrap(reflection_lm)
+        # An LM object is wrapped so its requests count; a plain callable (prompt -> text, as dspy.GEPA
+        # also accepts) is charged by hand in propose_new_texts.
+        self.reflection_lm = (
+            budget.wrap(reflection_lm) if hasattr(reflection_lm, "generate") else reflection_lm
+        )
         self.budget = budget
         self.num_threads = max(1, int(num_threads))
         self.failure_score = failure_score
@@ -200,6 +204,8 @@ class ProgramAdapter:
             reply = self._replies.get(key)
             replayed = reply is not None
             if reply is None:
+                if not hasattr(self.reflection_lm, "generate"):
+                    self.budget.charge()
                 reply = ask_reflection_lm(self.reflection_lm, prompt)
                 with self._lock:
                     self.reflection_calls += 1

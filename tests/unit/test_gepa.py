@@ -297,3 +297,28 @@ def test_gepa_is_better_togethers_prompt_step(tmp_path):
         best = bt.compile(student, trainset=train, valset=val, strategy="p")
     assert "RULE" in json.dumps({n: p.signature.instructions for n, p in best.named_predictors()})
     assert student.pa.signature.instructions == "Answer the A question."
+
+
+def test_a_plain_callable_reflection_lm_works_and_is_counted(tmp_path):
+    train, val, gold = make_data()
+    prompts = []
+
+    def reflect(prompt: str) -> str:  # dspy.GEPA accepts a prompt -> text callable too
+        prompts.append(prompt)
+        current = prompt.split("```", 2)[1].strip()
+        return f"```\n{current} RULE\n```"
+
+    lm = RuleLM(gold)
+    gepa = GEPA(
+        exact_metric,
+        reflection_lm=reflect,
+        max_metric_calls=60,
+        reflection_minibatch_size=2,
+        use_merge=False,
+        progress=False,
+    )
+    with dspy.context(lm=lm):
+        gepa.compile(TwoPart(), trainset=train, valset=val)
+    assert prompts and gepa.summary["accepted"] >= 1
+    assert gepa.summary["reflection_lm_calls"] == len(prompts)
+    assert gepa.summary["lm_calls"] == len(lm.history) + len(prompts)
