@@ -62,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "BootstrapFewShot": "dspylite.optimizers",
     "BootstrapFewShotWithRandomSearch": "dspylite.optimizers",
     "MIPROv2": "dspylite.optimizers",
+    "GEPA": "dspylite.optimizers",
     "BootstrapFinetune": "dspylite.optimizers",
     "GRPO": "dspylite.optimizers",
     "BetterTogether": "dspylite.optimizers",

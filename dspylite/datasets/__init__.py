@@ -3,6 +3,8 @@
 - Fact QA (two-module: extract the fact, then answer): ``load_fact_qa``, ``fact_qa_metric``;
   the reference program is ``dspylite.datasets.programs.FactQA``.
 - Fact Topic (one module, ``Literal`` output): ``load_fact_topic``, ``fact_topic_metric``.
+- Feedback metrics for GEPA (score + what went wrong in words): ``fact_qa_feedback_metric``,
+  ``fact_topic_feedback_metric``.
 """
 
 from dspylite.datasets.fact_qa import (
@@ -18,6 +20,7 @@ from dspylite.datasets.fact_qa import (
     load_fact_qa,
 )
 from dspylite.datasets.fact_topic import TOPICS, fact_topic_metric, fact_topic_splits, load_fact_topic
+from dspylite.datasets.feedback import fact_qa_feedback_metric, fact_topic_feedback_metric
 from dspylite.datasets.normalize import normalize_answer
 
 __all__ = [
@@ -27,8 +30,10 @@ __all__ = [
     "fact_match_metric",
     "fact_qa_metric",
     "fact_qa_copy_reward",
+    "fact_qa_feedback_metric",
     "fact_qa_partial_metric",
     "fact_qa_splits",
+    "fact_topic_feedback_metric",
     "fact_topic_metric",
     "fact_topic_splits",
     "generate_fact_qa_item",

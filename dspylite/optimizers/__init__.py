@@ -14,6 +14,7 @@ _EXPORTS: dict[str, str] = {
     "BootstrapFewShot": "dspylite.optimizers.bootstrap",
     "BootstrapFewShotWithRandomSearch": "dspylite.optimizers.random_search",
     "MIPROv2": "dspylite.optimizers.mipro",
+    "GEPA": "dspylite.optimizers.gepa",
     "BootstrapFinetune": "dspylite.optimizers.bootstrap_finetune",
     "GRPO": "dspylite.optimizers.grpo",
     "BetterTogether": "dspylite.optimizers.better_together",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from dspylite.optimizers.better_together import BetterTogether  # noqa: F401
     from dspylite.optimizers.bootstrap import BootstrapFewShot  # noqa: F401
     from dspylite.optimizers.bootstrap_finetune import BootstrapFinetune  # noqa: F401
+    from dspylite.optimizers.gepa import GEPA  # noqa: F401
     from dspylite.optimizers.grpo import GRPO  # noqa: F401
     from dspylite.optimizers.labeled_fewshot import LabeledFewShot  # noqa: F401
     from dspylite.optimizers.mipro import MIPROv2  # noqa: F401
