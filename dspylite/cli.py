@@ -317,7 +317,8 @@ def optimize(
     """Optimize the program's prompts (demos, instructions) with a prompt optimizer.
 
     optimizer.kind = labeled (LabeledFewShot), bootstrap (BootstrapFewShot), random_search
-    (BootstrapFewShotWithRandomSearch) or mipro (MIPROv2).
+    (BootstrapFewShotWithRandomSearch), mipro (MIPROv2) or gepa (GEPA: a reflection LM rewrites the
+    instructions from the metric's feedback; optimizer.reflection_api_base points it at another server).
 
     Compiles on the train split, selecting on dev; the baseline and the optimized program are then
     scored on dev and on test (never selected on). Writes the run directory (config.yaml, metrics.jsonl,

@@ -158,7 +158,13 @@ class JobSession:
 
     # -- optimizers ---------------------------------------------------------------------------------
     def prompt_optimizer(self, settings: PromptOptimizerSettings, run_dir: str | Path) -> Any:
-        return build_prompt_optimizer(settings, self.task.metric, run_dir, self.lm_settings.num_threads)
+        # GEPA learns from the metric's words: the task's feedback metric where it has one.
+        metric = (
+            self.task.feedback_metric
+            if settings.kind == "gepa" and self.task.feedback_metric
+            else self.task.metric
+        )
+        return build_prompt_optimizer(settings, metric, run_dir, self.lm_settings.num_threads, lm=self.lm)
 
     def bootstrap_finetune(
         self, bootstrap: Any, sft: Any, run_dir: str | Path, run_name: str | None = None
@@ -421,13 +427,15 @@ OPTIMIZER_NAMES = {
     "bootstrap": "BootstrapFewShot",
     "random_search": "BootstrapFewShotWithRandomSearch",
     "mipro": "MIPROv2",
+    "gepa": "GEPA",
 }
 
 
 def build_prompt_optimizer(
-    settings: PromptOptimizerSettings, metric: Any, run_dir: str | Path, num_threads: int
+    settings: PromptOptimizerSettings, metric: Any, run_dir: str | Path, num_threads: int, *, lm: Any = None
 ) -> Any:
-    """The configured prompt optimizer, writing its trials and report to ``run_dir``."""
+    """The configured prompt optimizer, writing its trials and report to ``run_dir``. ``lm``: the task
+    LM, which GEPA reflects with unless ``settings.reflection_*`` name another endpoint or model."""
     from dspylite import optimizers
 
     common: dict[str, Any] = {
@@ -461,7 +469,38 @@ def build_prompt_optimizer(
             **demos,
             **common,
         )
+    if settings.kind == "gepa":
+        return optimizers.GEPA(
+            metric,
+            reflection_lm=reflection_lm(settings, lm),
+            auto=None if settings.auto == "none" else settings.auto,
+            max_metric_calls=settings.max_metric_calls if settings.auto == "none" else None,
+            reflection_minibatch_size=settings.reflection_minibatch_size,
+            candidate_selection_strategy=settings.candidate_selection_strategy,
+            use_merge=settings.use_merge,
+            num_threads=num_threads,
+            **common,
+        )
     raise ConfigError(f"optimizer.kind={settings.kind!r} is not one of {sorted(OPTIMIZER_NAMES)}")
+
+
+def reflection_lm(settings: PromptOptimizerSettings, task_lm: Any) -> Any:
+    """GEPA's reflection LM: another endpoint/model when configured, else the task LM, sampling."""
+    from dspylite.lm import LM
+
+    sampling = {"temperature": settings.reflection_temperature, "max_tokens": settings.reflection_max_tokens}
+    if settings.reflection_api_base:
+        return LM(
+            settings.reflection_model or getattr(task_lm, "model", ""),
+            api_base=settings.reflection_api_base,
+            api_key=os.environ.get("DSPYLITE_REFLECTION_API_KEY") or None,
+            **sampling,
+        )
+    if task_lm is None:
+        raise ConfigError("optimizer.kind=gepa needs a reflection LM: set optimizer.reflection_api_base")
+    return task_lm.copy(
+        **({"model": settings.reflection_model} if settings.reflection_model else {}), **sampling
+    )
 
 
 def raise_if_every_example_failed(result: Any) -> None:

@@ -184,11 +184,12 @@ class BootstrapSettings:
 
 @dataclass
 class PromptOptimizerSettings:
-    kind: Literal["labeled", "bootstrap", "random_search", "mipro"] = field(
+    kind: Literal["labeled", "bootstrap", "random_search", "mipro", "gepa"] = field(
         default="bootstrap",
         metadata=_help(
             "labeled (LabeledFewShot), bootstrap (BootstrapFewShot), random_search "
-            "(BootstrapFewShotWithRandomSearch) or mipro (MIPROv2: instructions and demos)."
+            "(BootstrapFewShotWithRandomSearch), mipro (MIPROv2: instructions and demos) or gepa (GEPA: "
+            "instructions rewritten by a reflection LM from the metric's feedback)."
         ),
     )
     k: int = field(default=8, metadata=_help("labeled: demos per predictor."))
@@ -208,7 +209,10 @@ class PromptOptimizerSettings:
     )
     auto: Literal["light", "medium", "heavy", "none"] = field(
         default="light",
-        metadata=_help("mipro: search budget preset; none uses num_candidates and num_trials as given."),
+        metadata=_help(
+            "mipro/gepa: search budget preset; none: mipro uses num_candidates and num_trials as given, gepa "
+            "uses max_metric_calls."
+        ),
     )
     num_candidates: int | None = field(
         default=None, metadata=_help("mipro: instruction/demo candidates per predictor.")
@@ -216,6 +220,26 @@ class PromptOptimizerSettings:
     num_trials: int | None = field(default=None, metadata=_help("mipro: Bayesian-search trials."))
     minibatch: bool = field(default=True, metadata=_help("mipro: score trials on minibatches of the valset."))
     minibatch_size: int = field(default=35, metadata=_help("mipro: minibatch size."))
+    max_metric_calls: int | None = field(
+        default=None, metadata=_help("gepa: metric-call budget with auto=none (never exceeded).")
+    )
+    reflection_minibatch_size: int = field(default=3, metadata=_help("gepa: train examples per reflection."))
+    candidate_selection_strategy: Literal["pareto", "current_best"] = field(
+        default="pareto", metadata=_help("gepa: how the parent candidate is picked.")
+    )
+    use_merge: bool = field(default=True, metadata=_help("gepa: merge candidates from two lineages."))
+    reflection_model: str = field(
+        default="", metadata=_help("gepa: the reflection LM's model name; empty: the task LM's model.")
+    )
+    reflection_api_base: str = field(
+        default="",
+        metadata=_help(
+            "gepa: the reflection LM's OpenAI-compatible endpoint (a larger model elsewhere; its key from "
+            "env DSPYLITE_REFLECTION_API_KEY); empty: the task server."
+        ),
+    )
+    reflection_temperature: float = field(default=1.0, metadata=_help("gepa: reflection LM temperature."))
+    reflection_max_tokens: int = field(default=1024, metadata=_help("gepa: reflection LM completion budget."))
     max_lm_calls: int | None = field(
         default=None, metadata=_help("Stop optimizing after this many LM calls (None: no limit).")
     )
@@ -228,3 +252,8 @@ class PromptOptimizerSettings:
             and (self.num_candidates is None or self.num_trials is None)
         ):
             raise ValueError("optimizer.auto=none needs optimizer.num_candidates and optimizer.num_trials")
+        if self.kind == "gepa" and (self.auto == "none") == (self.max_metric_calls is None):
+            raise ValueError(
+                "optimizer.kind=gepa needs exactly one budget: optimizer.auto=light|medium|heavy, or "
+                "optimizer.auto=none with optimizer.max_metric_calls=N"
+            )

@@ -99,6 +99,7 @@ class Task:
     make_program: Callable[[], Any]
     metric: Callable[..., Any]
     splits: dict[str, list[Any]]
+    feedback_metric: Callable[..., Any] | None = None  # same scores, plus words on what went wrong (GEPA)
 
     def split(self, name: str) -> list[Any]:
         if name == "all":
@@ -117,7 +118,9 @@ def load_task(settings: TaskSettings) -> Task:
         splits = load_fact_qa(
             seed=settings.seed, n_train=settings.n_train, n_dev=settings.n_dev, n_test=settings.n_test
         )
-        factory, metric = FactQA, fact_qa_metric
+        from dspylite.datasets.feedback import fact_qa_feedback_metric
+
+        factory, metric, feedback = FactQA, fact_qa_metric, fact_qa_feedback_metric
     elif settings.name == "fact_topic":
         from dspylite.datasets import fact_topic_metric, load_fact_topic
         from dspylite.datasets.programs import FactTopic
@@ -125,12 +128,16 @@ def load_task(settings: TaskSettings) -> Task:
         splits = load_fact_topic(
             seed=settings.seed, n_train=settings.n_train, n_dev=settings.n_dev, n_test=settings.n_test
         )
-        factory, metric = FactTopic, fact_topic_metric
+        from dspylite.datasets.feedback import fact_topic_feedback_metric
+
+        factory, metric, feedback = FactTopic, fact_topic_metric, fact_topic_feedback_metric
     else:
         return _custom_task(settings)
     if settings.program:
         factory = load_object(settings.program, settings.python_path, "task.program")
-    return Task(settings.name, _checked_factory(factory, settings.program or settings.name), metric, splits)
+    return Task(
+        settings.name, _checked_factory(factory, settings.program or settings.name), metric, splits, feedback
+    )
 
 
 def _custom_task(settings: TaskSettings) -> Task:

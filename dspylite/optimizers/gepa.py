@@ -45,7 +45,8 @@ from dspylite.optimizers._eval import BudgetExhausted, check_examples, check_met
 from dspylite.optimizers._gepa_adapter import ProgramAdapter, build_program, seed_candidate
 from dspylite.optimizers._gepa_engine import CheckpointedSearch, build_engine
 from dspylite.optimizers._run import OptimizerRun, fingerprint_value, start_compile_run
-from dspylite.run_dir import RunDir, line_plot, markdown_table
+from dspylite.reporting import line_plot, markdown_table
+from dspylite.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 

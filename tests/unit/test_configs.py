@@ -199,3 +199,44 @@ def test_a_partial_section_keeps_the_fields_own_defaults() -> None:
     assert (cfg.task.n_train, cfg.task.n_dev, cfg.task.n_test) == (8, 400, 400)
     sft_grpo = load_config(DemoConfig, None, ["sft_grpo.num_steps=3"]).sft_grpo
     assert (sft_grpo.num_steps, sft_grpo.temperature, sft_grpo.learning_rate) == (3, 0.7, 5e-4)
+
+
+def test_gepa_from_the_optimize_config_and_its_budget_rule() -> None:
+    from dspylite.jobs.optimize_job import OptimizeJobConfig
+    from dspylite.jobs.session import build_prompt_optimizer
+    from dspylite.lm import LM
+    from dspylite.optimizers import GEPA
+
+    cfg = load_config(
+        OptimizeJobConfig,
+        CONFIGS / "optimize.yaml",
+        [
+            "optimizer.kind=gepa",
+            "optimizer.auto=none",
+            "optimizer.max_metric_calls=40",
+            "optimizer.use_merge=false",
+        ],
+    )
+    task_lm = LM("tiny", api_base="http://127.0.0.1:9/v1", temperature=0.0, max_tokens=96)
+    gepa = build_prompt_optimizer(cfg.optimizer, lambda e, p, t=None: 1.0, "unused-run-dir", 4, lm=task_lm)
+    assert isinstance(gepa, GEPA)
+    assert (
+        gepa.reflection_lm.model == "tiny" and gepa.reflection_lm.temperature == 1.0
+    )  # the task LM, sampling
+    elsewhere = load_config(
+        OptimizeJobConfig,
+        CONFIGS / "optimize.yaml",
+        [
+            "optimizer.kind=gepa",
+            "optimizer.reflection_api_base=http://10.0.0.9:8000/v1",
+            "optimizer.reflection_model=big",
+        ],
+    )
+    other = build_prompt_optimizer(elsewhere.optimizer, lambda e, p, t=None: 1.0, "unused", 4, lm=task_lm)
+    assert other.reflection_lm.model == "big" and "10.0.0.9" in str(other.reflection_lm.api_base)
+    with pytest.raises(ConfigError, match="exactly one budget"):
+        load_config(
+            OptimizeJobConfig,
+            CONFIGS / "optimize.yaml",
+            ["optimizer.kind=gepa", "optimizer.max_metric_calls=40"],
+        )
