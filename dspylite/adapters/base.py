@@ -108,6 +108,30 @@ class Adapter(ABC):
         with self._lock:
             self.usage[key] += n
 
+    def typed_outputs(
+        self,
+        signature: type[Signature],
+        completion: str,
+        raw: dict[str, Any],
+        missing_what: str = "output field(s)",
+    ) -> dict[str, Any]:
+        """Every output field of ``signature`` from ``raw`` (field -> text or decoded value), coerced to
+        its annotation; a missing field or a value that does not fit is an AdapterParseError."""
+        from dspylite.coerce import parse_value
+
+        missing = [n for n in signature.output_fields if n not in raw]
+        if missing:
+            raise self.parse_error(signature, completion, f"missing {missing_what} {missing}", parsed=raw)
+        parsed: dict[str, Any] = {}
+        for name, field in signature.output_fields.items():
+            try:
+                parsed[name] = parse_value(raw[name], field.annotation)
+            except Exception as exc:  # noqa: BLE001 - parse_value promises ValueError; be sure anyway
+                raise self.parse_error(
+                    signature, completion, f"field {name!r}: {exc}", parsed=parsed
+                ) from None
+        return parsed
+
     def parse_error(
         self, signature: type[Signature], completion: str, reason: str, parsed: dict | None = None
     ) -> AdapterParseError:

@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from dspylite.adapters.base import Adapter, field_description
-from dspylite.coerce import format_value, parse_value
+from dspylite.coerce import format_value
 from dspylite.signatures import Signature
 
 _MARKER = re.compile(r"\[\[ ## (\w+) ## \]\]")
@@ -83,20 +83,7 @@ class ChatAdapter(Adapter):
             end = matches[i + 1].start() if i + 1 < len(matches) else len(completion)
             if name in signature.output_fields and name not in sections:
                 sections[name] = completion[m.end() : end].strip()
-        missing = [n for n in signature.output_fields if n not in sections]
-        if missing:
-            raise self.parse_error(
-                signature, completion, f"missing output field(s) {missing}", parsed=sections
-            )
-        parsed: dict[str, Any] = {}
-        for name, field in signature.output_fields.items():
-            try:
-                parsed[name] = parse_value(sections[name], field.annotation)
-            except Exception as exc:  # noqa: BLE001 - parse_value promises ValueError; be sure anyway
-                raise self.parse_error(
-                    signature, completion, f"field {name!r}: {exc}", parsed=parsed
-                ) from None
-        return parsed
+        return self.typed_outputs(signature, completion, sections, "output field(s)")
 
 
 def _respond_with(signature: type[Signature]) -> str:

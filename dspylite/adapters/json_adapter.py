@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from dspylite.adapters.base import Adapter, field_description
-from dspylite.coerce import format_value, json_schema, parse_value, to_jsonable
+from dspylite.coerce import format_value, json_schema, to_jsonable
 from dspylite.signatures import Signature
 
 _DECODER = json.JSONDecoder()
@@ -80,18 +80,7 @@ class JSONAdapter(Adapter):
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         data = self._decode_object(signature, completion)
-        missing = [n for n in signature.output_fields if n not in data]
-        if missing:
-            raise self.parse_error(signature, completion, f"missing key(s) {missing}", parsed=data)
-        parsed: dict[str, Any] = {}
-        for name, field in signature.output_fields.items():
-            try:
-                parsed[name] = parse_value(data[name], field.annotation)
-            except Exception as exc:  # noqa: BLE001 - parse_value promises ValueError; be sure anyway
-                raise self.parse_error(
-                    signature, completion, f"field {name!r}: {exc}", parsed=parsed
-                ) from None
-        return parsed
+        return self.typed_outputs(signature, completion, data, "key(s)")
 
     def _decode_object(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         """The JSON object in the completion, found in linear time.

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from dspylite.adapters.base import Adapter, field_description
-from dspylite.coerce import format_value, parse_value
+from dspylite.coerce import format_value
 from dspylite.signatures import Signature
 
 _ELEMENT = re.compile(r"<(?P<name>\w+)>(?P<content>.*?)</(?P=name)>", re.DOTALL)
@@ -61,20 +61,7 @@ class XMLAdapter(Adapter):
             name = match.group("name")
             if name in signature.output_fields and name not in sections:
                 sections[name] = match.group("content").strip()
-        missing = [n for n in signature.output_fields if n not in sections]
-        if missing:
-            raise self.parse_error(
-                signature, completion, f"missing output field(s) {missing}", parsed=sections
-            )
-        parsed: dict[str, Any] = {}
-        for name, field in signature.output_fields.items():
-            try:
-                parsed[name] = parse_value(sections[name], field.annotation)
-            except ValueError as exc:
-                raise self.parse_error(
-                    signature, completion, f"field {name!r}: {exc}", parsed=parsed
-                ) from None
-        return parsed
+        return self.typed_outputs(signature, completion, sections, "output field(s)")
 
 
 __all__ = ["XMLAdapter"]
