@@ -495,6 +495,13 @@ class _SigtermGuard:
             self._servers += 1
             if self._servers == 1:
                 self._install()
+            elif self._installed and signal.getsignal(signal.SIGTERM) != self._on_sigterm:
+                # Someone set their own handler while servers ran: chain to it from now on, so the
+                # new server is still stopped on SIGTERM.
+                self._installed = False
+                self._install()
+            elif not self._installed:
+                self._install()
 
     def release(self) -> None:
         with self._lock:

@@ -131,6 +131,8 @@ class FakeVLLM:
         self._awake.set()
         self._replies: deque[str] = deque(replies)
         self._faults: deque[_Fault] = deque()
+        self._in_flight = 0
+        self.max_in_flight = 0  # the most delayed requests being answered at once
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._httpd = _make_server(self, host, port)
@@ -477,7 +479,14 @@ def _make_handler(fake: FakeVLLM) -> type[BaseHTTPRequestHandler]:
                 if fault.kind == "status":
                     error = _error_body(fault.message, fault.status, "InjectedError")
                     return self._send(fault.status, error, fault.headers)
-                time.sleep(fault.delay_s)
+                with fake._lock:
+                    fake._in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
+                try:
+                    time.sleep(fault.delay_s)
+                finally:
+                    with fake._lock:
+                        fake._in_flight -= 1
             if not self._authorized():
                 return
             if not isinstance(body, dict):

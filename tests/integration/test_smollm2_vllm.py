@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
 MAX_TOKENS = 96  # SmolLM2's Fact QA completions: see bench/smollm2_task.py for the measured lengths
+SLOW_CPU_TIMEOUT = 300.0  # seconds per request: a 135M model on 2 busy CPU cores answers slowly, not never
 N = 6
 
 
@@ -42,7 +43,7 @@ def smollm2_tokenizer(smollm2_dir: Path):
 @pytest.fixture(scope="module")
 def chat_run(smollm2_server, fact_qa):
     """Fact QA (two modules) on SmolLM2 with the ChatAdapter, traces kept."""
-    lm = smollm2_server.lm(max_tokens=MAX_TOKENS, temperature=0.0, cache=False)
+    lm = smollm2_server.lm(max_tokens=MAX_TOKENS, temperature=0.0, cache=False, timeout=SLOW_CPU_TIMEOUT)
     with dspy.context(lm=lm, adapter=ChatAdapter()):
         return Evaluate(devset=fact_qa["dev"], metric=fact_qa_metric, num_threads=N, display_progress=False)(
             FactQA(), return_traces=True
@@ -100,7 +101,7 @@ def sft_adapter(smollm2_server, smollm2_dir, fact_qa, tmp_path_factory):
     from finetune.data import build_sft_data
     from finetune.sft import train_lora
 
-    lm = smollm2_server.lm(max_tokens=MAX_TOKENS, temperature=0.0, cache=False)
+    lm = smollm2_server.lm(max_tokens=MAX_TOKENS, temperature=0.0, cache=False, timeout=SLOW_CPU_TIMEOUT)
     with dspy.context(lm=lm, adapter=JSONAdapter()):
         runs = Evaluate(
             devset=fact_qa["train"], metric=fact_qa_metric, num_threads=8, display_progress=False
@@ -132,7 +133,9 @@ def test_sft_adapter_loads_into_the_running_server_and_the_program_runs_on_it(
     assert metadata["precision"]["train_dtype"] == "float32"
     smollm2_server.load_adapter(sft_adapter.name, sft_adapter.path)
     try:
-        lm = smollm2_server.lm(sft_adapter.name, max_tokens=MAX_TOKENS, temperature=0.0, cache=False)
+        lm = smollm2_server.lm(
+            sft_adapter.name, max_tokens=MAX_TOKENS, temperature=0.0, cache=False, timeout=SLOW_CPU_TIMEOUT
+        )
         with dspy.context(lm=lm, adapter=ChatAdapter()):
             result = Evaluate(
                 devset=fact_qa["dev"], metric=fact_qa_metric, num_threads=N, display_progress=False
@@ -171,7 +174,7 @@ def test_one_grpo_step_on_smollm2_rollouts(smollm2_server, smollm2_dir, fact_qa,
         rollout_threads=8,
         val_threads=N,
     )
-    lm = smollm2_server.lm(max_tokens=MAX_TOKENS)
+    lm = smollm2_server.lm(max_tokens=MAX_TOKENS, timeout=SLOW_CPU_TIMEOUT)
     served_after: dict[int, set[str]] = {}
 
     def watch(step: int, row: dict) -> None:
@@ -206,9 +209,9 @@ def test_trainer_and_server_logprobs_differ_by_the_stated_precision_gap(
     messages = ChatAdapter().format(
         ExtractFact, [], {"context": example.context, "question": example.question}
     )
-    completions = smollm2_server.lm(max_tokens=32, logprobs=True, cache=False).generate(
-        messages, n=2, temperature=1.0
-    )
+    completions = smollm2_server.lm(
+        max_tokens=32, logprobs=True, cache=False, timeout=SLOW_CPU_TIMEOUT
+    ).generate(messages, n=2, temperature=1.0)
     policy = Policy.load(
         str(smollm2_dir),
         GRPOConfig(model_path=str(smollm2_dir), run_dir=str(tmp_path), init_adapter="base", threads=2),

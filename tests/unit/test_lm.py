@@ -314,18 +314,19 @@ def test_usage_totals_are_exact_under_threads(fake_server):
 
 
 def test_64_concurrent_requests_run_in_parallel(fake_server):
-    fake_server.delay_next(64, seconds=0.3)
+    fake_server.delay_next(64, seconds=1.0)
     lm = make_lm(fake_server, num_retries=0)
     results: list[str] = []
     threads = [threading.Thread(target=lambda i=i: results.append(lm(f"q{i}")[0])) for i in range(64)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
     assert sorted(results) == sorted(f"stub-model echoes: q{i}" for i in range(64))
-    assert elapsed < 3.0, f"64 requests of 0.3 s took {elapsed:.1f} s: the pool serialises them"
+    # Counted at the server, not timed: a client pool that serialised them would keep this near 1-10.
+    assert fake_server.max_in_flight >= 32, (
+        f"at most {fake_server.max_in_flight} requests were in flight at once"
+    )
 
 
 def test_history_is_bounded_and_inspectable(fake_server):
