@@ -69,6 +69,7 @@ bench: setup
 	$(BIN)/python bench/sft.py
 	$(BIN)/python bench/grpo.py
 	$(BIN)/python bench/optimizers.py
+	$(BIN)/python bench/gepa.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
