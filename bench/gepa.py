@@ -270,23 +270,6 @@ def run_worker(python: str, which: str, task_file: str) -> dict[str, Any]:
 
 
 def build_task(args: argparse.Namespace, api_base: str, served_name: str) -> dict[str, Any]:
-    from dspylite.datasets import load_fact_qa
-    from dspylite.datasets.programs import FactQA
-
-    data = load_fact_qa(seed=args.seed, n_train=args.n_train, n_dev=args.n_val + args.n_dev, n_test=0)
-    rows = {
-        "train": [e.toDict() for e in data["train"]],
-        "val": [e.toDict() for e in data["dev"][: args.n_val]],
-        "dev": [e.toDict() for e in data["dev"][args.n_val :]],
-    }
-    program = [
-        {
-            "name": name,
-            "instructions": p.signature.instructions,
-            "fields": [{"name": f.name, "kind": f.kind, "desc": f.desc} for f in p.signature.fields.values()],
-        }
-        for name, p in FactQA().named_predictors()
-    ]
     options = {
         "max_metric_calls": args.max_metric_calls,
         "minibatch": args.minibatch,
@@ -298,7 +281,7 @@ def build_task(args: argparse.Namespace, api_base: str, served_name: str) -> dic
         "seed": 0,
         "run_dir": str(args.run_dir.resolve()) if args.run_dir else None,
     }
-    return {"api_base": api_base, "served_name": served_name, "program": program, "options": options, **rows}
+    return _bench_optimizers().fact_qa_task(args, api_base, served_name, options)
 
 
 def main() -> int:

@@ -266,6 +266,21 @@ def run_worker(python: str, which: str, task_file: str, optimizer: str) -> dict[
 
 
 def build_task(args: argparse.Namespace, api_base: str, served_name: str) -> dict[str, Any]:
+    options = {
+        "max_bootstrapped_demos": args.max_bootstrapped_demos,
+        "max_labeled_demos": args.max_labeled_demos,
+        "num_candidate_programs": args.num_candidate_programs,
+        "num_threads": args.num_threads,
+        "max_tokens": args.max_tokens,
+        "seed": 0,
+    }
+    return fact_qa_task(args, api_base, served_name, options)
+
+
+def fact_qa_task(
+    args: argparse.Namespace, api_base: str, served_name: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The Fact QA task both libraries run (splits and the program's signatures), as plain JSON."""
     from dspylite.datasets import load_fact_qa
     from dspylite.datasets.programs import FactQA
 
@@ -283,14 +298,6 @@ def build_task(args: argparse.Namespace, api_base: str, served_name: str) -> dic
         }
         for name, p in FactQA().named_predictors()
     ]
-    options = {
-        "max_bootstrapped_demos": args.max_bootstrapped_demos,
-        "max_labeled_demos": args.max_labeled_demos,
-        "num_candidate_programs": args.num_candidate_programs,
-        "num_threads": args.num_threads,
-        "max_tokens": args.max_tokens,
-        "seed": 0,
-    }
     return {"api_base": api_base, "served_name": served_name, "program": program, "options": options, **rows}
 
 
