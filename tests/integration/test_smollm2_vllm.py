@@ -45,9 +45,13 @@ def chat_run(smollm2_server, fact_qa):
     """Fact QA (two modules) on SmolLM2 with the ChatAdapter, traces kept."""
     lm = smollm2_server.lm(max_tokens=MAX_TOKENS, temperature=0.0, cache=False, timeout=SLOW_CPU_TIMEOUT)
     with dspy.context(lm=lm, adapter=ChatAdapter()):
-        return Evaluate(devset=fact_qa["dev"], metric=fact_qa_metric, num_threads=N, display_progress=False)(
-            FactQA(), return_traces=True
-        )
+        return Evaluate(
+            devset=fact_qa["dev"],
+            metric=fact_qa_metric,
+            num_threads=N,
+            display_progress=False,
+            raise_if_all_failed=False,  # SmolLM2 breaks the chat format often; every run may fail to parse
+        )(FactQA(), return_traces=True)
 
 
 def test_two_module_program_runs_through_vllm_and_counts_parse_failures(chat_run, smollm2_server) -> None:
@@ -104,7 +108,11 @@ def sft_adapter(smollm2_server, smollm2_dir, fact_qa, tmp_path_factory):
     lm = smollm2_server.lm(max_tokens=MAX_TOKENS, temperature=0.0, cache=False, timeout=SLOW_CPU_TIMEOUT)
     with dspy.context(lm=lm, adapter=JSONAdapter()):
         runs = Evaluate(
-            devset=fact_qa["train"], metric=fact_qa_metric, num_threads=8, display_progress=False
+            devset=fact_qa["train"],
+            metric=fact_qa_metric,
+            num_threads=8,
+            display_progress=False,
+            raise_if_all_failed=False,
         )(FactQA(), return_traces=True)
     # Threshold 0: a smoke test of the weight path, not of learning (zero-shot SmolLM2 rarely scores).
     data = build_sft_data(runs.results, metric_threshold=0.0, val_fraction=0.0)
@@ -138,7 +146,11 @@ def test_sft_adapter_loads_into_the_running_server_and_the_program_runs_on_it(
         )
         with dspy.context(lm=lm, adapter=ChatAdapter()):
             result = Evaluate(
-                devset=fact_qa["dev"], metric=fact_qa_metric, num_threads=N, display_progress=False
+                devset=fact_qa["dev"],
+                metric=fact_qa_metric,
+                num_threads=N,
+                display_progress=False,
+                raise_if_all_failed=False,  # counting parse failures is the point; all may fail
             )(FactQA(), return_traces=True)
         assert len(result.results) == N
         assert result.traces and all(t.model == sft_adapter.name for t in result.traces)
