@@ -341,19 +341,12 @@ def plan_placement(model_dir: str, settings: ServerSettings, say: Say = log_say)
     """Where the server and training run, and how they share a GPU: the VLLMServer arguments for
     ``server.colocate`` (sleep mode, or a computed memory split), after checking the device lists.
     Training processes started by this job see ``server.train_devices``."""
-    from serving.colocate import effective_mode, server_args
-    from serving.devices import plan_devices, use_training_devices
-    from serving.server import vllm_flavor
+    from serving.colocate import server_args
+    from serving.devices import use_training_devices
 
-    plan = plan_devices(
-        settings.devices or None,
-        settings.train_devices or None,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        data_parallel_size=settings.data_parallel_size,
-    )
+    plan, mode = _placement(settings)
     if plan.train is not None:
         use_training_devices(plan.train)
-    mode = effective_mode(settings.colocate, flavor=vllm_flavor(), shared=plan.shared)
     split = None
     if mode == "split" and settings.gpu_memory_utilization is None:
         split = _memory_split(model_dir, settings)
@@ -379,21 +372,29 @@ def _memory_split(model_dir: str, settings: ServerSettings) -> Any:
     return memory_split(total, training, serving, min_kv_tokens=2048)
 
 
-def colocation(session_server: Any, settings: ServerSettings, say: Say = log_say) -> Any:
-    """The Colocation the trainers wrap their training phases in (a no-op unless colocate=sleep)."""
-    from serving.colocate import Colocation, effective_mode
+def _placement(settings: ServerSettings) -> tuple[Any, str]:
+    """The checked device plan and the colocation mode that applies here (one computation for the
+    server's start-up flags and the trainers' Colocation)."""
+    from serving.colocate import effective_mode
     from serving.devices import plan_devices
     from serving.server import vllm_flavor
 
-    if settings.api_base:
-        return Colocation(session_server, "off", say=say)
     plan = plan_devices(
         settings.devices or None,
         settings.train_devices or None,
         tensor_parallel_size=settings.tensor_parallel_size,
         data_parallel_size=settings.data_parallel_size,
     )
-    mode = effective_mode(settings.colocate, flavor=vllm_flavor(), shared=plan.shared)
+    return plan, effective_mode(settings.colocate, flavor=vllm_flavor(), shared=plan.shared)
+
+
+def colocation(session_server: Any, settings: ServerSettings, say: Say = log_say) -> Any:
+    """The Colocation the trainers wrap their training phases in (a no-op unless colocate=sleep)."""
+    from serving.colocate import Colocation
+
+    if settings.api_base:
+        return Colocation(session_server, "off", say=say)
+    _, mode = _placement(settings)
     return Colocation(session_server, "sleep" if mode == "sleep" else "off", say=say)
 
 
