@@ -286,10 +286,28 @@ class GRPOTrainer:
                 if name not in self.state["loaded"]:
                     self.state["loaded"].append(name)
         self.state["loaded"] = [n for n in self.state["loaded"] if n in served or n in wanted]
+        self._forget_versions_after(state["step"], orphan_prefix)
         pending = state.get("pending_row")
         logged = {row.get("step") for row in self.run.metrics()}
         if pending is not None and pending.get("step") not in logged:
             self._log_row(pending)
+
+    def _forget_versions_after(self, step: int, prefix: str) -> None:
+        """Unregister and delete the versions a killed run published after its last checkpoint.
+
+        The resumed run redoes those steps under a new session token, so the killed run's versions are
+        in no metrics row, no checkpoint and no program: left registered, they would look like history.
+        """
+        for entry in self.registry.list(prefix):
+            if int(entry.metadata.get("step", 0)) <= step:
+                continue
+            self.registry.unregister(entry.name)
+            directory = Path(entry.path)
+            if directory.parent.resolve() == self.run.adapters_dir.resolve():
+                shutil.rmtree(directory, ignore_errors=True)
+            logger.info(
+                "dropped %s, published by the killed run after its step-%d checkpoint", entry.name, step
+            )
 
     # ---- one step -----------------------------------------------------------------------------------------
     def _step(

@@ -116,6 +116,25 @@ class AdapterRegistry:
         logger.info("registered adapter %s -> %s (rank %d)", name, entry.path, entry.rank)
         return entry
 
+    def unregister(self, name: str) -> AdapterEntry:
+        """Remove ``name`` from the index and return its entry; the adapter directory is left alone.
+
+        For versions that never became part of a run's history (a trainer killed between registering
+        a version and checkpointing the step that made it). The name stays used: ``next_version_name``
+        may hand it out again, so callers that want names never reused keep a session token in them.
+        """
+        with self._locked():
+            entries = self._read()
+            if name not in entries:
+                known = ", ".join(sorted(entries)) or "none"
+                raise AdapterRegistryError(
+                    f"no adapter named {name!r} in {self.index_path} (registered: {known})"
+                )
+            entry = entries.pop(name)
+            self._write(entries)
+        logger.info("unregistered adapter %s (%s)", name, entry.path)
+        return entry
+
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, name: str) -> AdapterEntry:

@@ -508,3 +508,42 @@ def test_dynamic_sampling_rolls_out_more_examples_until_enough_carry_signal(mode
     # extra rounds only while fewer than examples_per_step examples have reward variance
     assert (row["sampling_rounds"] == 1) == (row["examples_with_signal"] >= 3)
     assert row["rollouts"] == 12 * row["sampling_rounds"]
+
+
+def test_a_version_published_after_the_last_checkpoint_is_dropped_on_resume(model_dir, tmp_path, monkeypatch):
+    """Killed between registering step 2's version and checkpointing step 2: the resume redoes step 2
+    under a new name, and the killed run's version leaves the registry and the disk."""
+    from rl.trainer import GRPOTrainer
+    from serving.registry import AdapterRegistry
+
+    lm = SamplingLM()
+    server = FakeServer(model_dir, lm)
+    run_dir = tmp_path / "run"
+
+    class Killed(Exception):
+        pass
+
+    real_checkpoint = GRPOTrainer._checkpoint
+
+    def checkpoint_then_die_at_step_2(self, step, row):
+        if step == 2:
+            raise Killed
+        real_checkpoint(self, step, row)
+
+    monkeypatch.setattr(GRPOTrainer, "_checkpoint", checkpoint_then_die_at_step_2)
+    with pytest.raises(Killed):
+        _run(_config(model_dir, run_dir, num_steps=2, val_every=0), server, lm)
+    registry = AdapterRegistry(run_dir / "adapters")
+    killed = [e.name for e in registry.list()]
+    assert [e.metadata["step"] for e in registry.list()] == [1, 2]
+    orphan = killed[1]
+    assert (run_dir / "adapters" / orphan).is_dir()
+
+    monkeypatch.setattr(GRPOTrainer, "_checkpoint", real_checkpoint)
+    server = FakeServer(model_dir, lm)  # the owner's kill took its server down too
+    trainer, result = _run(_config(model_dir, run_dir, num_steps=2, val_every=0), server, lm)
+    names = [e.name for e in registry.list()]
+    assert orphan not in names and not (run_dir / "adapters" / orphan).exists()
+    assert names[0] == killed[0]  # step 1's version, in the checkpoint, stays
+    assert len(names) == 2 and names[1].endswith("-2") and names[1] != orphan
+    assert result.final.step == 2

@@ -151,6 +151,17 @@ def test_index_survives_a_new_registry_object(tmp_path: Path) -> None:
     assert data["format_version"] == 1 and set(data["adapters"]) == {"v-1"}
 
 
+def test_unregister_removes_only_the_entry(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "r")
+    reg.register("v-1", make_adapter(tmp_path / "a"))
+    reg.register("v-2", make_adapter(tmp_path / "b"))
+    entry = reg.unregister("v-2")
+    assert entry.name == "v-2" and (tmp_path / "b").is_dir()  # the directory is the caller's to delete
+    assert [e.name for e in AdapterRegistry(tmp_path / "r").list()] == ["v-1"]
+    with pytest.raises(AdapterRegistryError, match=r"no adapter named 'v-2'.*registered: v-1"):
+        reg.unregister("v-2")
+
+
 def test_names_are_immutable(tmp_path: Path) -> None:
     reg = AdapterRegistry(tmp_path / "r")
     reg.register("sft-1", make_adapter(tmp_path / "a"))
