@@ -203,9 +203,9 @@ def _chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool 
 
 def run_grpo(model_dir: Path, rows: list[dict], args: Any, cuda: bool, peak: float | None) -> dict:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from finetune.config import LoraSettings
     from rl.config import GRPOConfig
     from rl.groups import Sample, group_advantages
     from rl.policy import Policy
@@ -235,25 +235,18 @@ def run_grpo(model_dir: Path, rows: list[dict], args: Any, cuda: bool, peak: flo
             for k, (rollout, advantage) in enumerate(zip(row["rollouts"], advantages, strict=True))
         ]
 
-    dtype = torch.bfloat16 if cuda else torch.float32
-    device = "cuda" if cuda else "cpu"
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    lora = LoraConfig(
-        r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
-    model = get_peft_model(base, lora)
-    model.train()
+    # Policy.load is the trainer's own path: grpo.device/grpo.precision "auto" pick cuda + bf16 on the GPU.
     cfg = dataclasses.replace(
-        GRPOConfig(), model_path=str(model_dir), beta=0.0, log_kl=False, num_iterations=1
-    )
-    policy = Policy(
-        model,
+        GRPOConfig(),
         model_path=str(model_dir),
-        cfg=cfg,
-        pad_token_id=int(tokenizer.pad_token_id or 0),
-        max_length=8192,
+        beta=0.0,
+        log_kl=False,
+        num_iterations=1,
+        lora=LoraSettings(r=args.lora_rank, alpha=2 * args.lora_rank, target_modules=["all-linear"]),
+        device="auto" if cuda else "cpu",
+        precision="auto" if cuda else "fp32",
     )
+    policy = Policy.load(str(model_dir), cfg)
     order = list(range(len(rows)))
     random.Random(0).shuffle(order)
     if cuda:
@@ -280,7 +273,8 @@ def run_grpo(model_dir: Path, rows: list[dict], args: Any, cuda: bool, peak: flo
         logger.info("GRPO step %d: %s", step + 1, per_step_stats[-1])
     tokens_per_s = processed / seconds if seconds else 0.0
     report = {
-        "precision": "bf16" if cuda else "fp32",
+        "precision": policy.train_dtype,
+        "device": str(next(policy.model.parameters()).device),
         "steps": steps,
         "samples_per_step": per_step * 4,
         "tokens_per_second": round(tokens_per_s, 1),

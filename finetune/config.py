@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dspylite.config_io import load_config, to_dict
+from dspylite.errors import TrainingError
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -179,6 +180,25 @@ def resolve_threads(threads: int, *, share_with_server: bool = False) -> int:
     except AttributeError:  # macOS, Windows
         cpus = os.cpu_count() or 1
     return max(1, cpus // 2 if share_with_server else cpus)
+
+
+def resolve_precision(choice: str, *, setting: str = "precision") -> str:
+    """``auto`` | ``fp32`` | ``bf16`` | ``fp16`` -> the torch dtype name training runs in on this machine.
+
+    auto: bf16 on a CUDA GPU that supports it, else fp32 (bf16 autocast fails or crawls on CPU).
+    Half precision without a GPU is refused, naming ``setting``.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if choice == "auto":
+        choice = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    if choice not in names:
+        raise TrainingError(f"{setting}={choice!r}: expected one of auto, {', '.join(names)}")
+    if choice != "fp32" and not cuda:
+        raise TrainingError(f"{setting}={choice!r} needs a GPU; on CPU use {setting}=fp32 (or auto)")
+    return names[choice]
 
 
 def load_finetune_config(

@@ -33,7 +33,13 @@ from dspylite.config_io import to_dict
 from dspylite.errors import TrainingError
 from dspylite.run_dir import RunDir
 from dspylite.utils.io import write_dir_atomically
-from finetune.config import FinetuneConfig, LoraSettings, load_finetune_config, resolve_threads
+from finetune.config import (
+    FinetuneConfig,
+    LoraSettings,
+    load_finetune_config,
+    resolve_precision,
+    resolve_threads,
+)
 from finetune.data import SFTData
 from finetune.sft_tokens import tokenize_dataset
 from serving.adapter_files import METADATA_FILE
@@ -435,17 +441,12 @@ def _precision(cfg: FinetuneConfig) -> tuple[Any, bool, bool, bool]:
     """(torch dtype to load, bf16 flag, fp16 flag, use_cpu) for TRL's config."""
     import torch
 
-    cuda = torch.cuda.is_available()
-    choice = cfg.precision
-    if choice == "auto":
-        choice = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if choice in ("bf16", "fp16") and not cuda:
-        raise TrainingError(f"precision={choice!r} needs a GPU; on CPU use precision=fp32 (or auto)")
-    if choice == "bf16":
+    name = resolve_precision(cfg.precision)
+    if name == "bfloat16":
         return torch.bfloat16, True, False, False
-    if choice == "fp16":
+    if name == "float16":
         return torch.float32, False, True, False  # fp16 autocast with fp32 master weights
-    return torch.float32, False, False, not cuda
+    return torch.float32, False, False, not torch.cuda.is_available()
 
 
 def train_dtype(cfg: FinetuneConfig) -> str:

@@ -7,6 +7,7 @@ decaying linearly); configs/grpo.yaml states the same values, and a test keeps t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -173,6 +174,20 @@ class GRPOConfig:
             "torch CPU threads for the update. 0: OMP_NUM_THREADS when set, else half the CPUs (vLLM needs the rest)."
         ),
     )
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        default="auto",
+        metadata=_help(
+            "The policy's weights and update. auto: bf16 on a GPU that supports it, else fp32. Log-probs "
+            "and the loss are always computed in fp32."
+        ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=_help(
+            "Where the policy trains: auto (the first visible CUDA GPU, else cpu), cpu, cuda or cuda:N. "
+            "server.train_devices picks which GPUs are visible."
+        ),
+    )
     seed: int = field(default=0, metadata=_help("Seed for example order and torch."))
     # ---- validation, records
     val_every: int = field(
@@ -225,6 +240,10 @@ class GRPOConfig:
             raise ValueError(f"dynamic_sampling_rounds must be >= 0, got {self.dynamic_sampling_rounds}")
         if self.val_every < 0 or self.keep_loaded < 1:
             raise ValueError("val_every must be >= 0 and keep_loaded >= 1")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 def learning_rate_at(cfg: GRPOConfig, step: int) -> float:

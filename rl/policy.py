@@ -37,9 +37,6 @@ OPTIMIZER_META = "optimizer.json"
 RNG_TENSORS = "rng.safetensors"
 
 
-TRAIN_DTYPE = "float32"  # Policy.load loads the base in fp32; LoRA weights and the loss run in fp32
-
-
 class Policy:
     """``Policy.load(model_path, cfg)``, then ``update(samples)`` and ``save_adapter(dir)`` each step."""
 
@@ -57,8 +54,9 @@ class Policy:
 
         self.model = model
         # The precision the server samples rollouts in (VLLMServer.dtype), for the adapters' metadata;
-        # the policy itself trains in fp32 (old logprobs are recomputed here, not taken from the server).
+        # the policy trains in its own (old logprobs are recomputed here, not taken from the server).
         self.serving_dtype: str | None = None
+        self.train_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         # None: the reference is the base model (adapter disabled); else a frozen adapter's name.
         self.reference_adapter = reference_adapter
         self.model_path = model_path
@@ -78,19 +76,23 @@ class Policy:
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, model_path: str, cfg: GRPOConfig, *, adapter_dir: str | None = None) -> Policy:
-        """The base model in fp32 with a trainable LoRA: fresh from ``cfg.lora``, or ``adapter_dir``'s."""
+        """The base model with a trainable LoRA (fresh from ``cfg.lora``, or ``adapter_dir``'s), placed on
+        ``cfg.device`` in ``cfg.precision``."""
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from finetune.config import resolve_threads
+        from finetune.config import resolve_precision, resolve_threads
 
         torch.set_num_threads(resolve_threads(cfg.threads, share_with_server=True))
         torch.manual_seed(cfg.seed)
         model_path = str(Path(model_path).expanduser().resolve())
         if not Path(model_path, "config.json").is_file():
             raise TrainingError(f"model_path {model_path!r} is not a model directory (no config.json)")
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, TRAIN_DTYPE))
+        dtype = resolve_precision(cfg.precision, setting="grpo.precision")
+        device = resolve_device(cfg.device)
+        logger.info("policy: %s on %s", dtype, device)
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
         reference: str | None = None
         if adapter_dir is not None:
             _check_adapter_base(adapter_dir, model_path)
@@ -273,7 +275,7 @@ class Policy:
             metadata = {
                 "trainer": "grpo",
                 "base_model": self.model_path,
-                "precision": precision_record(TRAIN_DTYPE, self.serving_dtype),
+                "precision": precision_record(self.train_dtype, self.serving_dtype),
             }
             (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
 
@@ -290,11 +292,15 @@ class Policy:
         for index, values in state.items():
             for key, value in values.items():
                 tensor = value if torch.is_tensor(value) else torch.tensor(float(value))
-                tensors[f"{index}.{key}"] = tensor.detach().contiguous().clone()
+                tensors[f"{index}.{key}"] = tensor.detach().cpu().contiguous().clone()
         save_file(tensors, str(directory / OPTIMIZER_TENSORS))
         meta = {"param_names": names, "saved_at": time.time()}
         (directory / OPTIMIZER_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        save_file({"torch": torch.get_rng_state().contiguous()}, str(directory / RNG_TENSORS))
+        rng = {"torch": torch.get_rng_state().contiguous()}
+        device = next(self.model.parameters()).device
+        if device.type == "cuda":  # LoRA dropout on a GPU draws from that device's generator
+            rng["cuda"] = torch.cuda.get_rng_state(device).contiguous()
+        save_file(rng, str(directory / RNG_TENSORS))
 
     def load_training_state(self, directory: Path) -> None:
         import torch
@@ -316,6 +322,9 @@ class Policy:
         self.optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
         rng = load_file(str(directory / RNG_TENSORS))
         torch.set_rng_state(rng["torch"])
+        device = next(self.model.parameters()).device
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
 
     def load_adapter_weights(self, adapter_dir: str | os.PathLike[str]) -> None:
         """Copy the weights of a saved version (same LoRA shape) into the live adapter."""
@@ -330,6 +339,26 @@ class Policy:
                 f"adapter {adapter_dir} does not match the policy's LoRA shape "
                 f"(unexpected keys, e.g. {unexpected[:3]})"
             )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA GPU is visible, else ``cpu``; an explicit GPU must exist."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(
+                f"grpo.device={device!r} but no CUDA GPU is visible; use grpo.device=cpu (or auto)"
+            )
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise TrainingError(
+                f"grpo.device={device!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                "(server.train_devices sets which)"
+            )
+    return device
 
 
 def _check_adapter_base(adapter_dir: str, model_path: str) -> None:
