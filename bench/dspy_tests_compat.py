@@ -98,14 +98,17 @@ def test_id_from_nodeid(nodeid: str) -> str:
 def reference_passes(junit_path: Path) -> set[str]:
     """Ids of the tests that passed in a JUnit report written by ``pytest --junitxml``.
 
-    JUnit class names start with the tests folder (``tests.predict.test_x``); that prefix is dropped so
-    the ids match :func:`test_id_from_nodeid` on a run rooted at the tests folder itself.
+    JUnit class names start with the tests package (``tests.predict.test_x``, or ``x.tests.predict.test_x``
+    from another folder); everything up to ``tests.`` is dropped so the ids match
+    :func:`test_id_from_nodeid` on a run rooted at the tests folder itself.
     """
     passed = set()
     for case in ET.parse(junit_path).getroot().iter("testcase"):
         if any(child.tag in ("failure", "error", "skipped") for child in case):
             continue
-        classname = case.get("classname", "").removeprefix("tests.")
+        # Whatever folder the reference run started from, ids start below the ``tests`` package.
+        parts = case.get("classname", "").split(".")
+        classname = ".".join(parts[parts.index("tests") + 1 :] if "tests" in parts else parts)
         passed.add(f"{classname}::{case.get('name')}")
     return passed
 
@@ -144,6 +147,8 @@ def main(argv: list[str]) -> int:
         pytest.main(
             [
                 str(root),
+                # Node ids relative to the tests folder wherever this script is started from.
+                f"--rootdir={root}",
                 "-q",
                 "-p",
                 "no:cacheprovider",
