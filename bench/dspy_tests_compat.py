@@ -1,12 +1,18 @@
 """Run DSPy's own unit tests against dspylite, with ``dspy`` aliased to ``dspylite``.
 
-    python bench/dspy_tests_compat.py DSPY_TESTS_DIR [pytest args...]
+    python bench/dspy_tests_compat.py DSPY_TESTS_DIR [--reference JUNIT_XML] [--outcomes PATH] [pytest args...]
 
 DSPY_TESTS_DIR is a copy of (some of) DSPy's ``tests/`` folder, e.g. ``signatures``, ``primitives``,
 ``predict``, ``adapters``, ``evaluate``, ``utils``, ``teleprompt``. The DSPy tests are not part of
 this repository. Every ``import dspy`` / ``import dspy.x.y`` resolves to ``dspylite`` /
 ``dspylite.x.y``; DSPy's root ``tests/conftest.py`` is replaced by a minimal one (it resets
 settings between tests, as DSPy's does). Prints passed / failed / errors per file and in total.
+
+``--outcomes PATH`` writes one ``test-id<TAB>outcome`` line per test. ``--reference JUNIT_XML`` takes
+the JUnit report of the same tree run on real DSPy (``pytest --junitxml=...`` from the folder that
+holds ``tests/``); the tests that passed there are the reference set, and the last line printed is
+"N of M reference tests pass". Test ids are ``module.path[.Class]::name[params]`` relative to the
+tests folder, so the two runs compare although they run from different folders.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import importlib.abc
 import importlib.util
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
@@ -81,9 +88,49 @@ class _Tally:
             self.outcomes[report.nodeid + "::<collection>"] = "collection-error"
 
 
+def test_id_from_nodeid(nodeid: str) -> str:
+    """``predict/test_x.py::TestA::test_b[1]`` -> ``predict.test_x.TestA::test_b[1]``."""
+    parts = nodeid.split("::")
+    module = parts[0].removesuffix(".py").replace("/", ".")
+    return ".".join([module, *parts[1:-1]]) + "::" + parts[-1]
+
+
+def reference_passes(junit_path: Path) -> set[str]:
+    """Ids of the tests that passed in a JUnit report written by ``pytest --junitxml``.
+
+    JUnit class names start with the tests package (``tests.predict.test_x``, or ``x.tests.predict.test_x``
+    from another folder); everything up to ``tests.`` is dropped so the ids match
+    :func:`test_id_from_nodeid` on a run rooted at the tests folder itself.
+    """
+    passed = set()
+    for case in ET.parse(junit_path).getroot().iter("testcase"):
+        if any(child.tag in ("failure", "error", "skipped") for child in case):
+            continue
+        # Whatever folder the reference run started from, ids start below the ``tests`` package.
+        parts = case.get("classname", "").split(".")
+        classname = ".".join(parts[parts.index("tests") + 1 :] if "tests" in parts else parts)
+        passed.add(f"{classname}::{case.get('name')}")
+    return passed
+
+
+def _split_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Take this script's own ``--reference``/``--outcomes`` options out; the rest goes to pytest."""
+    options: dict[str, str] = {}
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, _, value = arg.partition("=")
+        if name in ("--reference", "--outcomes"):
+            options[name[2:]] = value or next(args)
+        else:
+            rest.append(arg)
+    return options, rest
+
+
 def main(argv: list[str]) -> int:
     import pytest
 
+    options, argv = _split_options(argv)
     if not argv:
         print(__doc__)
         return 2
@@ -100,6 +147,8 @@ def main(argv: list[str]) -> int:
         pytest.main(
             [
                 str(root),
+                # Node ids relative to the tests folder wherever this script is started from.
+                f"--rootdir={root}",
                 "-q",
                 "-p",
                 "no:cacheprovider",
@@ -118,6 +167,14 @@ def main(argv: list[str]) -> int:
         total.update(per_file[name])
         print(f"{name}: {dict(per_file[name])}")
     print(f"TOTAL: {dict(total)}; passed {total['passed']} of {sum(total.values())}")
+    outcomes = {test_id_from_nodeid(nodeid): outcome for nodeid, outcome in tally.outcomes.items()}
+    if "outcomes" in options:
+        lines = [f"{test_id}\t{outcome}" for test_id, outcome in sorted(outcomes.items())]
+        Path(options["outcomes"]).write_text("\n".join(lines) + "\n")
+    if "reference" in options:
+        reference = reference_passes(Path(options["reference"]))
+        passing = {test_id for test_id in reference if outcomes.get(test_id) == "passed"}
+        print(f"{len(passing)} of {len(reference)} reference tests pass")
     return 0
 
 

@@ -11,6 +11,13 @@ class SignatureError(DSPyLiteError, ValueError):
     """A signature string or class is malformed (bad field name, duplicate field, bad type)."""
 
 
+class UndeclaredFieldError(SignatureError, TypeError):
+    """A signature class annotates an attribute without ``InputField()``/``OutputField()``.
+
+    Also a ``TypeError``, the class DSPy raises here, so DSPy code that catches it keeps working.
+    """
+
+
 class InputError(DSPyLiteError, ValueError):
     """A module was called with missing or unknown input fields."""
 

@@ -185,7 +185,9 @@ def check_demo_value(field: Field, value: Any, index: int) -> None:
 
 def field_description(field: Field) -> str:
     desc = f": {field.desc}" if field.desc else ""
-    return f"- {field.name} ({field.type_name}){desc}"
+    # The model must see a field's value constraints, as DSPy's prompts state them.
+    constraints = f" (constraints: {field.constraints})" if field.constraints else ""
+    return f"- {field.name} ({field.type_name}){desc}{constraints}"
 
 
 __all__ = ["Adapter", "Messages", "split_demo", "field_description", "format_value"]

@@ -19,13 +19,14 @@ from __future__ import annotations
 import ast
 import keyword
 import re
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal, Optional, Union
 
-from dspylite.errors import SignatureError
+from dspylite.errors import InputError, SignatureError, UndeclaredFieldError
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -39,10 +40,27 @@ class Field:
     annotation: Any = str
     desc: str = ""
     prefix: str = ""
+    constraints: str = ""
 
     @property
     def type_name(self) -> str:
         return type_name(self.annotation)
+
+    @property
+    def json_schema_extra(self) -> dict[str, Any]:
+        """The field's metadata under the keys DSPy's pydantic ``FieldInfo.json_schema_extra`` uses.
+
+        DSPy code reads ``sig.fields[name].json_schema_extra["prefix"]`` / ``["desc"]``; a field with no
+        description reads ``"${name}"`` there, as in DSPy. A fresh dict each time: fields are immutable.
+        """
+        extra = {
+            "__dspy_field_type": self.kind,
+            "desc": self.desc or f"${{{self.name}}}",
+            "prefix": self.prefix,
+        }
+        if self.constraints:
+            extra["constraints"] = self.constraints
+        return extra
 
 
 @dataclass(frozen=True)
@@ -53,14 +71,36 @@ class _FieldSpec:
     desc: str = ""
     prefix: str = ""
     annotation: Any = None
+    constraints: str = ""
 
 
-def InputField(desc: str = "", *, prefix: str = "", **_: Any) -> Any:  # noqa: N802 - DSPy's name
-    return _FieldSpec("input", desc or "", prefix or "")
+# pydantic's value constraints and the words DSPy uses for them in a field's description.
+_CONSTRAINT_WORDS = {
+    "gt": "greater than: ",
+    "ge": "greater than or equal to: ",
+    "lt": "less than: ",
+    "le": "less than or equal to: ",
+    "min_length": "minimum length: ",
+    "max_length": "maximum length: ",
+    "multiple_of": "a multiple of the given number: ",
+    "allow_inf_nan": "allow 'inf', '-inf', 'nan' values: ",
+}
 
 
-def OutputField(desc: str = "", *, prefix: str = "", **_: Any) -> Any:  # noqa: N802 - DSPy's name
-    return _FieldSpec("output", desc or "", prefix or "")
+def _constraints_text(kwargs: dict[str, Any]) -> str:
+    """``min_length=5, max_length=10`` -> ``"minimum length: 5, maximum length: 10"`` (DSPy's wording)."""
+    return ", ".join(f"{words}{kwargs[key]}" for key, words in _CONSTRAINT_WORDS.items() if key in kwargs)
+
+
+def InputField(desc: str = "", *, prefix: str = "", **kwargs: Any) -> Any:  # noqa: N802 - DSPy's name
+    # pydantic's ``description=`` stands in for ``desc`` as in DSPy; other pydantic options are ignored.
+    desc = desc or kwargs.get("description") or ""
+    return _FieldSpec("input", desc, prefix or "", constraints=_constraints_text(kwargs))
+
+
+def OutputField(desc: str = "", *, prefix: str = "", **kwargs: Any) -> Any:  # noqa: N802 - DSPy's name
+    desc = desc or kwargs.get("description") or ""
+    return _FieldSpec("output", desc, prefix or "", constraints=_constraints_text(kwargs))
 
 
 def infer_prefix(name: str) -> str:
@@ -89,7 +129,9 @@ def type_name(annotation: Any) -> str:
     args = typing.get_args(annotation)
     if origin is Literal:
         return "Literal[" + ", ".join(repr(a) for a in args) + "]"
-    if origin is Union:
+    # ``int | str`` (types.UnionType) names the same type as ``Union[int, str]``: one spelling, so
+    # prompts and ``Signature.equals`` treat the two as DSPy does.
+    if origin is Union or origin is types.UnionType:
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1 and len(args) == 2:
             return f"Optional[{type_name(non_none[0])}]"
@@ -123,11 +165,13 @@ class SignatureMeta(type):
                 ann = annotations.get(attr, str)
                 if isinstance(ann, str):  # `from __future__ import annotations`
                     ann = _resolve_annotation(ann, module, attr)
-                fields[attr] = Field(attr, value.kind, ann, value.desc, value.prefix or _label(attr))
+                fields[attr] = Field(
+                    attr, value.kind, ann, value.desc, value.prefix or _label(attr), value.constraints
+                )
                 del namespace[attr]
         for attr in annotations:
             if attr not in fields and not attr.startswith("_"):
-                raise SignatureError(
+                raise UndeclaredFieldError(
                     f"signature {name}: field {attr!r} has a type annotation but no InputField()/OutputField()"
                 )
         instructions = namespace.get("__doc__")
@@ -146,7 +190,11 @@ class SignatureMeta(type):
         # Signature("a -> b", "instructions") builds a new signature class, like DSPy.
         if args and isinstance(args[0], (str, dict)):
             return make_signature(*args, **kwargs)
-        raise TypeError(f"{cls.__name__} is a signature (a class value); it is not instantiated")
+        if args:
+            raise TypeError(
+                f"{cls.__name__}(...) takes its field values by keyword, got {len(args)} positional"
+            )
+        return _instance(cls, kwargs)
 
     def __setattr__(cls, name: str, value: Any) -> None:
         raise AttributeError(f"signatures are immutable; use {cls.__name__}.with_updated_fields/... instead")
@@ -196,7 +244,7 @@ class Signature(metaclass=SignatureMeta):
     @classmethod
     def insert(cls, index: int, name: str, field: Any, type_: Any = None) -> type[Signature]:
         spec = _as_spec(field, name)
-        new = Field(name, spec.kind, type_ or str, spec.desc, spec.prefix or _label(name))
+        new = Field(name, spec.kind, type_ or str, spec.desc, spec.prefix or _label(name), spec.constraints)
         group = [f for f in cls._fields.values() if f.kind == new.kind]
         other = [f for f in cls._fields.values() if f.kind != new.kind]
         if index < 0:
@@ -255,6 +303,18 @@ class Signature(metaclass=SignatureMeta):
         return _build(cls.__name__, updated, state.get("instructions") or cls._instructions)
 
 
+def _instance(cls: SignatureMeta, values: dict[str, Any]) -> Signature:
+    """``QA(question=..., answer=...)``: one record of the signature's fields, as DSPy's (pydantic)
+    signatures allow. Every field is required and no other name is accepted, as pydantic checks."""
+    missing = [name for name in cls._fields if name not in values]
+    unknown = [name for name in values if name not in cls._fields]
+    if missing or unknown:
+        raise InputError(f"{cls.__name__}(...): missing fields {missing}, unknown fields {unknown}")
+    record = type.__call__(cls)
+    record.__dict__.update(values)
+    return record
+
+
 def _default_instructions(fields: dict[str, Field]) -> str | None:
     """DSPy's default, fixed when the signature is created (editing fields later keeps it, as in DSPy)."""
     if not fields:
@@ -284,7 +344,9 @@ def _build(name: str, fields: list[Field], instructions: str | None) -> type[Sig
     for f in fields:
         _check_name(f.name)
         if f.name in seen:
-            raise SignatureError(f"duplicate field name {f.name!r} in {name}")
+            raise SignatureError(
+                f"duplicate field name {f.name!r} in {name}: input and output fields must have distinct names"
+            )
         seen.add(f.name)
     namespace: dict[str, Any] = {"__doc__": instructions, "__module__": __name__}
     cls = SignatureMeta.__new__(SignatureMeta, name, (Signature,), namespace)
@@ -334,7 +396,9 @@ def make_signature(
         for name, value in spec.items():
             ann, fspec = value if isinstance(value, tuple) else (str, value)
             fspec = _as_spec(fspec, name)
-            fields.append(Field(name, fspec.kind, ann, fspec.desc, fspec.prefix or _label(name)))
+            fields.append(
+                Field(name, fspec.kind, ann, fspec.desc, fspec.prefix or _label(name), fspec.constraints)
+            )
         return _build(signature_name, fields, instructions)
     if not isinstance(spec, str) or spec.count("->") != 1:
         raise SignatureError(f"signature string must contain exactly one '->': {spec!r}")
