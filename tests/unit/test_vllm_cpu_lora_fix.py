@@ -62,3 +62,27 @@ def test_probe_tells_buggy_ops_from_fixed_ones() -> None:
 
     assert _vllm_entry.ops_are_affected(buggy_shrink)
     assert not _vllm_entry.ops_are_affected(_vllm_entry.bgmv_shrink)
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [
+        [1, 1, 1, 1, 1, 1],  # one adapter for the whole batch: a single matmul
+        [-1, -1, -1, -1, -1, -1],  # base model only
+        [2, -1, 0, 2, 0, -1],  # mixed: grouped by slot, rows keep their order
+    ],
+)
+def test_grouped_delta_equals_the_per_row_reference(indices: list[int]) -> None:
+    weights, inputs = _weights(out=7, width=5), torch.randn(6, 5)
+    index = torch.tensor(indices)
+    delta = _vllm_entry._lora_delta(inputs, weights, index, torch.float32)
+    assert delta.shape == (6, 7)
+    assert torch.allclose(delta, _reference(inputs, weights, index), atol=1e-5)
+
+
+def test_grouped_delta_casts_to_the_output_dtype() -> None:
+    weights, inputs = _weights(), torch.randn(3, 5)
+    delta = _vllm_entry._lora_delta(inputs, weights, torch.tensor([0, -1, 0]), torch.bfloat16)
+    assert delta.dtype == torch.bfloat16
+    expected = _reference(inputs, weights, torch.tensor([0, -1, 0]))
+    assert torch.allclose(delta.float(), expected, atol=5e-2)
