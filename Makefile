@@ -49,7 +49,7 @@ demo-real: setup
 	$(BIN)/dspylite demo configs/demo_real.yaml $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q -ra --timeout=1500 tests $(ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=15 --timeout=1500 tests $(ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -ra tests/unit $(ARGS)
