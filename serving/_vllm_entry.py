@@ -85,7 +85,7 @@ def _lora_delta(inputs: Any, weights: Any, indices: Any, dtype: Any) -> Any:
 
     Rows are grouped by adapter slot: one matmul per slot in use, instead of vLLM's gather of a
     (rows x out x in) weight copy per token, which on a prefill of a few thousand tokens moves
-    gigabytes per layer and made adapter requests several times slower than base ones.
+    hundreds of megabytes per layer and made adapter requests several times slower than base ones.
     """
     import torch
 
