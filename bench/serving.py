@@ -272,6 +272,19 @@ def lora_part(model: str | None, max_tokens: int, requests: int, root: Path) -> 
     return ratio, figures
 
 
+def ratio_part(
+    args: argparse.Namespace, name: str, part: Any, target: float, describe: Any
+) -> tuple[bool, str]:
+    """Run a SmolLM2 part (``dtype_part``/``lora_part``) in its own temp dir, write its figures to
+    ``<json>.<name>.json`` when asked; (target hit, its result line)."""
+    root = Path(tempfile.mkdtemp(prefix=f"bench-serving-{name}-"))
+    ratio, figures = part(args.dtype_model, args.dtype_max_tokens, args.dtype_requests, root)
+    if args.json:
+        Path(args.json).with_suffix(f".{name}.json").write_text(json.dumps(figures, indent=2))
+    hit = ratio >= target
+    return hit, f"{describe(figures)}: {ratio:.2f}x (target >= {target}x){'' if hit else ' MISSED'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -295,33 +308,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
 
-    ok, dtype_line = True, ""
+    ok, dtype_line, lora_line = True, "", ""
     if args.part in ("all", "client"):
         ok = client_part(args)
     if args.part in ("all", "dtype"):
-        root = Path(tempfile.mkdtemp(prefix="bench-serving-dtype-"))
-        ratio, figures = dtype_part(args.dtype_model, args.dtype_max_tokens, args.dtype_requests, root)
-        if args.json:
-            Path(args.json).with_suffix(".dtype.json").write_text(json.dumps(figures, indent=2))
-        hit = ratio >= DTYPE_RATIO_TARGET
-        ok = ok and hit
-        dtype_line = (
-            f"{figures['chosen']} (chosen) / {figures['other']} calls/s at concurrency 16: {ratio:.2f}x "
-            f"(target >= {DTYPE_RATIO_TARGET}x){'' if hit else ' MISSED'}"
+        hit, dtype_line = ratio_part(
+            args,
+            "dtype",
+            dtype_part,
+            DTYPE_RATIO_TARGET,
+            lambda f: f"{f['chosen']} (chosen) / {f['other']} calls/s at concurrency 16",
         )
+        ok = ok and hit
         print("\n" + dtype_line)
-    lora_line = ""
     if args.part in ("all", "lora"):
-        root = Path(tempfile.mkdtemp(prefix="bench-serving-lora-"))
-        ratio, figures = lora_part(args.dtype_model, args.dtype_max_tokens, args.dtype_requests, root)
-        if args.json:
-            Path(args.json).with_suffix(".lora.json").write_text(json.dumps(figures, indent=2))
-        hit = ratio >= LORA_RATIO_TARGET
-        ok = ok and hit
-        lora_line = (
-            f"adapter calls/s at concurrency 16, grouped / gather LoRA ops: {ratio:.2f}x "
-            f"(target >= {LORA_RATIO_TARGET}x){'' if hit else ' MISSED'}"
+        hit, lora_line = ratio_part(
+            args,
+            "lora",
+            lora_part,
+            LORA_RATIO_TARGET,
+            lambda f: "adapter calls/s at concurrency 16, grouped / gather LoRA ops",
         )
+        ok = ok and hit
     if dtype_line and lora_line:  # the last line carries the key ratio: repeat both at the end
         print(dtype_line)
     if lora_line:
