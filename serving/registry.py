@@ -126,10 +126,7 @@ class AdapterRegistry:
         with self._locked():
             entries = self._read()
             if name not in entries:
-                known = ", ".join(sorted(entries)) or "none"
-                raise AdapterRegistryError(
-                    f"no adapter named {name!r} in {self.index_path} (registered: {known})"
-                )
+                raise self._unknown(name, entries)
             entry = entries.pop(name)
             self._write(entries)
         logger.info("unregistered adapter %s (%s)", name, entry.path)
@@ -140,10 +137,7 @@ class AdapterRegistry:
     def get(self, name: str) -> AdapterEntry:
         entries = self._read()
         if name not in entries:
-            known = ", ".join(sorted(entries)) or "none"
-            raise AdapterRegistryError(
-                f"no adapter named {name!r} in {self.index_path} (registered: {known})"
-            )
+            raise self._unknown(name, entries)
         return entries[name]
 
     def __contains__(self, name: object) -> bool:
@@ -168,6 +162,10 @@ class AdapterRegistry:
         return self._next_name_locked(self._read(), run)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _unknown(self, name: str, entries: dict[str, AdapterEntry]) -> AdapterRegistryError:
+        known = ", ".join(sorted(entries)) or "none"
+        return AdapterRegistryError(f"no adapter named {name!r} in {self.index_path} (registered: {known})")
 
     @staticmethod
     def _next_name_locked(entries: dict[str, AdapterEntry], run: str) -> str:
