@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from dspylite.optimizers.table import OPTIMIZERS
+
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
@@ -56,16 +58,8 @@ _EXPORTS: dict[str, str] = {
     # evaluation
     "Evaluate": "dspylite.evaluate",
     "EvaluationResult": "dspylite.evaluate",
-    # optimizers
+    # optimizers (each one of dspylite.optimizers.table, added below)
     "Teleprompter": "dspylite.teleprompt.teleprompt",
-    "LabeledFewShot": "dspylite.optimizers",
-    "BootstrapFewShot": "dspylite.optimizers",
-    "BootstrapFewShotWithRandomSearch": "dspylite.optimizers",
-    "MIPROv2": "dspylite.optimizers",
-    "GEPA": "dspylite.optimizers",
-    "BootstrapFinetune": "dspylite.optimizers",
-    "GRPO": "dspylite.optimizers",
-    "BetterTogether": "dspylite.optimizers",
     # errors
     "AdapterParseError": "dspylite.errors",
     "LMError": "dspylite.errors",
@@ -77,6 +71,7 @@ _EXPORTS: dict[str, str] = {
     "ProgramStateError": "dspylite.errors",
     "EvaluationError": "dspylite.errors",
     "ToolError": "dspylite.errors",
+    **{spec.name: spec.module for spec in OPTIMIZERS},
 }
 
 _SUBMODULES = {

@@ -316,16 +316,17 @@ def optimize(
 ) -> None:
     """Optimize the program's prompts (demos, instructions) with a prompt optimizer.
 
-    optimizer.kind = labeled (LabeledFewShot), bootstrap (BootstrapFewShot), random_search
-    (BootstrapFewShotWithRandomSearch), mipro (MIPROv2) or gepa (GEPA: a reflection LM rewrites the
-    instructions from the metric's feedback; optimizer.reflection_api_base points it at another server).
+    optimizer.kind picks the optimizer (its line under Config keys lists them all, from the optimizer
+    table). The keys they share sit under optimizer., each optimizer's own in its section:
+    optimizer.<kind>.<key>, e.g. optimizer.mipro.num_trials or optimizer.gepa.reflection_api_base (GEPA's
+    reflection LM on another server).
 
     Compiles on the train split, selecting on dev; the baseline and the optimized program are then
     scored on dev and on test (never selected on). Writes the run directory (config.yaml, metrics.jsonl,
     program.json, optimizer/ with the optimizer's trials, report.md, report.png); rerunning with the
     same run_dir replays finished trials.
 
-    Example: dspylite optimize configs/optimize.yaml optimizer.kind=mipro optimizer.auto=light
+    Example: dspylite optimize configs/optimize.yaml optimizer.kind=mipro optimizer.mipro.auto=light
     """
     from dspylite.jobs.optimize_job import run_optimize_job
 

@@ -6,20 +6,25 @@
 
     cfg = load_config(SFTConfig, "configs/sft.yaml", ["learning_rate=1e-4", "lora.r=8"])
 
-Unknown keys and values of the wrong type raise ConfigError naming the key and the file.
+Unknown keys and values of the wrong type raise ConfigError naming the key and the file. A config
+class may list keys it renamed (``renamed_keys = {"k": ("labeled.k",)}``, a ClassVar): an old key
+still works, moved to its new place with a logged warning naming the new key.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dspylite.errors import ConfigError
+from dspylite.errors import ConfigError, SettingError
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -55,7 +60,8 @@ def load_config(
     else:
         override_items = [split_override(o) for o in overrides]
     for key, value in override_items:
-        set_dotted(data, key, value)
+        for new_key in _renamed_override(cls, key):
+            set_dotted(data, new_key, value)
     return from_dict(cls, data, source=source)
 
 
@@ -107,6 +113,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config", prefix: str = "") -> T:
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
+    data = _renamed(cls, data, source=source, prefix=prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -124,13 +131,77 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config", pre
             and field.default_factory is not dataclasses.MISSING
         ):
             # A partial section keeps the rest of the field's own defaults (DemoConfig's prompt
-            # section is a random search), not the section class's bare defaults.
+            # section is a random search), not the section class's bare defaults. Old key names are
+            # moved first, so that a renamed key given here wins over the default of its new place.
+            value = _renamed(hints[name], value, source=source, prefix=f"{prefix}{name}.")
             value = _merged(to_dict(field.default_factory()), value)
         kwargs[name] = _convert(hints[name], value, f"{prefix}{name}", source)
     try:
         return cls(**kwargs)
+    except SettingError as exc:
+        raise ConfigError(f"{source}: {exc.within(prefix[:-1]) if prefix else exc}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: invalid {cls.__name__}: {exc}") from None
+
+
+def _renamed(cls: type, data: dict[str, Any], *, source: str, prefix: str) -> dict[str, Any]:
+    """``data`` with the old keys of ``cls.renamed_keys`` moved to their new places, each move logged
+    as a warning naming the new key; an old key given together with its new one is an error."""
+    renamed: dict[str, tuple[str, ...]] = getattr(cls, "renamed_keys", {})
+    old_keys = [key for key in renamed if key in data]
+    if not old_keys:
+        return data
+    data = copy.deepcopy(data)
+    for old in old_keys:
+        value = data.pop(old)
+        for new in renamed[old]:
+            if _has_dotted(data, new):
+                raise ConfigError(
+                    f"{source}: {prefix}{old} is the old name of {prefix}{new}, and both are given; "
+                    f"keep only {prefix}{new}"
+                )
+            set_dotted(data, new, copy.deepcopy(value))
+        logger.warning(
+            "%s: %s%s is now %s; the old key works until the next release",
+            source,
+            prefix,
+            old,
+            " and ".join(f"{prefix}{new}" for new in renamed[old]),
+        )
+    return data
+
+
+def _renamed_override(cls: type, key: str) -> list[str]:
+    """The key(s) an override sets: ``key`` itself, or where its old name moved (with a warning). Done
+    on the dotted key, before it is merged into the file's values, so that an old-named override
+    still wins over the file's value at the new place."""
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        renamed: dict[str, tuple[str, ...]] = getattr(cls, "renamed_keys", {})
+        if part in renamed:
+            head, tail = parts[:depth], parts[depth + 1 :]
+            new_keys = [".".join([*head, *new.split("."), *tail]) for new in renamed[part]]
+            logger.warning(
+                "override %s: %s is now %s; the old key works until the next release",
+                key,
+                ".".join([*head, part]),
+                " and ".join(".".join([*head, *new.split(".")]) for new in renamed[part]),
+            )
+            return new_keys
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            break
+        cls = typing.get_type_hints(cls).get(part)
+    return [key]
+
+
+def _has_dotted(data: dict[str, Any], key: str) -> bool:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

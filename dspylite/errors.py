@@ -122,6 +122,19 @@ class ConfigError(DSPyLiteError, ValueError):
     """A config file or a key=value override is invalid; the message names the field."""
 
 
+class SettingError(ConfigError):
+    """A config section's value is invalid, its keys named relative to the section
+    (``SettingError("{} must be > 0, got 0", "k")``); ``within`` names them from an enclosing section,
+    which is how ``config_io`` reports ``optimizer.labeled.k`` wherever the section sits."""
+
+    def __init__(self, text: str, *keys: str):
+        self.text, self.keys = text, keys
+        super().__init__(text.format(*keys))
+
+    def within(self, section: str) -> SettingError:
+        return SettingError(self.text, *(f"{section}.{key}" for key in self.keys))
+
+
 class OptimizerError(DSPyLiteError, RuntimeError):
     """An optimizer cannot proceed (empty trainset, zero budget, ...)."""
 

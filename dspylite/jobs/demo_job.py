@@ -27,6 +27,7 @@ from dspylite.jobs.report_job import DEMO_STAGE_TITLES, DEMO_STAGES
 from dspylite.jobs.session import JobSession, Say, log_say, open_session
 from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings, ServerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
+from dspylite.optimizers.config import RandomSearchSettings
 from dspylite.optimizers.stages import StageRecord, load_stages, save_stages
 from finetune.config import FinetuneConfig
 from rl.config import GRPOConfig
@@ -65,7 +66,10 @@ class DemoConfig:
     )
     prompt: PromptOptimizerSettings = field(
         default_factory=lambda: PromptOptimizerSettings(
-            kind="random_search", max_bootstrapped_demos=2, max_labeled_demos=0, num_candidate_programs=3
+            kind="random_search",
+            max_bootstrapped_demos=2,
+            max_labeled_demos=0,
+            random_search=RandomSearchSettings(num_candidate_programs=3),
         ),
         metadata=_help("The prompt stage's optimizer (also BetterTogether's p step)."),
     )

@@ -1,5 +1,5 @@
-"""``dspylite optimize configs/optimize.yaml``: a prompt optimizer (LabeledFewShot, BootstrapFewShot,
-BootstrapFewShotWithRandomSearch or MIPROv2) compiles the program on the train split, selecting on dev;
+"""``dspylite optimize configs/optimize.yaml``: a prompt optimizer (``optimizer.kind``, a row of the
+optimizer table ``dspylite.optimizers.table``) compiles the program on the train split, selecting on dev;
 baseline and optimized programs are then scored on dev and test (test is never selected on)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import OPTIMIZER_DIR  # the optimizer's own run directory
-from dspylite.jobs.session import OPTIMIZER_NAMES, Say, log_say, open_session
+from dspylite.jobs.session import Say, log_say, open_session
 from dspylite.jobs.settings import LMSettings, PromptOptimizerSettings, ServerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 
@@ -63,7 +63,7 @@ def run_optimize_job(
     trainset, devset = task.split("train"), task.split("dev")
     if not trainset:
         raise ConfigError("the task has no training examples (task.n_train / task.dataset)")
-    name = OPTIMIZER_NAMES[cfg.optimizer.kind]
+    name = cfg.optimizer.spec.name
     started = time.perf_counter()
     with open_session("optimize", cfg, say=say, task=task) as session:
         baseline = session.load_program(cfg.program_path)

@@ -161,7 +161,7 @@ class JobSession:
         # GEPA learns from the metric's words: the task's feedback metric where it has one.
         metric = (
             self.task.feedback_metric
-            if settings.kind == "gepa" and self.task.feedback_metric
+            if settings.spec.learns_from_feedback and self.task.feedback_metric
             else self.task.metric
         )
         return build_prompt_optimizer(settings, metric, run_dir, self.lm_settings.num_threads, lm=self.lm)
@@ -423,84 +423,15 @@ def make_adapter(settings: LMSettings) -> Any:
 
 # ---- optimizers and results ------------------------------------------------------------------------
 
-OPTIMIZER_NAMES = {
-    "labeled": "LabeledFewShot",
-    "bootstrap": "BootstrapFewShot",
-    "random_search": "BootstrapFewShotWithRandomSearch",
-    "mipro": "MIPROv2",
-    "gepa": "GEPA",
-}
-
 
 def build_prompt_optimizer(
     settings: PromptOptimizerSettings, metric: Any, run_dir: str | Path, num_threads: int, *, lm: Any = None
 ) -> Any:
-    """The configured prompt optimizer, writing its trials and report to ``run_dir``. ``lm``: the task
-    LM, which GEPA reflects with unless ``settings.reflection_*`` name another endpoint or model."""
-    from dspylite import optimizers
-
-    common: dict[str, Any] = {
-        "run_dir": run_dir,
-        "max_lm_calls": settings.max_lm_calls,
-        "seed": settings.seed,
-    }
-    if settings.kind == "labeled":
-        return optimizers.LabeledFewShot(k=settings.k, metric=metric, num_threads=num_threads, **common)
-    demos = {
-        "max_bootstrapped_demos": settings.max_bootstrapped_demos,
-        "max_labeled_demos": settings.max_labeled_demos,
-        "max_rounds": settings.max_rounds,
-        "metric_threshold": settings.metric_threshold,
-        "num_threads": num_threads,
-    }
-    if settings.kind == "bootstrap":
-        return optimizers.BootstrapFewShot(metric=metric, **demos, **common)
-    if settings.kind == "random_search":
-        return optimizers.BootstrapFewShotWithRandomSearch(
-            metric, num_candidate_programs=settings.num_candidate_programs, **demos, **common
-        )
-    if settings.kind == "mipro":
-        return optimizers.MIPROv2(
-            metric,
-            auto=None if settings.auto == "none" else settings.auto,
-            num_candidates=settings.num_candidates,
-            num_trials=settings.num_trials,
-            minibatch=settings.minibatch,
-            minibatch_size=settings.minibatch_size,
-            **demos,
-            **common,
-        )
-    if settings.kind == "gepa":
-        return optimizers.GEPA(
-            metric,
-            reflection_lm=reflection_lm(settings, lm),
-            auto=None if settings.auto == "none" else settings.auto,
-            max_metric_calls=settings.max_metric_calls if settings.auto == "none" else None,
-            reflection_minibatch_size=settings.reflection_minibatch_size,
-            candidate_selection_strategy=settings.candidate_selection_strategy,
-            use_merge=settings.use_merge,
-            num_threads=num_threads,
-            **common,
-        )
-    raise ConfigError(f"optimizer.kind={settings.kind!r} is not one of {sorted(OPTIMIZER_NAMES)}")
-
-
-def reflection_lm(settings: PromptOptimizerSettings, task_lm: Any) -> Any:
-    """GEPA's reflection LM: another endpoint/model when configured, else the task LM, sampling."""
-    from dspylite.lm import LM
-
-    sampling = {"temperature": settings.reflection_temperature, "max_tokens": settings.reflection_max_tokens}
-    if settings.reflection_api_base:
-        return LM(
-            settings.reflection_model or getattr(task_lm, "model", ""),
-            api_base=settings.reflection_api_base,
-            api_key=os.environ.get("DSPYLITE_REFLECTION_API_KEY") or None,
-            **sampling,
-        )
-    if task_lm is None:
-        raise ConfigError("optimizer.kind=gepa needs a reflection LM: set optimizer.reflection_api_base")
-    return task_lm.copy(
-        **({"model": settings.reflection_model} if settings.reflection_model else {}), **sampling
+    """The optimizer ``settings.kind`` names in the optimizer table, writing its trials and report to
+    ``run_dir``. ``lm``: the task LM, which GEPA reflects with unless its section names another."""
+    optimizer = settings.spec.load()
+    return optimizer(
+        metric=metric, run_dir=run_dir, num_threads=num_threads, **settings.optimizer_kwargs(task_lm=lm)
     )
 
 

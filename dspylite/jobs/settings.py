@@ -9,11 +9,25 @@ recipes, which the YAML files in configs/ restate.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
+
+from dspylite.errors import SettingError
+from dspylite.optimizers.config import GEPASettings, LabeledSettings, MIPROSettings, RandomSearchSettings
+from dspylite.optimizers.table import (
+    OPTIMIZERS,
+    PROMPT_OPTIMIZERS,
+    OptimizerSpec,
+    kinds_help,
+    prompt_optimizer,
+)
 
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
+def _demo_kinds() -> str:
+    return "/".join(spec.kind for spec in PROMPT_OPTIMIZERS.values() if spec.bootstraps_demos)
 
 
 def _positive(section: str, **values: float) -> None:
@@ -182,78 +196,102 @@ class BootstrapSettings:
         _positive("bootstrap", samples_per_example=self.samples_per_example)
 
 
+def _section(cls: type) -> Any:
+    """A settings-section field whose help names the optimizer it configures."""
+    spec = next(s for s in OPTIMIZERS if s.settings == cls.__name__)
+    return field(default_factory=cls, metadata=_help(f"kind={spec.kind}: {spec.name}'s own settings."))
+
+
+# Old flat keys -> their place now (config_io moves them and logs a warning naming the new key).
+# They work for one release; `auto` meant the budget preset of whichever of mipro and gepa ran.
+_RENAMED_OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "k": ("labeled.k",),
+    "num_candidate_programs": ("random_search.num_candidate_programs",),
+    "auto": ("mipro.auto", "gepa.auto"),
+    **{key: (f"mipro.{key}",) for key in ("num_candidates", "num_trials", "minibatch", "minibatch_size")},
+    **{
+        key: (f"gepa.{key}",)
+        for key in (
+            "max_metric_calls",
+            "reflection_minibatch_size",
+            "candidate_selection_strategy",
+            "use_merge",
+            "reflection_model",
+            "reflection_api_base",
+            "reflection_temperature",
+            "reflection_max_tokens",
+        )
+    },
+}
+
+
 @dataclass
 class PromptOptimizerSettings:
-    kind: Literal["labeled", "bootstrap", "random_search", "mipro", "gepa"] = field(
-        default="bootstrap",
-        metadata=_help(
-            "labeled (LabeledFewShot), bootstrap (BootstrapFewShot), random_search "
-            "(BootstrapFewShotWithRandomSearch), mipro (MIPROv2: instructions and demos) or gepa (GEPA: "
-            "instructions rewritten by a reflection LM from the metric's feedback)."
-        ),
+    """The prompt optimizer a job runs: ``kind`` picks a row of ``dspylite.optimizers.table``; the
+    shared keys sit here, each optimizer's own in its section (``optimizer.mipro.num_trials``)."""
+
+    renamed_keys: ClassVar[dict[str, tuple[str, ...]]] = _RENAMED_OPTIMIZER_KEYS
+
+    kind: str = field(default="bootstrap", metadata=_help(f"The prompt optimizer: {kinds_help()}."))
+    seed: int = field(default=0, metadata=_help("Seed of demo sampling and search."))
+    max_lm_calls: int | None = field(
+        default=None, metadata=_help("Stop optimizing after this many LM calls (null: no limit).")
     )
-    k: int = field(default=8, metadata=_help("labeled: demos per predictor."))
     max_bootstrapped_demos: int = field(
-        default=4, metadata=_help("bootstrap/random_search/mipro: demos from the program's own passing runs.")
+        default=4,
+        metadata=_help(
+            f"{_demo_kinds()}: demos per predictor from the program's own passing runs (bootstrapped)."
+        ),
     )
     max_labeled_demos: int = field(
-        default=4, metadata=_help("bootstrap/random_search/mipro: demos copied from the training labels.")
+        default=4, metadata=_help(f"{_demo_kinds()}: demos per predictor copied from the training labels.")
     )
-    max_rounds: int = field(default=1, metadata=_help("Bootstrap passes over the trainset."))
+    max_rounds: int = field(
+        default=1, metadata=_help(f"{_demo_kinds()}: bootstrap passes over the trainset.")
+    )
     metric_threshold: float | None = field(
         default=None,
-        metadata=_help("A teacher run passes when its score >= this (default: any truthy score)."),
-    )
-    num_candidate_programs: int = field(
-        default=8, metadata=_help("random_search: candidate programs scored.")
-    )
-    auto: Literal["light", "medium", "heavy", "none"] = field(
-        default="light",
         metadata=_help(
-            "mipro/gepa: search budget preset; none: mipro uses num_candidates and num_trials as given, gepa "
-            "uses max_metric_calls."
+            f"{_demo_kinds()}: a teacher run passes when its score >= this (null: any truthy score)."
         ),
     )
-    num_candidates: int | None = field(
-        default=None, metadata=_help("mipro: instruction/demo candidates per predictor.")
-    )
-    num_trials: int | None = field(default=None, metadata=_help("mipro: Bayesian-search trials."))
-    minibatch: bool = field(default=True, metadata=_help("mipro: score trials on minibatches of the valset."))
-    minibatch_size: int = field(default=35, metadata=_help("mipro: minibatch size."))
-    max_metric_calls: int | None = field(
-        default=None, metadata=_help("gepa: metric-call budget with auto=none (never exceeded).")
-    )
-    reflection_minibatch_size: int = field(default=3, metadata=_help("gepa: train examples per reflection."))
-    candidate_selection_strategy: Literal["pareto", "current_best"] = field(
-        default="pareto", metadata=_help("gepa: how the parent candidate is picked.")
-    )
-    use_merge: bool = field(default=True, metadata=_help("gepa: merge candidates from two lineages."))
-    reflection_model: str = field(
-        default="", metadata=_help("gepa: the reflection LM's model name; empty: the task LM's model.")
-    )
-    reflection_api_base: str = field(
-        default="",
-        metadata=_help(
-            "gepa: the reflection LM's OpenAI-compatible endpoint (a larger model elsewhere; its key from "
-            "env DSPYLITE_REFLECTION_API_KEY); empty: the task server."
-        ),
-    )
-    reflection_temperature: float = field(default=1.0, metadata=_help("gepa: reflection LM temperature."))
-    reflection_max_tokens: int = field(default=1024, metadata=_help("gepa: reflection LM completion budget."))
-    max_lm_calls: int | None = field(
-        default=None, metadata=_help("Stop optimizing after this many LM calls (None: no limit).")
-    )
-    seed: int = field(default=0, metadata=_help("Seed of demo sampling and search."))
+    labeled: LabeledSettings = _section(LabeledSettings)
+    random_search: RandomSearchSettings = _section(RandomSearchSettings)
+    mipro: MIPROSettings = _section(MIPROSettings)
+    gepa: GEPASettings = _section(GEPASettings)
 
     def __post_init__(self) -> None:
-        if (
-            self.kind == "mipro"
-            and self.auto == "none"
-            and (self.num_candidates is None or self.num_trials is None)
-        ):
-            raise ValueError("optimizer.auto=none needs optimizer.num_candidates and optimizer.num_trials")
-        if self.kind == "gepa" and (self.auto == "none") == (self.max_metric_calls is None):
-            raise ValueError(
-                "optimizer.kind=gepa needs exactly one budget: optimizer.auto=light|medium|heavy, or "
-                "optimizer.auto=none with optimizer.max_metric_calls=N"
+        if self.kind not in PROMPT_OPTIMIZERS:
+            raise SettingError("{} must be one of " + f"{list(PROMPT_OPTIMIZERS)}, got {self.kind!r}", "kind")
+        if self.max_lm_calls is not None and self.max_lm_calls <= 0:
+            raise SettingError("{} must be > 0 or null, got " + repr(self.max_lm_calls), "max_lm_calls")
+        section = self.section()
+        if section is not None:
+            try:
+                section.check()
+            except SettingError as exc:
+                raise exc.within(self.kind) from None
+
+    @property
+    def spec(self) -> OptimizerSpec:
+        return prompt_optimizer(self.kind)
+
+    def section(self) -> Any:
+        """The settings section of the optimizer ``kind`` names (None: it takes only the shared keys)."""
+        return getattr(self, self.kind) if self.spec.settings is not None else None
+
+    def optimizer_kwargs(self, task_lm: Any = None) -> dict[str, Any]:
+        """The constructor arguments of the ``kind`` optimizer, less metric, run_dir and num_threads.
+        ``task_lm``: the job's LM (GEPA reflects with it unless its section names another)."""
+        kwargs: dict[str, Any] = {"seed": self.seed, "max_lm_calls": self.max_lm_calls}
+        if self.spec.bootstraps_demos:
+            kwargs.update(
+                max_bootstrapped_demos=self.max_bootstrapped_demos,
+                max_labeled_demos=self.max_labeled_demos,
+                max_rounds=self.max_rounds,
+                metric_threshold=self.metric_threshold,
             )
+        section = self.section()
+        if section is not None:
+            kwargs.update(section.optimizer_kwargs(task_lm))
+        return kwargs

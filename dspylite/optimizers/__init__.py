@@ -1,34 +1,23 @@
 """Optimizers: prompts (demos, instructions) and weights (fine-tuning, RL), with DSPy's names.
 
-Names resolve lazily so ``import dspylite.optimizers`` stays cheap: the weight optimizers pull in
-torch/TRL only when they are first used.
+Every name is a row of the optimizer table (``dspylite.optimizers.table``) and resolves lazily, so
+``import dspylite.optimizers`` stays cheap: the weight optimizers pull in torch/TRL only when they
+are first used.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-_EXPORTS: dict[str, str] = {
-    "LabeledFewShot": "dspylite.optimizers.labeled_fewshot",
-    "BootstrapFewShot": "dspylite.optimizers.bootstrap",
-    "BootstrapFewShotWithRandomSearch": "dspylite.optimizers.random_search",
-    "MIPROv2": "dspylite.optimizers.mipro",
-    "GEPA": "dspylite.optimizers.gepa",
-    "BootstrapFinetune": "dspylite.optimizers.bootstrap_finetune",
-    "GRPO": "dspylite.optimizers.grpo",
-    "BetterTogether": "dspylite.optimizers.better_together",
-}
+from dspylite.optimizers.table import BY_NAME, resolve
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(BY_NAME)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'dspylite.optimizers' has no attribute {name!r}")
+    value = resolve(name, __name__)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

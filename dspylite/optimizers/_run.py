@@ -15,14 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dspylite.errors import OptimizerError
-from dspylite.optimizers._eval import (
-    LMBudget,
-    Metric,
-    ProgramScorer,
-    ScoreCache,
-    examples_key,
-    program_key,
-)
+from dspylite.optimizers._eval import LMBudget, Metric, ProgramScorer, ScoreCache
 from dspylite.reporting import line_plot, markdown_table
 from dspylite.run_dir import RunDir
 from dspylite.utils.io import append_jsonl, read_jsonl
@@ -194,37 +187,6 @@ class OptimizerRun:
 
             plt.close(figure)
         return path
-
-
-def start_compile_run(
-    run_dir: str | Path | RunDir | None,
-    *,
-    optimizer: str,
-    options: dict[str, Any],
-    max_lm_calls: int | None,
-    trainset: list[Any],
-    valset: list[Any] | None,
-    student: Any,
-    teacher: Any,
-) -> OptimizerRun:
-    """The OptimizerRun of one ``compile``, fingerprinted by its options, data, student and teacher.
-
-    The fingerprint is what makes a resume with other data or another program fail loudly instead
-    of mixing its trials with the old ones.
-    """
-    return OptimizerRun(
-        run_dir,
-        optimizer=optimizer,
-        config=options,
-        max_lm_calls=max_lm_calls,
-        fingerprint={
-            **options,
-            "trainset": examples_key(trainset),
-            "valset": examples_key(valset) if valset else None,
-            "student": program_key(student),
-            "teacher": program_key(teacher) if teacher is not None else None,
-        },
-    )
 
 
 def trial_bar(total: int, desc: str, *, show: bool, initial: int = 0) -> Any:

@@ -21,27 +21,24 @@ from dspylite import settings as _settings
 from dspylite.errors import OptimizerError
 from dspylite.evaluate import example_id
 from dspylite.example import Example
+from dspylite.optimizers._compile import OpenedCompile, PromptOptimizer
 from dspylite.optimizers._eval import (
     EvalOutcome,
     Metric,
     ProgramScorer,
     ScoredRun,
-    check_examples,
+    always_pass,
     check_positive,
     passes,
     run_scored,
     strip_demos,
 )
-from dspylite.optimizers._run import OptimizerRun, fingerprint_value, start_compile_run
+from dspylite.optimizers._run import OptimizerRun, fingerprint_value
 from dspylite.optimizers.labeled_fewshot import attach_labeled, fits
 from dspylite.run_dir import RunDir
 from dspylite.trace import _jsonable
 
 logger = logging.getLogger(__name__)
-
-
-def _always_pass(example: Any, prediction: Any, trace: Any = None) -> bool:
-    return True
 
 
 class TeacherOptions(Protocol):
@@ -89,7 +86,7 @@ class Bootstrapper:
         progress: bool = True,
         labeled_seed: int = 0,
     ):
-        self.metric = metric or _always_pass
+        self.metric = metric or always_pass
         self.metric_threshold = metric_threshold
         self.teacher_settings = dict(teacher_settings or {})
         self.max_bootstrapped_demos = max_bootstrapped_demos
@@ -323,7 +320,7 @@ class Bootstrapper:
         return tqdm(total=total, initial=initial, desc=f"Bootstrap ({tag})", dynamic_ncols=True, leave=False)
 
 
-class BootstrapFewShot:
+class BootstrapFewShot(PromptOptimizer):
     """DSPy's BootstrapFewShot: demos from the teacher's passing traces, labeled examples fill the rest.
 
     ``compile(student, trainset=..., valset=None, teacher=None)`` returns a new program; the student
@@ -392,25 +389,10 @@ class BootstrapFewShot:
         valset: list[Example] | None = None,
         teacher: Any = None,
     ) -> Any:
-        trainset = check_examples(trainset, "trainset")
-        valset = check_examples(valset, "valset") if valset is not None else None
-        if not student.predictors():
-            raise OptimizerError(f"the student program {type(student).__name__} has no predictors")
-        run = start_compile_run(
-            self.run_dir,
-            optimizer="BootstrapFewShot",
-            options=self._options(),
-            max_lm_calls=self.max_lm_calls,
-            trainset=trainset,
-            valset=valset,
-            student=student,
-            teacher=teacher,
-        )
-        scorer = run.make_scorer(
-            self.metric or _always_pass, num_threads=self.num_threads, progress=self.progress
-        )
-        score_valset = self.metric is not None and bool(valset)
-        before = scorer.evaluate(student, valset, desc="Evaluate student") if score_valset else None
+        opened = self.open_compile(student, trainset, valset, teacher)
+        run, scorer = opened.run, opened.scorer
+        score_valset = self.metric is not None and bool(opened.valset)
+        before = scorer.evaluate(student, opened.valset, desc="Evaluate student") if score_valset else None
         bootstrapper = Bootstrapper.for_optimizer(
             self,
             max_bootstrapped_demos=self.max_bootstrapped_demos,
@@ -419,7 +401,7 @@ class BootstrapFewShot:
             scorer=scorer,
             run=run,
         )
-        outcome = bootstrapper.bootstrap(student, teacher, trainset, tag="main")
+        outcome = bootstrapper.bootstrap(student, teacher, opened.trainset, tag="main")
         if self.max_bootstrapped_demos > 0 and outcome.n_passed == 0:
             if outcome.budget_hit:
                 run.warn(
@@ -439,20 +421,18 @@ class BootstrapFewShot:
                     f"the LM-call budget ran out while bootstrapping: {outcome.n_passed} of "
                     f"{self.max_bootstrapped_demos} demos found"
                 )
-        after = scorer.evaluate(compiled, valset, desc="Evaluate compiled") if score_valset else None
-        self._report(run, scorer, outcome, before, after)
-        run.save_program(compiled)
-        return compiled
+        after = scorer.evaluate(compiled, opened.valset, desc="Evaluate compiled") if score_valset else None
+        return self._finish(opened, compiled, outcome, before, after)
 
-    def _report(
+    def _finish(
         self,
-        run: OptimizerRun,
-        scorer: ProgramScorer,
+        opened: OpenedCompile,
+        compiled: Any,
         outcome: BootstrapOutcome,
         before: EvalOutcome | None,
         after: EvalOutcome | None,
-    ) -> None:
-        rows = sorted(run.done("bootstrap", tag="main"), key=lambda r: r["index"])
+    ) -> Any:
+        rows = sorted(opened.run.done("bootstrap", tag="main"), key=lambda r: r["index"])
         table = [
             {
                 "trial": n,
@@ -465,28 +445,27 @@ class BootstrapFewShot:
             }
             for n, r in enumerate(rows)
         ]
-        self.summary = {
-            "optimizer": "BootstrapFewShot",
-            "score_before": before.score if before else None,
-            "score_after": after.score if after else None,
-            "teacher_runs": outcome.n_tried,
-            "passed": outcome.n_passed,
-            "bootstrapped_demos": {k: len(v) for k, v in outcome.augmented.items()},
-            **run.summary_fields(scorer),
-        }
         logger.info(
             "BootstrapFewShot: %d of %d teacher runs passed; valset %s -> %s; %d LM calls",
             outcome.n_passed,
             outcome.n_tried,
-            self.summary["score_before"],
-            self.summary["score_after"],
-            run.budget.calls,
+            before.score if before else None,
+            after.score if after else None,
+            opened.run.budget.calls,
         )
         series = {
             "teacher score (%)": ([r["trial"] for r in table], [100.0 * float(r["score"]) for r in table])
         }
-        run.write_report(
-            summary={k: v for k, v in self.summary.items() if k != "warnings"},
+        return self.finish_compile(
+            opened,
+            compiled,
+            summary={
+                "score_before": before.score if before else None,
+                "score_after": after.score if after else None,
+                "teacher_runs": outcome.n_tried,
+                "passed": outcome.n_passed,
+                "bootstrapped_demos": {k: len(v) for k, v in outcome.augmented.items()},
+            },
             trial_rows=table,
             columns=["trial", "example", "passed", "round", "score", "errors", "demos"],
             series=series,

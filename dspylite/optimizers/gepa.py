@@ -41,10 +41,11 @@ from typing import Any, Literal
 
 from dspylite.errors import OptimizerError
 from dspylite.example import Example
-from dspylite.optimizers._eval import BudgetExhausted, check_examples, check_metric, check_positive
+from dspylite.optimizers._compile import PromptOptimizer
+from dspylite.optimizers._eval import BudgetExhausted, check_metric, check_positive
 from dspylite.optimizers._gepa_adapter import ProgramAdapter, build_program, seed_candidate
 from dspylite.optimizers._gepa_engine import CheckpointedSearch, build_engine
-from dspylite.optimizers._run import OptimizerRun, fingerprint_value, start_compile_run
+from dspylite.optimizers._run import OptimizerRun, fingerprint_value
 from dspylite.reporting import line_plot, markdown_table
 from dspylite.run_dir import RunDir
 
@@ -71,7 +72,7 @@ def auto_budget(
     return total + (periodic_fulls + extra_final) * valset_size
 
 
-class GEPA:
+class GEPA(PromptOptimizer):
     def __init__(
         self,
         metric: Any,
@@ -214,12 +215,9 @@ class GEPA:
 
         if teacher is not None:
             raise OptimizerError("GEPA does not use a teacher program (as in DSPy); pass teacher=None")
-        trainset = check_examples(trainset, "trainset")
         if valset is None:
             logger.warning("GEPA: no valset given; the trainset is used for the Pareto frontier too")
-        valset = check_examples(valset, "valset") if valset is not None else trainset
-        if not student.predictors():
-            raise OptimizerError(f"the student program {type(student).__name__} has no predictors")
+        trainset, valset = self.checked_data(student, trainset, valset, valset_from_trainset=True)
         budget_calls = self.metric_call_budget(student, trainset, valset)
         worst = self.worst_case_iteration(len(valset))
         if budget_calls < len(valset) + worst:
@@ -229,16 +227,9 @@ class GEPA:
                 f"{len(valset) + worst} or use a smaller valset"
             )
         max_iterations = (budget_calls - len(valset)) // (2 * self.reflection_minibatch_size)
-        run = start_compile_run(
-            self.run_dir,
-            optimizer="GEPA",
-            options={**self._options(), "metric_call_budget": budget_calls},
-            max_lm_calls=self.max_lm_calls,
-            trainset=trainset,
-            valset=valset,
-            student=student,
-            teacher=None,
-        )
+        run = self.start_run(
+            student, trainset, valset, None, {**self._options(), "metric_call_budget": budget_calls}
+        ).run
         budget_info = {
             "max_metric_calls": budget_calls,
             "source": f"auto={self.auto}"

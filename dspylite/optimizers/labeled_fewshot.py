@@ -7,16 +7,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from dspylite.errors import OptimizerError
 from dspylite.example import Example
-from dspylite.optimizers._eval import (
-    Metric,
-    check_examples,
-    check_positive,
-    examples_key,
-    program_key,
-)
-from dspylite.optimizers._run import OptimizerRun
+from dspylite.optimizers._compile import PromptOptimizer
+from dspylite.optimizers._eval import Metric, check_positive
 from dspylite.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -57,7 +50,7 @@ def attach_labeled(
     return program
 
 
-class LabeledFewShot:
+class LabeledFewShot(PromptOptimizer):
     """``LabeledFewShot(k=16).compile(student, trainset=...)`` -> a copy with ``k`` demos per predictor.
 
     No LM calls. With ``metric`` and a ``valset`` the program is scored before and after, and with
@@ -94,33 +87,15 @@ class LabeledFewShot:
         teacher: Any = None,
         sample: bool = True,
     ) -> Any:
-        trainset = check_examples(trainset, "trainset")
-        valset = check_examples(valset, "valset") if valset is not None else None
-        if not student.predictors():
-            raise OptimizerError(
-                f"the student program {type(student).__name__} has no predictors to give demos to"
-            )
+        # The teacher plays no part here, so it is not fingerprinted either.
+        trainset, valset = self.checked_data(student, trainset, valset)
+        opened = self.start_run(student, trainset, valset, None, {**self._options(), "sample": sample})
         program = attach_labeled(student.deepcopy(), trainset, self.k, seed=self.seed, sample=sample)
         program._compiled = True
-        run = OptimizerRun(
-            self.run_dir,
-            optimizer="LabeledFewShot",
-            fingerprint={
-                "k": self.k,
-                "seed": self.seed,
-                "sample": sample,
-                "trainset": examples_key(trainset),
-                "valset": examples_key(valset) if valset else None,
-                "student": program_key(student),
-            },
-            config={"k": self.k, "seed": self.seed, "sample": sample},
-            max_lm_calls=self.max_lm_calls,
-        )
         before = after = None
         if self.metric is not None and valset:
-            scorer = run.make_scorer(self.metric, num_threads=self.num_threads, progress=self.progress)
-            before = scorer.evaluate(student, valset, desc="Evaluate student").score
-            after = scorer.evaluate(program, valset, desc="Evaluate compiled").score
+            before = opened.scorer.evaluate(student, valset, desc="Evaluate student").score
+            after = opened.scorer.evaluate(program, valset, desc="Evaluate compiled").score
         rows = [
             {
                 "trial": 0,
@@ -135,23 +110,17 @@ class LabeledFewShot:
                 "score": after,
             },
         ]
-        self.summary = {
-            "optimizer": "LabeledFewShot",
-            "k": self.k,
-            "score_before": before,
-            "score_after": after,
-            **run.budget.summary(),
-            "wall_s": run.elapsed_s,
-        }
-        run.save_program(program)
-        series = {"valset score": ([0, 1], [before, after])} if before is not None else None
-        run.write_report(
-            summary=self.summary,
-            trial_rows=rows,
-            columns=["trial", "candidate", "demos", "score"],
-            series=series,
-        )
         logger.info(
             "LabeledFewShot: %d demos per predictor (score before %s, after %s)", self.k, before, after
         )
-        return program
+        return self.finish_compile(
+            opened,
+            program,
+            summary={"k": self.k, "score_before": before, "score_after": after},
+            trial_rows=rows,
+            columns=["trial", "candidate", "demos", "score"],
+            series={"valset score": ([0, 1], [before, after])} if before is not None else None,
+        )
+
+    def _options(self) -> dict[str, Any]:
+        return {"k": self.k, "seed": self.seed}

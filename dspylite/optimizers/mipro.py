@@ -26,17 +26,17 @@ from typing import Any
 from dspylite import settings as _settings
 from dspylite.errors import OptimizerError
 from dspylite.example import Example
+from dspylite.optimizers._compile import OpenedCompile, PromptOptimizer
 from dspylite.optimizers._eval import (
     EvalOutcome,
     Metric,
     ProgramScorer,
-    check_examples,
     check_metric,
     check_positive,
     strip_demos,
 )
 from dspylite.optimizers._proposer import InstructionProposer, Proposals
-from dspylite.optimizers._run import OptimizerRun, fingerprint_value, start_compile_run, trial_bar
+from dspylite.optimizers._run import OptimizerRun, fingerprint_value, trial_bar
 from dspylite.optimizers.bootstrap import Bootstrapper
 from dspylite.optimizers.labeled_fewshot import attach_labeled
 from dspylite.run_dir import RunDir
@@ -60,7 +60,7 @@ def default_num_trials(num_predictors: int, num_candidates: int, with_demos: boo
     return max(int(2 * num_vars * math.log2(max(2, num_candidates))), int(1.5 * num_candidates), 1)
 
 
-class MIPROv2:
+class MIPROv2(PromptOptimizer):
     def __init__(
         self,
         metric: Metric,
@@ -184,9 +184,7 @@ class MIPROv2:
         seed: int | None = None,
         requires_permission_to_run: bool = False,
     ) -> Any:
-        trainset = check_examples(trainset, "trainset")
-        if not student.predictors():
-            raise OptimizerError(f"the student program {type(student).__name__} has no predictors")
+        trainset, valset = self.checked_data(student, trainset, valset)
         for name, value in (
             ("max_bootstrapped_demos", max_bootstrapped_demos),
             ("max_labeled_demos", max_labeled_demos),
@@ -204,57 +202,36 @@ class MIPROv2:
                 "seed": seed,
             },
         )
-        if valset is None:
-            if len(trainset) < 2:
-                raise OptimizerError(
-                    "MIPROv2 needs a valset, or a trainset of at least 2 examples to split one from"
-                )
-            n_val = max(1, int(0.8 * len(trainset))) if len(trainset) > 2 else 1
-            trainset, valset = trainset[:-n_val], trainset[-n_val:]
-        else:
-            valset = check_examples(valset, "valset")
-        if cfg["val_size"] is not None and len(valset) > cfg["val_size"]:
-            valset = random.Random(cfg["seed"]).sample(valset, cfg["val_size"])
-        options = {k: v for k, v in cfg.items()}
-        options.update(
-            {
-                "auto": self.auto,
-                "metric_threshold": self.metric_threshold,
-                "max_rounds": self.max_rounds,
-                "init_temperature": self.init_temperature,
-                "teacher_settings": fingerprint_value(self.teacher_settings),
-                "prompt_model": fingerprint_value(self.prompt_model),
-                "task_model": fingerprint_value(self.task_model),
-                "proposer": [
-                    self.program_aware_proposer,
-                    self.data_aware_proposer,
-                    self.tip_aware_proposer,
-                    self.view_data_batch_size,
-                ],
-            }
-        )
-        run = start_compile_run(
-            self.run_dir,
-            optimizer="MIPROv2",
-            options=options,
-            max_lm_calls=self.max_lm_calls,
-            trainset=trainset,
-            valset=valset,
-            student=student,
-            teacher=teacher,
-        )
-        scorer = run.make_scorer(self.metric, num_threads=self.num_threads, progress=self.progress)
+        trainset, valset = _split_valset(trainset, valset, cfg)
+        options = {**cfg, **self._options()}
+        opened = self.start_run(student, trainset, valset, teacher, options)
         with self._task_context():
-            demo_sets = self._demo_sets(student, teacher, trainset, cfg, scorer, run)
-            proposals = self._instructions(student, trainset, demo_sets, cfg, run)
+            demo_sets = self._demo_sets(student, teacher, trainset, cfg, opened.scorer, opened.run)
+            proposals = self._instructions(student, trainset, demo_sets, cfg, opened.run)
             best_params, best_score, baseline = self._search(
-                student, valset, demo_sets, proposals, cfg, scorer, run
+                student, valset, demo_sets, proposals, cfg, opened.scorer, opened.run
             )
         compiled = self._build(student, best_params, demo_sets, proposals)
         compiled._compiled = True
-        run.save_program(compiled)
-        self._report(run, scorer, cfg, demo_sets, proposals, best_params, best_score, baseline, len(valset))
-        return compiled
+        return self._finish(opened, compiled, cfg, demo_sets, proposals, best_params, best_score, baseline)
+
+    def _options(self) -> dict[str, Any]:
+        """What the run is fingerprinted by besides the per-compile settings (``_resolve``'s)."""
+        return {
+            "auto": self.auto,
+            "metric_threshold": self.metric_threshold,
+            "max_rounds": self.max_rounds,
+            "init_temperature": self.init_temperature,
+            "teacher_settings": fingerprint_value(self.teacher_settings),
+            "prompt_model": fingerprint_value(self.prompt_model),
+            "task_model": fingerprint_value(self.task_model),
+            "proposer": [
+                self.program_aware_proposer,
+                self.data_aware_proposer,
+                self.tip_aware_proposer,
+                self.view_data_batch_size,
+            ],
+        }
 
     @contextlib.contextmanager
     def _task_context(self) -> Iterator[None]:
@@ -525,19 +502,18 @@ class MIPROv2:
         return best_params, best_score, baseline
 
     # ---- report ----------------------------------------------------------------------------------------
-    def _report(
+    def _finish(
         self,
-        run: OptimizerRun,
-        scorer: ProgramScorer,
+        opened: OpenedCompile,
+        compiled: Any,
         cfg: dict[str, Any],
         demo_sets: list[DemoSet],
         proposals: Proposals,
         best_params: dict[str, int],
         best_score: float,
         baseline: float,
-        val_size: int,
-    ) -> None:
-        rows = [r for r in run.rows if r.get("kind") in ("default", "minibatch", "full")]
+    ) -> Any:
+        rows = [r for r in opened.run.rows if r.get("kind") in ("default", "minibatch", "full")]
         table = [
             {
                 "trial": r["trial"],
@@ -549,27 +525,12 @@ class MIPROv2:
             }
             for r in rows
         ]
-        self.summary = {
-            "optimizer": "MIPROv2",
-            "auto": self.auto,
-            "num_candidates": cfg["num_candidates"],
-            "num_trials": cfg["num_trials"],
-            "valset_size": val_size,
-            "minibatch_size": cfg["minibatch_size"] if cfg["minibatch"] else None,
-            "score_before": baseline,
-            "score_after": best_score,
-            "best_params": _params_text(best_params),
-            "demo_sets": len(demo_sets),
-            "instruction_candidates": {k: len(v) for k, v in proposals.instructions.items()},
-            "proposer_failures": proposals.failures,
-            **run.summary_fields(scorer),
-        }
         logger.info(
             "MIPROv2: valset score %s -> %s (%s) after %d LM calls",
             baseline,
             best_score,
-            self.summary["best_params"],
-            run.budget.calls,
+            _params_text(best_params),
+            opened.run.budget.calls,
         )
         instr_lines = []
         for name, texts in proposals.instructions.items():
@@ -592,13 +553,44 @@ class MIPROv2:
                 [r["score"] for r in rows if r["kind"] in ("default", "full")],
             ),
         }
-        run.write_report(
-            summary={k: v for k, v in self.summary.items() if k != "warnings"},
+        return self.finish_compile(
+            opened,
+            compiled,
+            summary={
+                "auto": self.auto,
+                "num_candidates": cfg["num_candidates"],
+                "num_trials": cfg["num_trials"],
+                "valset_size": len(opened.valset),
+                "minibatch_size": cfg["minibatch_size"] if cfg["minibatch"] else None,
+                "score_before": baseline,
+                "score_after": best_score,
+                "best_params": _params_text(best_params),
+                "demo_sets": len(demo_sets),
+                "instruction_candidates": {k: len(v) for k, v in proposals.instructions.items()},
+                "proposer_failures": proposals.failures,
+            },
             trial_rows=table,
             columns=["trial", "kind", "params", "score", "n", "lm_calls"],
             series=series,
             extra=extra,
         )
+
+
+def _split_valset(
+    trainset: list[Example], valset: list[Example] | None, cfg: dict[str, Any]
+) -> tuple[list[Example], list[Example]]:
+    """No valset: the last 80% of the trainset (DSPy's split). A valset over ``auto``'s size cap: a
+    seeded sample of it."""
+    if valset is None:
+        if len(trainset) < 2:
+            raise OptimizerError(
+                "MIPROv2 needs a valset, or a trainset of at least 2 examples to split one from"
+            )
+        n_val = max(1, int(0.8 * len(trainset))) if len(trainset) > 2 else 1
+        trainset, valset = trainset[:-n_val], trainset[-n_val:]
+    if cfg["val_size"] is not None and len(valset) > cfg["val_size"]:
+        valset = random.Random(cfg["seed"]).sample(valset, cfg["val_size"])
+    return trainset, valset
 
 
 def _demo_json(demo: Any) -> dict[str, Any]:

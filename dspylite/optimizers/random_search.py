@@ -13,17 +13,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from dspylite.errors import OptimizerError
 from dspylite.example import Example
-from dspylite.optimizers._eval import (
-    Metric,
-    ProgramScorer,
-    check_examples,
-    check_metric,
-    check_positive,
-    strip_demos,
-)
-from dspylite.optimizers._run import OptimizerRun, fingerprint_value, start_compile_run, trial_bar
+from dspylite.optimizers._compile import OpenedCompile, PromptOptimizer
+from dspylite.optimizers._eval import Metric, ProgramScorer, check_metric, check_positive, strip_demos
+from dspylite.optimizers._run import OptimizerRun, fingerprint_value, trial_bar
 from dspylite.optimizers.bootstrap import Bootstrapper
 from dspylite.optimizers.labeled_fewshot import attach_labeled
 from dspylite.run_dir import RunDir
@@ -31,7 +24,7 @@ from dspylite.run_dir import RunDir
 logger = logging.getLogger(__name__)
 
 
-class BootstrapFewShotWithRandomSearch:
+class BootstrapFewShotWithRandomSearch(PromptOptimizer):
     def __init__(
         self,
         metric: Metric,
@@ -94,21 +87,8 @@ class BootstrapFewShotWithRandomSearch:
         valset: list[Example] | None = None,
         teacher: Any = None,
     ) -> Any:
-        trainset = check_examples(trainset, "trainset")
-        valset = check_examples(valset, "valset") if valset is not None else trainset
-        if not student.predictors():
-            raise OptimizerError(f"the student program {type(student).__name__} has no predictors")
-        run = start_compile_run(
-            self.run_dir,
-            optimizer="BootstrapFewShotWithRandomSearch",
-            options=self._options(),
-            max_lm_calls=self.max_lm_calls,
-            trainset=trainset,
-            valset=valset,
-            student=student,
-            teacher=teacher,
-        )
-        scorer = run.make_scorer(self.metric, num_threads=self.num_threads, progress=self.progress)
+        opened = self.open_compile(student, trainset, valset, teacher, valset_from_trainset=True)
+        run, scorer, trainset, valset = opened.run, opened.scorer, opened.trainset, opened.valset
         done = {r["seed"]: r for r in run.done("candidate")}
         scored: list[tuple[float, int, Any]] = []
         seeds = list(range(-3, self.num_candidate_programs))
@@ -168,9 +148,7 @@ class BootstrapFewShotWithRandomSearch:
                 f"the LM-call budget (max_lm_calls={self.max_lm_calls}) ran out before any candidate was scored; "
                 "returning the student unchanged"
             )
-            compiled = student.deepcopy()
-            self._report(run, scorer, None, None, None)
-            return compiled
+            return self._finish(opened, student.deepcopy(), None, None, None)
         bootstrapped = [r for r in run.done("candidate") if r["seed"] >= -1]
         if (
             self.max_bootstrapped_demos > 0
@@ -186,10 +164,7 @@ class BootstrapFewShotWithRandomSearch:
         best_score, best_seed, best = scored[0]
         compiled = best.deepcopy()
         compiled._compiled = True
-        run.save_program(compiled)
-        baseline = done.get(-3, {}).get("score")
-        self._report(run, scorer, baseline, best_score, best_seed)
-        return compiled
+        return self._finish(opened, compiled, done.get(-3, {}).get("score"), best_score, best_seed)
 
     def _candidate(
         self,
@@ -233,15 +208,15 @@ class BootstrapFewShotWithRandomSearch:
         label = f"bootstrapped {outcome.n_passed}/{size}" + (" (shuffled)" if seed >= 0 else "")
         return outcome.program, label, outcome.n_passed
 
-    def _report(
+    def _finish(
         self,
-        run: OptimizerRun,
-        scorer: ProgramScorer,
+        opened: OpenedCompile,
+        compiled: Any,
         baseline: float | None,
         best_score: float | None,
         best_seed: int | None,
-    ) -> None:
-        rows = run.done("candidate")
+    ) -> Any:
+        rows = opened.run.done("candidate")
         table = [
             {
                 "trial": n,
@@ -255,28 +230,27 @@ class BootstrapFewShotWithRandomSearch:
             }
             for n, r in enumerate(rows)
         ]
-        self.summary = {
-            "optimizer": "BootstrapFewShotWithRandomSearch",
-            "score_before": baseline,
-            "score_after": best_score,
-            "best_seed": best_seed,
-            "candidates_scored": len(rows),
-            "scores": {r["seed"]: r["score"] for r in rows},
-            **run.summary_fields(scorer),
-        }
         logger.info(
             "random search: best candidate %s scored %s (zero-shot %s) after %d LM calls",
             best_seed,
             best_score,
             baseline,
-            run.budget.calls,
+            opened.run.budget.calls,
         )
-        series = {"valset score": ([r["trial"] for r in table], [r["score"] for r in table])}
-        run.write_report(
-            summary={k: v for k, v in self.summary.items() if k not in ("warnings", "scores")},
+        return self.finish_compile(
+            opened,
+            compiled,
+            summary={
+                "score_before": baseline,
+                "score_after": best_score,
+                "best_seed": best_seed,
+                "candidates_scored": len(rows),
+                "scores": {r["seed"]: r["score"] for r in rows},
+            },
             trial_rows=table,
             columns=["trial", "seed", "candidate", "score", "demos", "errors", "lm_calls", "best"],
-            series=series,
+            series={"valset score": ([r["trial"] for r in table], [r["score"] for r in table])},
+            not_in_report=("scores",),
         )
 
 

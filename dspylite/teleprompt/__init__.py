@@ -1,4 +1,4 @@
-"""DSPy's ``dspy.teleprompt``: every optimizer, plus the ``Teleprompter`` base class.
+"""DSPy's ``dspy.teleprompt``: every optimizer of the optimizer table, plus the ``Teleprompter`` base class.
 
 Names resolve lazily (as in ``dspylite.optimizers``) so weight optimizers import torch/TRL only
 when used.
@@ -6,30 +6,18 @@ when used.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from dspylite.optimizers.table import BY_NAME, resolve
 from dspylite.teleprompt.teleprompt import Teleprompter
 
-_OPTIMIZERS = (
-    "LabeledFewShot",
-    "BootstrapFewShot",
-    "BootstrapFewShotWithRandomSearch",
-    "MIPROv2",
-    "BootstrapFinetune",
-    "GRPO",
-    "BetterTogether",
-)
-
-__all__ = sorted(_OPTIMIZERS) + ["Teleprompter"]
+__all__ = sorted(BY_NAME) + ["Teleprompter"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _OPTIMIZERS:
-        value = getattr(importlib.import_module("dspylite.optimizers"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'dspylite.teleprompt' has no attribute {name!r}")
+    value = resolve(name, __name__)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

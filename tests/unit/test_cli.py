@@ -29,7 +29,15 @@ HELP_KEYS = {
         "server.api_base",
         "lm.adapter",
     ],
-    "optimize": ["optimizer.kind", "optimizer.max_bootstrapped_demos", "optimizer.auto", "task.n_dev"],
+    "optimize": [
+        "optimizer.kind",
+        "optimizer.max_bootstrapped_demos",
+        "optimizer.labeled.k",
+        "optimizer.random_search.num_candidate_programs",
+        "optimizer.mipro.auto",
+        "optimizer.gepa.max_metric_calls",
+        "task.n_dev",
+    ],
     "better-together": [
         "strategy",
         "weights",
@@ -462,7 +470,7 @@ def test_optimize_with_labeled_demos_beats_the_baseline(tmp_path: Path) -> None:
                 f"server.api_base={server.api_base}",
                 f"run_dir={run}",
                 "optimizer.kind=labeled",
-                "optimizer.k=2",
+                "optimizer.labeled.k=2",
                 *SMALL,
             ],
         )
@@ -489,7 +497,7 @@ def test_better_together_prompt_only_strategy_keeps_each_stage(tmp_path: Path) -
                 f"run_dir={run}",
                 "strategy=p",
                 "prompt.kind=labeled",
-                "prompt.k=2",
+                "prompt.labeled.k=2",
                 "valset_size=0",
                 *SMALL,
             ],
@@ -541,7 +549,7 @@ def test_better_together_runs_each_stage_in_its_own_directory_and_resumes(
             f"run_dir={run}",
             "strategy=p -> w -> p",
             "prompt.kind=labeled",
-            "prompt.k=2",
+            "prompt.labeled.k=2",
             *SMALL,
         ]
         first = runner.invoke(app, args)

@@ -188,9 +188,11 @@ def test_a_partial_section_keeps_the_fields_own_defaults() -> None:
     from dspylite.jobs.demo_job import DemoConfig
 
     cfg = load_config(
-        DemoConfig, None, ["prompt.num_candidate_programs=2", "lm.num_threads=2", "task.n_train=8"]
+        DemoConfig,
+        None,
+        ["prompt.random_search.num_candidate_programs=2", "lm.num_threads=2", "task.n_train=8"],
     )
-    assert (cfg.prompt.kind, cfg.prompt.num_candidate_programs, cfg.prompt.max_labeled_demos) == (
+    assert (cfg.prompt.kind, cfg.prompt.random_search.num_candidate_programs, cfg.prompt.max_labeled_demos) == (
         "random_search",
         2,
         0,
@@ -212,9 +214,9 @@ def test_gepa_from_the_optimize_config_and_its_budget_rule() -> None:
         CONFIGS / "optimize.yaml",
         [
             "optimizer.kind=gepa",
-            "optimizer.auto=none",
-            "optimizer.max_metric_calls=40",
-            "optimizer.use_merge=false",
+            "optimizer.gepa.auto=none",
+            "optimizer.gepa.max_metric_calls=40",
+            "optimizer.gepa.use_merge=false",
         ],
     )
     task_lm = LM("tiny", api_base="http://127.0.0.1:9/v1", temperature=0.0, max_tokens=96)
@@ -228,15 +230,15 @@ def test_gepa_from_the_optimize_config_and_its_budget_rule() -> None:
         CONFIGS / "optimize.yaml",
         [
             "optimizer.kind=gepa",
-            "optimizer.reflection_api_base=http://10.0.0.9:8000/v1",
-            "optimizer.reflection_model=big",
+            "optimizer.gepa.reflection_api_base=http://10.0.0.9:8000/v1",
+            "optimizer.gepa.reflection_model=big",
         ],
     )
     other = build_prompt_optimizer(elsewhere.optimizer, lambda e, p, t=None: 1.0, "unused", 4, lm=task_lm)
     assert other.reflection_lm.model == "big" and "10.0.0.9" in str(other.reflection_lm.api_base)
-    with pytest.raises(ConfigError, match="exactly one budget"):
+    with pytest.raises(ConfigError, match=r"exactly one budget: optimizer\.gepa\.auto=light"):
         load_config(
             OptimizeJobConfig,
             CONFIGS / "optimize.yaml",
-            ["optimizer.kind=gepa", "optimizer.max_metric_calls=40"],
+            ["optimizer.kind=gepa", "optimizer.gepa.max_metric_calls=40"],
         )
