@@ -3,8 +3,7 @@
 
 The keys every prompt optimizer shares (seed, LM-call budget, demo bootstrapping) sit one level up,
 in ``dspylite.jobs.settings.PromptOptimizerSettings``; ``dspylite.optimizers.table`` ties each section
-to its optimizer. A section checks its own values when built, and ``check()`` its budget rules
-(only for the optimizer a job runs). ``optimizer_kwargs`` gives the optimizer's constructor arguments.
+to its optimizer. Each section follows ``OptimizerSettings``.
 """
 
 from __future__ import annotations
@@ -32,8 +31,19 @@ def _budget_preset(auto: str) -> str | None:
     return None if auto == "none" else auto
 
 
+class OptimizerSettings:
+    """A section's protocol: ``__post_init__`` checks each key, ``check`` the rules between keys that
+    hold only when its optimizer runs (a budget), ``optimizer_kwargs`` its constructor arguments."""
+
+    def check(self) -> None:
+        """No rule between keys unless the section has one."""
+
+    def optimizer_kwargs(self, task_lm: Any = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+
 @dataclass
-class LabeledSettings:
+class LabeledSettings(OptimizerSettings):
     """LabeledFewShot: training examples as demos, no LM calls."""
 
     k: int = field(default=8, metadata=_help("Demos per predictor, drawn from the training labels."))
@@ -41,15 +51,12 @@ class LabeledSettings:
     def __post_init__(self) -> None:
         _positive(k=self.k)
 
-    def check(self) -> None:
-        """Nothing beyond the per-key checks."""
-
     def optimizer_kwargs(self, task_lm: Any = None) -> dict[str, Any]:
         return {"k": self.k}
 
 
 @dataclass
-class RandomSearchSettings:
+class RandomSearchSettings(OptimizerSettings):
     """BootstrapFewShotWithRandomSearch: several demo sets, each scored on the valset."""
 
     num_candidate_programs: int = field(
@@ -62,15 +69,12 @@ class RandomSearchSettings:
     def __post_init__(self) -> None:
         _positive(num_candidate_programs=self.num_candidate_programs)
 
-    def check(self) -> None:
-        """Nothing beyond the per-key checks."""
-
     def optimizer_kwargs(self, task_lm: Any = None) -> dict[str, Any]:
         return {"num_candidate_programs": self.num_candidate_programs}
 
 
 @dataclass
-class MIPROSettings:
+class MIPROSettings(OptimizerSettings):
     """MIPROv2: instruction proposals and bootstrapped demo sets, combined by a Bayesian search."""
 
     auto: Literal["light", "medium", "heavy", "none"] = field(
@@ -107,7 +111,7 @@ class MIPROSettings:
 
 
 @dataclass
-class GEPASettings:
+class GEPASettings(OptimizerSettings):
     """GEPA: a reflection LM rewrites instructions from the metric's feedback, under a metric-call budget."""
 
     auto: Literal["light", "medium", "heavy", "none"] = field(

@@ -192,7 +192,11 @@ def test_a_partial_section_keeps_the_fields_own_defaults() -> None:
         None,
         ["prompt.random_search.num_candidate_programs=2", "lm.num_threads=2", "task.n_train=8"],
     )
-    assert (cfg.prompt.kind, cfg.prompt.random_search.num_candidate_programs, cfg.prompt.max_labeled_demos) == (
+    assert (
+        cfg.prompt.kind,
+        cfg.prompt.random_search.num_candidate_programs,
+        cfg.prompt.max_labeled_demos,
+    ) == (
         "random_search",
         2,
         0,
