@@ -253,21 +253,6 @@ def test_the_old_auto_key_sets_the_budget_preset_of_mipro_and_gepa(caplog):
     assert any("optimizer.mipro.auto and optimizer.gepa.auto" in r.getMessage() for r in caplog.records)
 
 
-def test_an_old_key_in_the_demo_jobs_prompt_section_keeps_the_sections_other_defaults():
-    from dspylite.jobs.demo_job import DemoConfig
-
-    cfg = load_config(DemoConfig, None, ["prompt.num_candidate_programs=2"])
-    assert (
-        cfg.prompt.kind,
-        cfg.prompt.random_search.num_candidate_programs,
-        cfg.prompt.max_labeled_demos,
-    ) == (
-        "random_search",
-        2,
-        0,
-    )
-
-
 def test_an_old_key_next_to_its_new_one_is_refused_naming_both():
     from dspylite.jobs.optimize_job import OptimizeJobConfig
 
