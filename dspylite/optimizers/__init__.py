@@ -7,22 +7,11 @@ are first used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from dspylite.optimizers.table import BY_NAME, resolve
+from dspylite.optimizers.table import export_optimizers
 
-__all__ = sorted(BY_NAME)
-
-
-def __getattr__(name: str) -> Any:
-    value = resolve(name, __name__)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
-
+export_optimizers(globals())
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from dspylite.optimizers.better_together import BetterTogether  # noqa: F401

@@ -99,8 +99,15 @@ def kinds_help() -> str:
     return ", ".join(f"{s.kind} ({s.name}: {s.summary})" for s in PROMPT_OPTIMIZERS.values())
 
 
-def resolve(name: str, owner: str) -> Any:
-    """The optimizer class called ``name`` for a package's lazy ``__getattr__`` (``owner``: the package)."""
-    if name not in BY_NAME:
-        raise AttributeError(f"module {owner!r} has no attribute {name!r}")
-    return BY_NAME[name].load()
+def export_optimizers(namespace: dict[str, Any], *also: str) -> None:
+    """Give a package (``globals()``) every optimizer of the table as a lazily resolved name: its
+    ``__all__`` (the table's names plus ``also``), ``__getattr__`` and ``__dir__``."""
+    names = sorted(BY_NAME) + list(also)
+
+    def __getattr__(name: str) -> Any:
+        if name not in BY_NAME:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
+        value = namespace[name] = BY_NAME[name].load()
+        return value
+
+    namespace.update(__all__=names, __getattr__=__getattr__, __dir__=lambda: names)

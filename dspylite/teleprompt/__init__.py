@@ -6,19 +6,7 @@ when used.
 
 from __future__ import annotations
 
-from typing import Any
-
-from dspylite.optimizers.table import BY_NAME, resolve
+from dspylite.optimizers.table import export_optimizers
 from dspylite.teleprompt.teleprompt import Teleprompter
 
-__all__ = sorted(BY_NAME) + ["Teleprompter"]
-
-
-def __getattr__(name: str) -> Any:
-    value = resolve(name, __name__)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+export_optimizers(globals(), Teleprompter.__name__)
