@@ -17,10 +17,11 @@ from typing import Any, Literal
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError, OptimizerError
 from dspylite.jobs.session import JobSession, Say, log_say, open_session
-from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings, ServerSettings
+from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from finetune.config import FinetuneConfig
 from rl.config import GRPOConfig
+from serving.config import ServerConfig
 
 WORK_DIR = "work"
 
@@ -58,7 +59,7 @@ class BetterTogetherJobConfig:
     task: TaskSettings = field(
         default_factory=TaskSettings, metadata=_help("The task: program, data, metric.")
     )
-    server: ServerSettings = field(default_factory=ServerSettings, metadata=_help("vLLM (LoRA enabled)."))
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM (LoRA enabled)."))
     lm: LMSettings = field(default_factory=LMSettings, metadata=_help("The LM client."))
     prompt: PromptOptimizerSettings = field(
         default_factory=PromptOptimizerSettings, metadata=_help("The prompt optimizer (p steps).")

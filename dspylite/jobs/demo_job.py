@@ -25,11 +25,12 @@ from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import DEMO_STAGE_TITLES, DEMO_STAGES
 from dspylite.jobs.session import JobSession, Say, log_say, open_session
-from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings, ServerSettings
+from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from dspylite.optimizers.stages import StageRecord, load_stages, save_stages
 from finetune.config import FinetuneConfig
 from rl.config import GRPOConfig
+from serving.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,7 @@ class DemoConfig:
         default_factory=lambda: TaskSettings(n_train=2000, n_dev=400, n_test=400),
         metadata=_help("The task (fact_qa by default): train feeds the optimizers, dev picks, test reports."),
     )
-    server: ServerSettings = field(
-        default_factory=ServerSettings, metadata=_help("vLLM or a running server.")
-    )
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM or a running server."))
     lm: LMSettings = field(
         default_factory=lambda: LMSettings(max_tokens=512, num_threads=16), metadata=_help("The LM client.")
     )

@@ -19,8 +19,9 @@ from dspylite.jobs.session import (
     score_record,
     write_results,
 )
-from dspylite.jobs.settings import LMSettings, ServerSettings
+from dspylite.jobs.settings import LMSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
+from serving.config import ServerConfig
 
 
 def _help(text: str) -> dict[str, str]:
@@ -50,9 +51,7 @@ class EvalJobConfig:
     task: TaskSettings = field(
         default_factory=TaskSettings, metadata=_help("The task: program, data, metric.")
     )
-    server: ServerSettings = field(
-        default_factory=ServerSettings, metadata=_help("vLLM or a running server.")
-    )
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM or a running server."))
     lm: LMSettings = field(default_factory=LMSettings, metadata=_help("The LM client."))
 
 

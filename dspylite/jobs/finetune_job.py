@@ -20,9 +20,10 @@ from typing import Any
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.session import Say, log_say, open_session
-from dspylite.jobs.settings import BootstrapSettings, LMSettings, ServerSettings
+from dspylite.jobs.settings import BootstrapSettings, LMSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from finetune.config import FinetuneConfig
+from serving.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class FinetuneJobConfig:
     task: TaskSettings = field(
         default_factory=TaskSettings, metadata=_help("The task: program, data, metric.")
     )
-    server: ServerSettings = field(default_factory=ServerSettings, metadata=_help("vLLM (LoRA enabled)."))
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM (LoRA enabled)."))
     lm: LMSettings = field(
         default_factory=LMSettings, metadata=_help("The LM client (teacher runs and scoring).")
     )

@@ -18,9 +18,10 @@ from typing import Any, Literal
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.session import Say, log_say, open_session
-from dspylite.jobs.settings import LMSettings, ServerSettings
+from dspylite.jobs.settings import LMSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from rl.config import GRPOConfig
+from serving.config import ServerConfig
 
 
 def _help(text: str) -> dict[str, str]:
@@ -50,7 +51,7 @@ class GRPOJobConfig:
             "task's metric."
         ),
     )
-    server: ServerSettings = field(default_factory=ServerSettings, metadata=_help("vLLM."))
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM."))
     lm: LMSettings = field(
         default_factory=LMSettings,
         metadata=_help(

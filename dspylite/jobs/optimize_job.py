@@ -13,8 +13,9 @@ from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import OPTIMIZER_DIR  # the optimizer's own run directory
 from dspylite.jobs.session import OPTIMIZER_NAMES, Say, log_say, open_session
-from dspylite.jobs.settings import LMSettings, PromptOptimizerSettings, ServerSettings
+from dspylite.jobs.settings import LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
+from serving.config import ServerConfig
 
 
 def _help(text: str) -> dict[str, str]:
@@ -38,9 +39,7 @@ class OptimizeJobConfig:
     task: TaskSettings = field(
         default_factory=TaskSettings, metadata=_help("The task: program, data, metric.")
     )
-    server: ServerSettings = field(
-        default_factory=ServerSettings, metadata=_help("vLLM or a running server.")
-    )
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM or a running server."))
     lm: LMSettings = field(default_factory=LMSettings, metadata=_help("The LM client."))
     optimizer: PromptOptimizerSettings = field(
         default_factory=PromptOptimizerSettings, metadata=_help("The prompt optimizer and its budget.")
