@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError, DSPyLiteError
 from finetune.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass

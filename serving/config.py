@@ -132,3 +132,9 @@ class ServerConfig:
             )
         if not str(self.host).strip():
             raise ValueError("server.host is empty: give an interface, e.g. 127.0.0.1 or 0.0.0.0")
+
+    def check_lora_ranks(self, **ranks: int) -> None:
+        """Refuse LoRA sections whose rank this server would not load, by section: ``sft=16, grpo=32``."""
+        for section, rank in ranks.items():
+            if rank > self.max_lora_rank:
+                raise ValueError(f"{section}.lora.r={rank} exceeds server.max_lora_rank={self.max_lora_rank}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import DEMO_STAGE_TITLES, DEMO_STAGES
@@ -33,10 +34,6 @@ from rl.config import GRPOConfig
 from serving.config import ServerConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -92,15 +89,9 @@ class DemoConfig:
         unknown = [s for s in self.stages if s not in DEMO_STAGES]
         if unknown:
             raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {DEMO_STAGES}")
-        for name, rank in (
-            ("sft", self.sft.lora.r),
-            ("grpo", self.grpo.lora.r),
-            ("sft_grpo", self.sft_grpo.lora.r),
-        ):
-            if rank > self.server.max_lora_rank:
-                raise ValueError(
-                    f"{name}.lora.r={rank} exceeds server.max_lora_rank={self.server.max_lora_rank}"
-                )
+        self.server.check_lora_ranks(
+            sft=self.sft.lora.r, grpo=self.grpo.lora.r, sft_grpo=self.sft_grpo.lora.r
+        )
 
 
 def run_demo(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import RESULTS_FILE
@@ -22,10 +23,6 @@ from dspylite.jobs.session import (
 from dspylite.jobs.settings import LMSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from serving.config import ServerConfig
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass

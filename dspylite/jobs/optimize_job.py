@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import OPTIMIZER_DIR  # the optimizer's own run directory
@@ -16,10 +17,6 @@ from dspylite.jobs.session import OPTIMIZER_NAMES, Say, log_say, open_session
 from dspylite.jobs.settings import LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from serving.config import ServerConfig
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass

@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+from dspylite.config_io import field_help as _help
 
 
 def _positive(section: str, **values: float) -> None:
