@@ -76,12 +76,15 @@ def load_serve_config(
     if server_only:
         data = {key: value for key, value in data.items() if key in ("model", "server", *LEGACY_SERVER_KEYS)}
     source = str(path) if path is not None else "command line"
+    _move_legacy_keys(data, source)
     items = list(overrides.items()) if isinstance(overrides, dict) else [split_override(o) for o in overrides]
     for key, value in items:
+        if key.split(".")[0] in LEGACY_SERVER_KEYS:
+            _warn_legacy(key.split(".")[0], "command line")
+            key = f"server.{key}"
         set_dotted(data, key, value)
     if model:
         data["model"] = model
-    _move_legacy_keys(data, source)
     return from_dict(ServeConfig, data, source=source)
 
 
@@ -95,11 +98,15 @@ def _move_legacy_keys(data: dict[str, Any], source: str) -> None:
         if key not in data:
             continue
         value = data.pop(key)
-        logger.warning("%s: serve key %r is now server.%s; please rename it", source, key, key)
+        _warn_legacy(key, source)
         if key in server:
             raise ConfigError(f"{source}: {key} and server.{key} are both given; keep server.{key}")
         if value is not None:
             server[key] = value
+
+
+def _warn_legacy(key: str, source: str) -> None:
+    logger.warning("%s: serve key %r is now server.%s; please rename it", source, key, key)
 
 
 def parse_adapter_specs(specs: list[str]) -> dict[str, str]:

@@ -141,3 +141,14 @@ def test_serve_yaml_restates_the_schema_defaults() -> None:
     cfg = load_serve_config(root / "configs" / "serve.yaml")
     assert cfg.server == ServerConfig() and cfg.model == "smollm2-135m-instruct"
     assert isinstance(cfg, ServeConfig)
+
+
+def test_a_command_line_key_wins_over_an_old_file_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = tmp_path / "serve.yaml"
+    old.write_text("model: tiny\nport: 8000\n")
+    with caplog.at_level(logging.WARNING, logger="serving.serve"):
+        assert load_serve_config(old, ["server.port=9000"]).server.port == 9000
+        assert load_serve_config(old, ["port=9001"]).server.port == 9001  # an old key on the command line
+    assert "command line: serve key 'port' is now server.port; please rename it" in caplog.text
