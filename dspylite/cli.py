@@ -152,6 +152,7 @@ def serve(
 
     Example: dspylite serve smollm2-135m-instruct server.port=8000 server.adapters.sft-1=runs/sft/adapters/sft-1
     """
+    from dspylite.config_io import split_override
     from dspylite.errors import DSPyLiteError
     from serving.serve import load_serve_config, parse_adapter_specs, prepare_server, serve_until_interrupted
 
@@ -176,7 +177,7 @@ def serve(
         for name, path in parse_adapter_specs(adapter).items():
             _warn(f"--adapter is deprecated; use server.adapters.{name}={path}")
             overrides[f"server.adapters.{name}"] = path
-        overrides.update(dict(_split_overrides(items)))
+        overrides.update(split_override(item) for item in items)
         cfg = load_serve_config(config, overrides, model=model)
         server = prepare_server(cfg, say=_say)
         typer.echo(f"starting vLLM on {server.model} in {server.dtype} (log: {server.log_path}) ...")
@@ -184,12 +185,6 @@ def serve(
     except DSPyLiteError as exc:
         _fail(str(exc))
     typer.echo("server stopped")
-
-
-def _split_overrides(items: list[str]) -> list[tuple[str, object]]:
-    from dspylite.config_io import split_override
-
-    return [split_override(item) for item in items]
 
 
 def _warn(message: str) -> None:
@@ -470,6 +465,7 @@ def doctor(
     """
     import json
 
+    from dspylite.config_io import split_override
     from dspylite.errors import DSPyLiteError
     from serving.doctor import Environment, as_dicts, diagnose, format_findings
     from serving.launch import server_model
@@ -487,7 +483,7 @@ def doctor(
             _warn(f"{flag} is deprecated; use {key}={value}")
             overrides[key] = value
     try:
-        overrides.update(dict(_split_overrides(items)))
+        overrides.update(split_override(item) for item in items)
         cfg = load_serve_config(config, overrides, model=model, server_only=True)
         model_dir = server_model(cfg.model, cfg.server, _say) if cfg.model else None
     except DSPyLiteError as exc:
