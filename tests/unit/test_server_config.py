@@ -152,3 +152,43 @@ def test_a_command_line_key_wins_over_an_old_file_key(
         assert load_serve_config(old, ["server.port=9000"]).server.port == 9000
         assert load_serve_config(old, ["port=9001"]).server.port == 9001  # an old key on the command line
     assert "command line: serve key 'port' is now server.port; please rename it" in caplog.text
+
+
+def test_a_job_starts_its_server_through_the_shared_set_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_session starts (and stops) the server serving.launch builds from the job's `server:` section."""
+    from serving_helpers import make_adapter
+
+    from dspylite.jobs.eval_job import EvalJobConfig
+    from dspylite.jobs.session import open_session
+    from serving.server import VLLMServer
+
+    fake = Path(__file__).resolve().parents[1] / "fake_vllm_server.py"
+    monkeypatch.setattr(VLLMServer, "entrypoint_argv", (str(fake),))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    adapter = make_adapter(tmp_path / "sft-1", base_model=str(model))
+    cfg = load_config(
+        EvalJobConfig,
+        None,
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"model={model}",
+            "server.dtype=float32",
+            "server.max_loras=3",
+            "server.served_model_name=base",
+            f"server.adapters.sft-1={adapter}",
+            "server.startup_timeout=30",
+            "lm.cache=false",
+        ],
+    )
+    with open_session("eval", cfg) as session:
+        server = session.server
+        assert isinstance(server, VLLMServer) and server.is_running()
+        assert set(server.served_models()) == {"base", "sft-1"}
+        assert session.colocation.mode == "off"
+    assert not server.is_running()
+    log = (tmp_path / "run" / "vllm.log").read_text()
+    assert "--served-model-name base --dtype float32" in log and "--max-loras 3" in log
