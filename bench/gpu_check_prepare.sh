@@ -29,8 +29,8 @@ ls -laR .whl
 MODEL_DIR=$("$PY" - <<'PYEOF'
 import glob, os
 from pathlib import Path
-try:  # the named source, where serving.models has it
-    from serving.models import resolve_model
+try:  # the named source, where sources.models has it
+    from sources.models import resolve_model
     print(resolve_model("smollm2-135m-instruct"))
 except Exception:
     home = Path(os.environ.get("DSPYLITE_HOME", Path.home() / ".cache" / "dspylite"))

@@ -255,7 +255,7 @@ def main() -> int:
         return 0
 
     if args.model is None:
-        from finetune.tiny_model import build_tiny_model
+        from sources.models.tiny_model import build_tiny_model
 
         args.model = str(build_tiny_model())
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-grpo-"))

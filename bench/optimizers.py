@@ -336,8 +336,8 @@ def main() -> int:
     if args.api_base:
         api_base, served_name = args.api_base, args.served_name
     else:
-        from finetune.tiny_model import build_tiny_model
         from serving import VLLMServer
+        from sources.models.tiny_model import build_tiny_model
 
         model_dir = args.model_dir or build_tiny_model()
         server = VLLMServer(model_dir, served_model_name=args.served_name, extra_args=["--dtype", "float32"])

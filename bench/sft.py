@@ -190,7 +190,7 @@ def main() -> int:
         return 0
 
     if args.model is None:
-        from finetune.tiny_model import build_tiny_model
+        from sources.models.tiny_model import build_tiny_model
 
         args.model = str(build_tiny_model())
     work = Path(tempfile.mkdtemp(prefix="bench-sft-"))

@@ -31,7 +31,7 @@ from dspylite.datasets.fact_topic import fact_topic_metric, load_fact_topic  # n
 from dspylite.datasets.programs import FactQA, FactTopic  # noqa: E402
 from dspylite.evaluate import Evaluate  # noqa: E402
 from serving import VLLMServer  # noqa: E402
-from serving.models import SMOLLM2, resolve_model  # noqa: E402
+from sources.models import SMOLLM2, resolve_model  # noqa: E402
 
 
 def tasks(n: int) -> dict[str, tuple[Any, list[Any], Any]]:

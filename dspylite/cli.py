@@ -19,7 +19,7 @@ app = typer.Typer(
 
 
 # Our packages log at INFO (progress lines); everyone else (httpx logs every request) at WARNING.
-_OWN_LOGGERS = ("dspylite", "finetune", "rl", "serving")
+_OWN_LOGGERS = ("dspylite", "finetune", "rl", "serving", "sources")
 ERROR_EXIT_CODE = 2  # bad config, bad input or a failed job: the same code click uses for usage errors
 
 
@@ -118,87 +118,81 @@ _OVERRIDES_HELP = (
 
 @app.command(no_args_is_help=True, cls=_with_config_keys("serving.serve:ServeConfig"))
 def serve(
-    model_dir: Optional[str] = typer.Argument(
-        None, help="Base model: a local checkpoint directory (Llama/Qwen layout) or a hub id."
-    ),
-    adapter: list[str] = typer.Option(
-        [],
-        "--adapter",
-        "-a",
-        metavar="NAME=PATH",
-        help="Serve the LoRA adapter in directory PATH under NAME (repeatable). Checked before vLLM starts.",
-    ),
-    port: Optional[int] = typer.Option(None, help="TCP port (default: a free one)."),
-    host: Optional[str] = typer.Option(
-        None, help="Interface to bind (default 127.0.0.1; 0.0.0.0 exposes the server on the network)."
-    ),
-    served_model_name: Optional[str] = typer.Option(
-        None, help="Name clients send as 'model' for the base model (default: the model path)."
-    ),
-    max_lora_rank: Optional[int] = typer.Option(
-        None, help="Largest LoRA rank accepted (default 16); larger adapters are refused."
-    ),
-    max_loras: Optional[int] = typer.Option(
-        None, help="How many adapters can be active in one batch (default 4)."
-    ),
-    api_key: Optional[str] = typer.Option(
+    args: Optional[list[str]] = typer.Argument(
         None,
-        envvar="DSPYLITE_API_KEY",
-        help="Require this bearer token on /v1 requests (env DSPYLITE_API_KEY).",
-    ),
-    run_dir: Optional[Path] = typer.Option(
-        None, help="Run directory for vllm.log (default: runs/serve-<timestamp>)."
+        metavar="[MODEL] [KEY=VALUE]...",
+        help="The base model (a checkpoint directory or a named source: tiny, smollm2-135m-instruct), then "
+        "config overrides such as server.port=8000 server.dtype=float32 server.adapters.sft-1=PATH.",
     ),
     config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="YAML serve config (configs/serve.yaml); command-line flags override it."
+        None,
+        "--config",
+        "-c",
+        help="YAML serve config (configs/serve.yaml: model, run_dir and a server: section like every job's); "
+        "MODEL and KEY=VALUE override it.",
     ),
-    startup_timeout: Optional[float] = typer.Option(
-        None, help="Seconds to wait for the server to become healthy (default 300)."
-    ),
+    # The flags of the layout before the server schema: each still works, with a warning naming its key.
+    adapter: list[str] = typer.Option([], "--adapter", "-a", hidden=True),
+    port: Optional[int] = typer.Option(None, hidden=True),
+    host: Optional[str] = typer.Option(None, hidden=True),
+    served_model_name: Optional[str] = typer.Option(None, hidden=True),
+    max_lora_rank: Optional[int] = typer.Option(None, hidden=True),
+    max_loras: Optional[int] = typer.Option(None, hidden=True),
+    api_key: Optional[str] = typer.Option(None, hidden=True),
+    run_dir: Optional[Path] = typer.Option(None, hidden=True),
+    startup_timeout: Optional[float] = typer.Option(None, hidden=True),
 ) -> None:
-    """Start vLLM on MODEL_DIR with LoRA enabled, load the adapters, and serve until Ctrl-C.
+    """Start vLLM on MODEL with LoRA enabled, load the adapters, and serve until Ctrl-C.
 
-    Prints the OpenAI api_base and the served model names (the base model and each adapter).
-    Point dspylite.LM(model=NAME, api_base=API_BASE) at them.
+    The server is set up exactly as a job's (the same server: keys; server.dtype=auto picks the
+    precision for this hardware). Prints the OpenAI api_base and the served model names (the base
+    model and each adapter); point dspylite.LM(model=NAME, api_base=API_BASE) at them.
 
     Runtime adapter loading (/v1/load_lora_adapter) stays on, so trainers can add new versions later.
 
-    Example: dspylite serve models/tiny --adapter sft-1=runs/demo/adapters/sft-1
+    Example: dspylite serve smollm2-135m-instruct server.port=8000 server.adapters.sft-1=runs/sft/adapters/sft-1
     """
-    from dspylite.config_io import load_config
+    from dspylite.config_io import split_override
     from dspylite.errors import DSPyLiteError
-    from serving.serve import ServeConfig, build_server, parse_adapter_specs, serve_until_interrupted
+    from serving.serve import load_serve_config, parse_adapter_specs, prepare_server, serve_until_interrupted
 
+    items = list(args or [])
+    model = items.pop(0) if items and "=" not in items[0] else None
+    old_flags = {
+        "--port": ("server.port", port),
+        "--host": ("server.host", host),
+        "--served-model-name": ("server.served_model_name", served_model_name),
+        "--max-lora-rank": ("server.max_lora_rank", max_lora_rank),
+        "--max-loras": ("server.max_loras", max_loras),
+        "--api-key": ("server.api_key", api_key),
+        "--run-dir": ("run_dir", str(run_dir) if run_dir else None),
+        "--startup-timeout": ("server.startup_timeout", startup_timeout),
+    }
     try:
-        cfg = load_config(ServeConfig, config)
-        # Every flag given on the command line overrides the file, whatever its value; flags not
-        # given leave the file's value (or ServeConfig's default).
-        flags = {
-            "model": model_dir,
-            "port": port,
-            "served_model_name": served_model_name,
-            "api_key": api_key,
-            "run_dir": str(run_dir) if run_dir else None,
-            "host": host,
-            "max_lora_rank": max_lora_rank,
-            "max_loras": max_loras,
-            "startup_timeout": startup_timeout,
-        }
-        for key, value in flags.items():
+        overrides: dict[str, object] = {}
+        for flag, (key, value) in old_flags.items():
             if value is not None:
-                setattr(cfg, key, value)
-        cfg.adapters = {**cfg.adapters, **parse_adapter_specs(adapter)}
-        server = build_server(cfg)
-        server.validate()
-        typer.echo(f"starting vLLM on {cfg.model} (log: {server.log_dir}/vllm.log) ...")
+                _warn(f"{flag} is deprecated; use {key}={'***' if flag == '--api-key' else value}")
+                overrides[key] = value
+        for name, path in parse_adapter_specs(adapter).items():
+            _warn(f"--adapter is deprecated; use server.adapters.{name}={path}")
+            overrides[f"server.adapters.{name}"] = path
+        overrides.update(split_override(item) for item in items)
+        cfg = load_serve_config(config, overrides, model=model)
+        server = prepare_server(cfg, say=_say)
+        typer.echo(f"starting vLLM on {server.model} in {server.dtype} (log: {server.log_path}) ...")
         serve_until_interrupted(server, on_ready=_print_ready)
     except DSPyLiteError as exc:
         _fail(str(exc))
     typer.echo("server stopped")
 
 
+def _warn(message: str) -> None:
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
 def _print_ready(server) -> None:  # noqa: ANN001 - a serving.VLLMServer
-    typer.echo(f"vLLM ready in {server.start_seconds:.1f}s")
+    typer.echo(f"vLLM ready in {server.start_seconds:.1f}s (serving in {server.dtype})")
     typer.echo(f"api_base: {server.api_base}")
     for name in server.served_models():
         kind = "adapter" if name in server.loaded_adapters else "base model"
@@ -432,40 +426,75 @@ def report(
 # ---- doctor ---------------------------------------------------------------------------------------
 
 
-@app.command(cls=_with_config_keys(None))
+@app.command(cls=_with_config_keys("serving.serve:ServeConfig"))
 def doctor(
-    model: Optional[str] = typer.Argument(
-        None, help="A checkpoint directory or named model source (e.g. tiny) to size; omit to skip."
+    args: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="[MODEL] [KEY=VALUE]...",
+        help="A checkpoint directory or named model source (e.g. tiny) to size (omit to skip), then server "
+        "keys such as server.max_lora_rank=32 server.dtype=bfloat16.",
     ),
-    lora_rank: int = typer.Option(16, help="LoRA rank to size training and vLLM's LoRA slots for."),
-    max_loras: int = typer.Option(4, help="vLLM LoRA slots (server.max_loras)."),
-    batch_size: int = typer.Option(8, help="Training micro-batch (sequences) to size training for."),
-    seq_len: int = typer.Option(512, help="Training sequence length (tokens) to size training for."),
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="A serve or job config whose model and server: section to check (other sections are not read).",
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Training micro-batch (sequences) to size training for [default: the memory split's, 8]."
+    ),
+    seq_len: Optional[int] = typer.Option(
+        None,
+        help="Training sequence length (tokens) to size training for [default: the memory split's, 1024].",
+    ),
     vllm_args: bool = typer.Option(
         True, "--vllm-args/--no-vllm-args", help="Run vLLM's own argument check on the server command (slow)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
+    # The flags before the server schema: each still works, with a warning naming its key.
+    lora_rank: Optional[int] = typer.Option(None, hidden=True),
+    max_loras: Optional[int] = typer.Option(None, hidden=True),
 ) -> None:
     """Check this machine: package versions against the tested set, devices and free memory, bf16,
-    whether vLLM accepts the LoRA server command, and (with MODEL) whether the model fits.
+    whether vLLM accepts the server command a job (or `dspylite serve`) would run, and (with MODEL)
+    whether the model fits.
 
-    Each problem is one line with its fix; the exit code is 2 when any check failed.
+    The server keys are the ones every job's server: section and `dspylite serve` take. Each problem is
+    one line with its fix; the exit code is 2 when any check failed.
 
-    Example: dspylite doctor tiny --lora-rank 16
+    Example: dspylite doctor smollm2-135m-instruct server.max_lora_rank=32
     """
     import json
 
+    from dspylite.config_io import split_override
+    from dspylite.errors import DSPyLiteError
     from serving.doctor import Environment, as_dicts, diagnose, format_findings
-    from serving.models import resolve_model
+    from serving.launch import server_model
+    from serving.memory import TRAINING_BATCH_SIZE, TRAINING_SEQ_LEN
+    from serving.serve import load_serve_config
 
-    model_dir = _run_job(resolve_model, model, _say) if model else None
+    items = list(args or [])
+    model = items.pop(0) if items and "=" not in items[0] else None
+    overrides: dict[str, object] = {}
+    for flag, key, value in (
+        ("--lora-rank", "server.max_lora_rank", lora_rank),
+        ("--max-loras", "server.max_loras", max_loras),
+    ):
+        if value is not None:
+            _warn(f"{flag} is deprecated; use {key}={value}")
+            overrides[key] = value
+    try:
+        overrides.update(split_override(item) for item in items)
+        cfg = load_serve_config(config, overrides, model=model, server_only=True)
+        model_dir = server_model(cfg.model, cfg.server, _say) if cfg.model else None
+    except DSPyLiteError as exc:
+        _fail(str(exc))
     findings = diagnose(
         Environment.detect(check_vllm_args=vllm_args),
         model_dir=model_dir,
-        lora_rank=lora_rank,
-        max_loras=max_loras,
-        batch_size=batch_size,
-        seq_len=seq_len,
+        server=cfg.server,
+        batch_size=batch_size or TRAINING_BATCH_SIZE,
+        seq_len=seq_len or TRAINING_SEQ_LEN,
     )
     typer.echo(json.dumps(as_dicts(findings), indent=2) if as_json else format_findings(findings))
     if any(f.status == "error" for f in findings):

@@ -29,6 +29,14 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def field_help(text: str) -> dict[str, str]:
+    """A config field's metadata: its help text, which ``--help`` and ``config_keys`` show.
+
+    ``learning_rate: float = field(default=2e-4, metadata=field_help("AdamW learning rate."))``
+    """
+    return {"help": text}
+
+
 def load_config(
     cls: type[T],
     path: str | Path | dict[str, Any] | None = None,

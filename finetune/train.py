@@ -4,7 +4,7 @@ Training only: the rows come from a data directory a BootstrapFinetune run saved
 written by ``dspylite finetune`` or ``dspylite better-together``). No vLLM and no program runs happen
 here, so the same command runs under ``accelerate launch`` (DDP or FSDP: configs/multi_gpu/) or as
 plain ``python -m finetune.train`` on one device. The Trainer inside picks up the launcher's
-processes by itself. Serve the adapter afterwards with ``dspylite serve MODEL --adapter NAME=PATH``.
+processes by itself. Serve the adapter afterwards with ``dspylite serve MODEL server.adapters.NAME=PATH``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError, DSPyLiteError
 from finetune.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass

@@ -11,13 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dspylite.config_io import field_help as _help
 from finetune.config import LoraSettings
 
 LR_SCHEDULES = ("linear", "cosine", "constant")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass

@@ -57,19 +57,19 @@ def cuda_env(devices: DeviceSpec, *, field: str = "devices") -> dict[str, str]:
 def training_env(devices: DeviceSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """A full environment for a training process (e.g. ``accelerate launch``) on ``devices``."""
     env = dict(os.environ if base is None else base)
-    env.update(cuda_env(devices, field="train.devices"))
+    env.update(cuda_env(devices, field="server.train_devices"))
     return env
 
 
 def use_training_devices(devices: DeviceSpec) -> None:
     """Restrict this process's CUDA to ``devices`` (call before anything initialises CUDA)."""
-    entries = cuda_env(devices, field="train.devices")
+    entries = cuda_env(devices, field="server.train_devices")
     if not entries:
         return
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         raise ConfigError(
-            "train.devices cannot be applied: CUDA is already initialised in this process; "
+            "server.train_devices cannot be applied: CUDA is already initialised in this process; "
             "set it before the first GPU use, or launch training as its own process with training_env()"
         )
     os.environ.update(entries)
@@ -98,12 +98,12 @@ def plan_devices(
 ) -> DevicePlan:
     """Parse and check the device settings: the server gets ``tp x dp`` GPUs when it has a list."""
     plan = DevicePlan(
-        parse_devices(server, field="server.devices"), parse_devices(train, field="train.devices")
+        parse_devices(server, field="server.devices"), parse_devices(train, field="server.train_devices")
     )
     check_parallel_sizes(plan.server, tensor_parallel_size, data_parallel_size)
     if plan.server is not None and plan.train is not None and plan.shared:
         logger.info(
-            "server.devices %s and train.devices %s overlap on %s: server.colocate decides how they share",
+            "server.devices %s and server.train_devices %s overlap on %s: server.colocate decides how they share",
             plan.server,
             plan.train,
             sorted(set(plan.server) & set(plan.train)),

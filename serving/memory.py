@@ -39,6 +39,12 @@ from dspylite.errors import ColocationError, ConfigError
 
 GIB = 1024**3
 
+# The training micro-batch the recipes' memory is sized for: a LoRA step on 8 sequences of 1024 tokens
+# (finetune's max_length). The memory split (server.colocate=split) leaves training this much, and
+# `dspylite doctor` sizes training with it unless told otherwise.
+TRAINING_BATCH_SIZE = 8
+TRAINING_SEQ_LEN = 1024
+
 DTYPE_BYTES = {
     "float32": 4,
     "fp32": 4,
@@ -333,7 +339,7 @@ def memory_split(
             f"vLLM and training do not fit on one device of {total_bytes / GIB:.1f} GiB: training needs "
             f"~{training.total / GIB:.1f} GiB, vLLM ~{serving.total(min_kv_tokens) / GIB:.1f} GiB for "
             f"{min_kv_tokens} KV tokens (together with the {margin_gib} GiB margin ~{need / GIB:.1f} GiB). "
-            "Use serve.colocate=sleep, a smaller train batch or sequence length, gradient checkpointing, "
-            "or put training on another GPU (train.devices)"
+            "Use server.colocate=sleep, a smaller train batch or sequence length, gradient checkpointing, "
+            "or put training on another GPU (server.train_devices)"
         )
     return MemorySplit(total_bytes, training, serving, utilization, int(kv_tokens))

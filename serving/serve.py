@@ -1,11 +1,16 @@
-"""The ``serve`` recipe: a typed config, and running a server until interrupted.
+"""The ``serve`` recipe: a typed config (the model, a run directory and the one server schema), and
+running a server until interrupted.
 
-The CLI (``dspylite serve``) and ``configs/serve.yaml`` both map onto ``ServeConfig``; the logic
-lives here so the CLI stays a thin parser.
+    dspylite serve smollm2-135m-instruct server.port=8000 server.adapters.sft-1=runs/sft/adapters/sft-1
+
+``configs/serve.yaml`` holds the same keys (``model``, ``run_dir``, and a ``server:`` section exactly like
+every job's). The server is set up by ``serving.launch`` as a job's is: the model resolved through
+``sources.models``, ``server.dtype=auto`` picked for the hardware. The CLI stays a thin parser.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import threading
@@ -15,45 +20,98 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.config_io import field_help, from_dict, read_yaml_mapping, set_dotted, split_override
 from dspylite.errors import ConfigError, ServingError
+from serving.config import ServerConfig
+from serving.launch import build_server, server_model
 from serving.server import VLLMServer
 
 logger = logging.getLogger(__name__)
+
+# Top-level keys of serve configs written before the server schema moved under `server:`; each still
+# works for now, with a warning naming its new key (null meant "unset", so a null value is dropped).
+LEGACY_SERVER_KEYS = (
+    "adapters",
+    "host",
+    "port",
+    "served_model_name",
+    "max_lora_rank",
+    "max_loras",
+    "api_key",
+    "startup_timeout",
+    "extra_args",
+)
 
 
 @dataclass
 class ServeConfig:
     model: str = field(
-        default="", metadata={"help": "Base model: a local checkpoint directory (or a hub id)."}
+        default="",
+        metadata=field_help(
+            "Base model: a checkpoint directory or a named source (tiny, smollm2-135m-instruct); required."
+        ),
     )
-    adapters: dict[str, str] = field(
-        default_factory=dict,
-        metadata={"help": "LoRA adapters served from the start, name -> adapter directory."},
-    )
-    host: str = field(
-        default="127.0.0.1", metadata={"help": "Interface to bind; 0.0.0.0 exposes the server."}
-    )
-    port: int | None = field(default=None, metadata={"help": "TCP port; a free one when unset."})
-    served_model_name: str | None = field(
-        default=None,
-        metadata={"help": "Name clients send as 'model' for the base model (default: its path)."},
-    )
-    max_lora_rank: int = field(default=16, metadata={"help": "Largest LoRA rank the server accepts."})
-    max_loras: int = field(default=4, metadata={"help": "Adapters that can be active in one batch."})
-    api_key: str | None = field(default=None, metadata={"help": "Require this bearer token on /v1 requests."})
     run_dir: str | None = field(
-        default=None, metadata={"help": "Where vllm.log goes (default: runs/serve-<timestamp>)."}
+        default=None, metadata=field_help("Where vllm.log goes; null: runs/serve-<timestamp>.")
     )
-    startup_timeout: float = field(
-        default=300.0, metadata={"help": "Seconds to wait for the server to be healthy."}
+    server: ServerConfig = field(
+        default_factory=ServerConfig,
+        metadata=field_help("The server: the same section (and keys) as every job config's `server:`."),
     )
-    extra_args: list[str] = field(
-        default_factory=list, metadata={"help": "Extra vLLM command-line flags, passed through unchanged."}
-    )
+
+
+def load_serve_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] = (),
+    *,
+    model: str | None = None,
+    server_only: bool = False,
+) -> ServeConfig:
+    """``ServeConfig`` from a YAML file, ``key=value`` overrides and the command line's ``model``.
+
+    Keys of the old flat layout (``port: 8000`` instead of ``server: {port: 8000}``) are moved under
+    ``server`` with a warning naming the new key. ``server_only``: read just the file's ``model`` and
+    ``server`` keys, so any job config works (``dspylite doctor --config configs/sft.yaml``)."""
+    data = copy.deepcopy(read_yaml_mapping(path)) if path is not None else {}
+    if server_only:
+        data = {key: value for key, value in data.items() if key in ("model", "server", *LEGACY_SERVER_KEYS)}
+    source = str(path) if path is not None else "command line"
+    _move_legacy_keys(data, source)
+    items = list(overrides.items()) if isinstance(overrides, dict) else [split_override(o) for o in overrides]
+    for key, value in items:
+        if key.split(".")[0] in LEGACY_SERVER_KEYS:
+            _warn_legacy(key.split(".")[0], "command line")
+            key = f"server.{key}"
+        set_dotted(data, key, value)
+    if model:
+        data["model"] = model
+    return from_dict(ServeConfig, data, source=source)
+
+
+def _move_legacy_keys(data: dict[str, Any], source: str) -> None:
+    server = data.get("server")
+    if server is None:
+        server = data["server"] = {}
+    if not isinstance(server, dict):
+        return  # from_dict names the bad section
+    for key in LEGACY_SERVER_KEYS:
+        if key not in data:
+            continue
+        value = data.pop(key)
+        _warn_legacy(key, source)
+        if key in server:
+            raise ConfigError(f"{source}: {key} and server.{key} are both given; keep server.{key}")
+        if value is not None:
+            server[key] = value
+
+
+def _warn_legacy(key: str, source: str) -> None:
+    logger.warning("%s: serve key %r is now server.%s; please rename it", source, key, key)
 
 
 def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
-    """``["sft-1=runs/x/adapters/sft-1", ...]`` -> ``{"sft-1": "runs/x/adapters/sft-1"}``."""
+    """``["sft-1=runs/x/adapters/sft-1", ...]`` -> ``{"sft-1": "runs/x/adapters/sft-1"}`` (the old
+    ``--adapter NAME=PATH`` flag)."""
     adapters: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -65,24 +123,25 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
     return adapters
 
 
-def build_server(config: ServeConfig) -> VLLMServer:
-    """A (not yet started) server for the config; the run directory defaults to runs/serve-<time>."""
+def prepare_server(config: ServeConfig, say: Callable[[str], None] | None = None) -> VLLMServer:
+    """The (not yet started, but checked) server for the config: the model resolved, placed and
+    sized by ``serving.launch`` like a job's; the run directory defaults to runs/serve-<time>."""
     if not config.model:
-        raise ConfigError("serve: 'model' is required (a model directory or hub id)")
+        raise ConfigError(
+            "serve: 'model' is required: a checkpoint directory or a named source "
+            "(e.g. `dspylite serve smollm2-135m-instruct`)"
+        )
+    if config.server.api_base:
+        raise ConfigError(
+            f"server.api_base={config.server.api_base!r}: `dspylite serve` starts a server; leave it empty "
+            "(jobs use it to reach a server that is already running)"
+        )
+    say = say or (lambda message: logger.info("%s", message))
     run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / time.strftime("serve-%Y%m%d-%H%M%S")
-    return VLLMServer(
-        config.model,
-        port=config.port,
-        host=config.host,
-        served_model_name=config.served_model_name,
-        max_lora_rank=config.max_lora_rank,
-        max_loras=config.max_loras,
-        lora_modules=config.adapters,
-        api_key=config.api_key,
-        log_dir=run_dir,
-        extra_args=config.extra_args,
-        startup_timeout=config.startup_timeout,
-    )
+    model_dir = server_model(config.model, config.server, say)
+    server = build_server(model_dir, config.server, run_dir, say)
+    server.validate()
+    return server
 
 
 def serve_until_interrupted(

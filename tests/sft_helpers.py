@@ -17,7 +17,7 @@ def build_micro_model(directory: Path, seed: int = 0) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from finetune.tiny_model.tokenizer import render_chatml, train_tokenizer
+    from sources.models.tiny_model.tokenizer import render_chatml, train_tokenizer
 
     rng = random.Random(seed)
     texts = []

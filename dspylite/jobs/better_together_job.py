@@ -14,19 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError, OptimizerError
 from dspylite.jobs.session import JobSession, Say, log_say, open_session
-from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings, ServerSettings
+from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from finetune.config import FinetuneConfig
 from rl.config import GRPOConfig
+from serving.config import ServerConfig
 
 WORK_DIR = "work"
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -58,7 +56,7 @@ class BetterTogetherJobConfig:
     task: TaskSettings = field(
         default_factory=TaskSettings, metadata=_help("The task: program, data, metric.")
     )
-    server: ServerSettings = field(default_factory=ServerSettings, metadata=_help("vLLM (LoRA enabled)."))
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM (LoRA enabled)."))
     lm: LMSettings = field(default_factory=LMSettings, metadata=_help("The LM client."))
     prompt: PromptOptimizerSettings = field(
         default_factory=PromptOptimizerSettings, metadata=_help("The prompt optimizer (p steps).")
@@ -83,12 +81,10 @@ class BetterTogetherJobConfig:
             raise ValueError(str(exc)) from None
         if self.valset_size < 0:
             raise ValueError(f"valset_size must be >= 0, got {self.valset_size}")
-        rank = self.sft.lora.r if self.weights == "finetune" else self.grpo.lora.r
-        if rank > self.server.max_lora_rank:
-            section = "sft" if self.weights == "finetune" else "grpo"
-            raise ValueError(
-                f"{section}.lora.r={rank} exceeds server.max_lora_rank={self.server.max_lora_rank}"
-            )
+        if self.weights == "finetune":
+            self.server.check_lora_ranks(sft=self.sft.lora.r)
+        else:
+            self.server.check_lora_ranks(grpo=self.grpo.lora.r)
 
 
 @dataclass

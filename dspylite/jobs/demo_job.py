@@ -21,22 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import DEMO_STAGE_TITLES, DEMO_STAGES
 from dspylite.jobs.session import JobSession, Say, log_say, open_session
-from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings, ServerSettings
+from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from dspylite.optimizers.config import RandomSearchSettings
 from dspylite.optimizers.stages import StageRecord, load_stages, save_stages
 from finetune.config import FinetuneConfig
 from rl.config import GRPOConfig
+from serving.config import ServerConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -55,9 +53,7 @@ class DemoConfig:
         default_factory=lambda: TaskSettings(n_train=2000, n_dev=400, n_test=400),
         metadata=_help("The task (fact_qa by default): train feeds the optimizers, dev picks, test reports."),
     )
-    server: ServerSettings = field(
-        default_factory=ServerSettings, metadata=_help("vLLM or a running server.")
-    )
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM or a running server."))
     lm: LMSettings = field(
         default_factory=lambda: LMSettings(max_tokens=512, num_threads=16), metadata=_help("The LM client.")
     )
@@ -97,15 +93,9 @@ class DemoConfig:
         unknown = [s for s in self.stages if s not in DEMO_STAGES]
         if unknown:
             raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {DEMO_STAGES}")
-        for name, rank in (
-            ("sft", self.sft.lora.r),
-            ("grpo", self.grpo.lora.r),
-            ("sft_grpo", self.sft_grpo.lora.r),
-        ):
-            if rank > self.server.max_lora_rank:
-                raise ValueError(
-                    f"{name}.lora.r={rank} exceeds server.max_lora_rank={self.server.max_lora_rank}"
-                )
+        self.server.check_lora_ranks(
+            sft=self.sft.lora.r, grpo=self.grpo.lora.r, sft_grpo=self.sft_grpo.lora.r
+        )
 
 
 def run_demo(

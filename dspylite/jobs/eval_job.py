@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import RESULTS_FILE
@@ -19,12 +20,9 @@ from dspylite.jobs.session import (
     score_record,
     write_results,
 )
-from dspylite.jobs.settings import LMSettings, ServerSettings
+from dspylite.jobs.settings import LMSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+from serving.config import ServerConfig
 
 
 @dataclass
@@ -50,9 +48,7 @@ class EvalJobConfig:
     task: TaskSettings = field(
         default_factory=TaskSettings, metadata=_help("The task: program, data, metric.")
     )
-    server: ServerSettings = field(
-        default_factory=ServerSettings, metadata=_help("vLLM or a running server.")
-    )
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM or a running server."))
     lm: LMSettings = field(default_factory=LMSettings, metadata=_help("The LM client."))
 
 

@@ -17,20 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.session import Say, log_say, open_session
-from dspylite.jobs.settings import BootstrapSettings, LMSettings, ServerSettings
+from dspylite.jobs.settings import BootstrapSettings, LMSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from finetune.config import FinetuneConfig
+from serving.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
 MIN_HELD_OUT = 200  # the smallest dev split whose interval is worth reporting
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -49,7 +47,7 @@ class FinetuneJobConfig:
     task: TaskSettings = field(
         default_factory=TaskSettings, metadata=_help("The task: program, data, metric.")
     )
-    server: ServerSettings = field(default_factory=ServerSettings, metadata=_help("vLLM (LoRA enabled)."))
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM (LoRA enabled)."))
     lm: LMSettings = field(
         default_factory=LMSettings, metadata=_help("The LM client (teacher runs and scoring).")
     )
@@ -59,10 +57,7 @@ class FinetuneJobConfig:
     sft: FinetuneConfig = field(default_factory=FinetuneConfig, metadata=_help("LoRA SFT (finetune.config)."))
 
     def __post_init__(self) -> None:
-        if self.sft.lora.r > self.server.max_lora_rank:
-            raise ValueError(
-                f"sft.lora.r={self.sft.lora.r} exceeds server.max_lora_rank={self.server.max_lora_rank}"
-            )
+        self.server.check_lora_ranks(sft=self.sft.lora.r)
 
 
 @dataclass

@@ -15,16 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.session import Say, log_say, open_session
-from dspylite.jobs.settings import LMSettings, ServerSettings
+from dspylite.jobs.settings import LMSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from rl.config import GRPOConfig
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+from serving.config import ServerConfig
 
 
 @dataclass
@@ -50,7 +48,7 @@ class GRPOJobConfig:
             "task's metric."
         ),
     )
-    server: ServerSettings = field(default_factory=ServerSettings, metadata=_help("vLLM."))
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM."))
     lm: LMSettings = field(
         default_factory=LMSettings,
         metadata=_help(
@@ -61,10 +59,7 @@ class GRPOJobConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata=_help("GRPO (rl.config.GRPOConfig)."))
 
     def __post_init__(self) -> None:
-        if self.grpo.lora.r > self.server.max_lora_rank:
-            raise ValueError(
-                f"grpo.lora.r={self.grpo.lora.r} exceeds server.max_lora_rank={self.server.max_lora_rank}"
-            )
+        self.server.check_lora_ranks(grpo=self.grpo.lora.r)
 
 
 def run_grpo_job(

@@ -9,16 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import OPTIMIZER_DIR  # the optimizer's own run directory
 from dspylite.jobs.session import Say, log_say, open_session
-from dspylite.jobs.settings import LMSettings, PromptOptimizerSettings, ServerSettings
+from dspylite.jobs.settings import LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+from serving.config import ServerConfig
 
 
 @dataclass
@@ -38,9 +36,7 @@ class OptimizeJobConfig:
     task: TaskSettings = field(
         default_factory=TaskSettings, metadata=_help("The task: program, data, metric.")
     )
-    server: ServerSettings = field(
-        default_factory=ServerSettings, metadata=_help("vLLM or a running server.")
-    )
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_help("vLLM or a running server."))
     lm: LMSettings = field(default_factory=LMSettings, metadata=_help("The LM client."))
     optimizer: PromptOptimizerSettings = field(
         default_factory=PromptOptimizerSettings, metadata=_help("The prompt optimizer and its budget.")

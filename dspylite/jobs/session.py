@@ -5,8 +5,9 @@
         result = session.evaluate(program, session.task.split("test"))
         session.finish(score=...)                             # job.json: status done + numbers
 
-A session starts vLLM on ``cfg.model`` (resolved by ``serving.models.resolve_model``: a named source or
-a checkpoint directory) or connects to ``cfg.server.api_base``; makes the job's LM (cache in the run
+A session starts vLLM on ``cfg.model`` (``serving.launch``, the set-up ``dspylite serve`` uses too; the
+model resolved by ``sources.models.resolve_model``: a named source or a checkpoint directory) or
+connects to ``cfg.server.api_base``; makes the job's LM (cache in the run
 directory) and adapter the context defaults; and owns the run directory's adapter registry. A job
 that raises leaves ``job.json`` saying ``failed`` with the error; the server it started is stopped.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,13 +25,12 @@ from typing import Any
 
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import JOB_FILE
-from dspylite.jobs.settings import LMSettings, PromptOptimizerSettings, ServerSettings
+from dspylite.jobs.settings import LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import Task, load_task
 from dspylite.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 
-API_KEY_ENV = "DSPYLITE_API_KEY"
 SECRET_KEYS = ("api_key",)  # config fields never written to disk
 
 Say = Callable[[str], None]
@@ -241,13 +240,15 @@ def open_session(
     """Open the job's run directory, task, server and LM (see the module docstring); ``cfg`` needs
     ``run_dir``, ``model``, ``task``, ``server`` and ``lm``. The server is stopped when the block ends."""
     import dspylite
+    from serving.launch import open_server, server_model
+    from serving.placement import colocation
     from serving.registry import AdapterRegistry
 
     task = task if task is not None else load_task(cfg.task)
     run = open_run(cfg.run_dir, cfg, kind)
     try:
-        model_dir = _model_dir(cfg.model, cfg.server, say)
-        with open_server(model_dir, cfg.server, run, say) as server:
+        model_dir = server_model(cfg.model, cfg.server, say)
+        with open_server(model_dir, cfg.server, run.path, say) as server:
             lm = make_lm(server, cfg.lm, run)
             shared = colocation(server, cfg.server, say)
             session = JobSession(
@@ -280,122 +281,6 @@ def _mark_failed(run: RunDir, exc: BaseException) -> None:
         run.save_json(JOB_FILE, job)
     except OSError:  # the disk that failed the job may refuse this too; the original error matters more
         logger.debug("could not record the failure in %s", run.path / JOB_FILE)
-
-
-def _model_dir(model: str | None, server: ServerSettings, say: Say) -> str:
-    """The base model directory: resolved from ``model``; with a remote server and no model, ''."""
-    from serving.models import resolve_model
-
-    if server.api_base and not model:
-        return ""
-    return resolve_model(model, say)
-
-
-def api_key(settings: ServerSettings) -> str | None:
-    return settings.api_key or os.environ.get(API_KEY_ENV) or None
-
-
-@contextlib.contextmanager
-def open_server(model_dir: str, settings: ServerSettings, run: RunDir, say: Say = log_say) -> Iterator[Any]:
-    """The one server set-up: ``connect`` to ``settings.api_base``, or a VLLMServer started here (and stopped)."""
-    if settings.api_base:
-        from serving import connect
-
-        say(f"using the server at {settings.api_base}")
-        connection = connect(
-            settings.api_base, api_key=api_key(settings), max_lora_rank=settings.max_lora_rank
-        )
-        served = set(connection.served_models())
-        for name, path in settings.adapters.items():
-            if name not in served:
-                connection.load_adapter(name, path)
-        yield connection
-        return
-    from serving import VLLMServer
-
-    placement = plan_placement(model_dir, settings, say)
-    server = VLLMServer(
-        model_dir,
-        max_lora_rank=settings.max_lora_rank,
-        lora_modules=settings.adapters,
-        api_key=api_key(settings),
-        log_dir=run.path,
-        extra_args=settings.extra_args,
-        startup_timeout=settings.startup_timeout,
-        devices=settings.devices or None,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        data_parallel_size=settings.data_parallel_size,
-        dtype=None if settings.dtype == "auto" else settings.dtype,
-        **placement,
-    )
-    say(f"starting vLLM on {server.model} (log: {run.path / 'vllm.log'}) ...")
-    server.start()
-    say(f"vLLM ready in {server.start_seconds or 0:.0f}s at {server.api_base} (serving in {server.dtype})")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def plan_placement(model_dir: str, settings: ServerSettings, say: Say = log_say) -> dict[str, Any]:
-    """Where the server and training run, and how they share a GPU: the VLLMServer arguments for
-    ``server.colocate`` (sleep mode, or a computed memory split), after checking the device lists.
-    Training processes started by this job see ``server.train_devices``."""
-    from serving.colocate import server_args
-    from serving.devices import use_training_devices
-
-    plan, mode = _placement(settings)
-    if plan.train is not None:
-        use_training_devices(plan.train)
-    split = None
-    if mode == "split" and settings.gpu_memory_utilization is None:
-        split = _memory_split(model_dir, settings)
-        say(f"server.colocate=split: {split.describe()}")
-    elif mode == "sleep":
-        say("server.colocate=sleep: vLLM sleeps (level 1) around each training phase")
-    args = server_args(mode, split)
-    if settings.gpu_memory_utilization is not None:
-        args["gpu_memory_utilization"] = settings.gpu_memory_utilization
-    return args
-
-
-def _memory_split(model_dir: str, settings: ServerSettings) -> Any:
-    import torch
-
-    from serving.memory import ModelShape, memory_split, serving_memory, training_memory
-
-    shape = ModelShape.from_dir(model_dir)
-    total = torch.cuda.get_device_properties(0).total_memory
-    # Sized for the recipes' defaults: a LoRA of the server's largest rank, micro-batches of 8 x 1024.
-    training = training_memory(shape, lora_rank=settings.max_lora_rank, batch_size=8, seq_len=1024)
-    serving = serving_memory(shape, max_lora_rank=settings.max_lora_rank)
-    return memory_split(total, training, serving, min_kv_tokens=2048)
-
-
-def _placement(settings: ServerSettings) -> tuple[Any, str]:
-    """The checked device plan and the colocation mode that applies here (one computation for the
-    server's start-up flags and the trainers' Colocation)."""
-    from serving.colocate import effective_mode
-    from serving.devices import plan_devices
-    from serving.server import vllm_flavor
-
-    plan = plan_devices(
-        settings.devices or None,
-        settings.train_devices or None,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        data_parallel_size=settings.data_parallel_size,
-    )
-    return plan, effective_mode(settings.colocate, flavor=vllm_flavor(), shared=plan.shared)
-
-
-def colocation(session_server: Any, settings: ServerSettings, say: Say = log_say) -> Any:
-    """The Colocation the trainers wrap their training phases in (a no-op unless colocate=sleep)."""
-    from serving.colocate import Colocation
-
-    if settings.api_base:
-        return Colocation(session_server, "off", say=say)
-    _, mode = _placement(settings)
-    return Colocation(session_server, "sleep" if mode == "sleep" else "off", say=say)
 
 
 def make_lm(server: Any, settings: LMSettings, run: RunDir) -> Any:

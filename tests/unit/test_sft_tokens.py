@@ -149,7 +149,7 @@ RECORDED = Path(__file__).resolve().parents[1] / "data" / "smollm2_vllm_traces.j
 def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from serving.models import SMOLLM2, resolve_model
+    from sources.models import SMOLLM2, resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(SMOLLM2))  # converted once (~35 s), then cached
 

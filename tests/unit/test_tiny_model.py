@@ -10,7 +10,7 @@ import pytest
 from dspylite.adapters import ChatAdapter
 from dspylite.datasets.programs import ExtractFact
 from dspylite.errors import TrainingError
-from finetune.tiny_model import TinyModelRecipe, build_tiny_model, read_marker
+from sources.models.tiny_model import TinyModelRecipe, build_tiny_model, read_marker
 
 TOY = dict(
     vocab_size=400,
@@ -97,7 +97,7 @@ def test_planted_circuit_copies_a_repeated_sequence_before_any_training() -> Non
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from finetune.tiny_model.plant import plant_copy_circuits
+    from sources.models.tiny_model.plant import plant_copy_circuits
 
     config = LlamaConfig(
         vocab_size=300,

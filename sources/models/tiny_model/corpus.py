@@ -16,7 +16,7 @@ from typing import Any
 
 from dspylite.datasets.fact_qa import FactQAItem, fact_qa_splits, iter_fact_qa_items
 from dspylite.datasets.vocab import NAMES, RELATIONS_BY_NAME, random_fact
-from finetune.tiny_model.recipe import TinyModelRecipe
+from sources.models.tiny_model.recipe import TinyModelRecipe
 
 Messages = list[dict[str, str]]
 Document = Messages | str  # a chat, or plain text

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.tiny_model.recipe import TinyModelRecipe
+from sources.models.tiny_model.recipe import TinyModelRecipe
 
 logger = logging.getLogger(__name__)
 

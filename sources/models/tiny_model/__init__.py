@@ -5,7 +5,7 @@ it), cached per recipe. Nothing here is special-cased elsewhere: a real checkpoi
 wherever this one does.
 """
 
-from finetune.tiny_model.build import build_tiny_model, default_models_root, read_marker
-from finetune.tiny_model.recipe import TinyModelRecipe
+from sources.models.tiny_model.build import build_tiny_model, default_models_root, read_marker
+from sources.models.tiny_model.recipe import TinyModelRecipe
 
 __all__ = ["TinyModelRecipe", "build_tiny_model", "default_models_root", "read_marker"]

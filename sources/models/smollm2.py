@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dspylite.errors import ConfigError
-from finetune.model_cache import build_once, default_models_root, read_json_marker
+from sources.models.cache import build_once, default_models_root, read_json_marker
 
 logger = logging.getLogger(__name__)
 

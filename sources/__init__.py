@@ -1,0 +1,7 @@
+"""Where models and data come from: named sources and local paths, resolved one way, below serving and training.
+
+``sources.models``: a model reference (a checkpoint directory, or a named source such as the built-in tiny
+model or SmolLM2-135M-Instruct built offline) becomes a model directory, built once and cached.
+This package imports nothing from ``finetune``, ``rl``, ``serving``, ``dspylite.optimizers`` or
+``dspylite.jobs`` (tests/unit/test_layering.py checks it).
+"""
