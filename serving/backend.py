@@ -114,14 +114,18 @@ class Backend:
     @property
     def registry(self) -> AdapterRegistry:
         if self._registry is None:
-            raise ConfigError("this Backend has no run_dir, so no adapter registry; use backend.with_run_dir()")
+            raise ConfigError(
+                "this Backend has no run_dir, so no adapter registry; use backend.with_run_dir()"
+            )
         return self._registry
 
     @property
     def run(self) -> RunDir:
         """The run directory, created on first use."""
         if self.run_dir is None:
-            raise ConfigError("this Backend has no run_dir; use backend.with_run_dir() or Backend(run_dir=...)")
+            raise ConfigError(
+                "this Backend has no run_dir; use backend.with_run_dir() or Backend(run_dir=...)"
+            )
         if self._run is None:
             self._run = RunDir(self.run_dir)
         return self._run

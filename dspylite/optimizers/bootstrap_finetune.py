@@ -62,7 +62,9 @@ class BootstrapFinetuneConfig:
             "sample_temperature with distinct rollout ids."
         ),
     )
-    sample_temperature: float = field(default=0.8, metadata=_help("Temperature of the samples after the first."))
+    sample_temperature: float = field(
+        default=0.8, metadata=_help("Temperature of the samples after the first.")
+    )
     sample_seed: int | None = field(
         default=None,
         metadata=_help(
@@ -444,7 +446,14 @@ def _data_fingerprint(
         "program": program.dump_state(),
         "examples": [example_id(e) for e in trainset],
         "samples": [settings.samples_per_example, settings.sample_temperature, settings.sample_seed],
-        "data": [cfg.metric_threshold, cfg.val_fraction, cfg.seed, cfg.dedupe, cfg.max_length, cfg.keep_truncated],
+        "data": [
+            cfg.metric_threshold,
+            cfg.val_fraction,
+            cfg.seed,
+            cfg.dedupe,
+            cfg.max_length,
+            cfg.keep_truncated,
+        ],
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

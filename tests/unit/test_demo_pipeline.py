@@ -112,7 +112,12 @@ def install_stub_trainers(monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -
 
         @classmethod
         def load(
-            cls, model_path: str, cfg: Any, *, adapter_dir: str | None = None, serving_dtype: str | None = None
+            cls,
+            model_path: str,
+            cfg: Any,
+            *,
+            adapter_dir: str | None = None,
+            serving_dtype: str | None = None,
         ) -> StubPolicy:
             recorder.policy_loads.append({"model_path": model_path, "adapter_dir": adapter_dir})
             return cls(str(Path(model_path).resolve()), cfg)

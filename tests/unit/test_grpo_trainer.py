@@ -320,7 +320,9 @@ def test_grpo_front_end_takes_a_backend_and_one_typed_config(model_dir, tmp_path
     assert (cfg.num_steps, cfg.beta, cfg.lora.r, cfg.micro_batch_size) == (3, 0.0, 4, 8)
     assert cfg.num_rollouts_per_example == 8  # GRPOConfig's default
     # train_kwargs (DSPy's name) override the config field by field; a value equal to the default still wins.
-    tuned = dspy.GRPO(metric, backend, GRPOConfig(num_steps=7), train_kwargs={"num_steps": 60, "lora": {"r": 8}})
+    tuned = dspy.GRPO(
+        metric, backend, GRPOConfig(num_steps=7), train_kwargs={"num_steps": 60, "lora": {"r": 8}}
+    )
     assert (tuned.config.num_steps, tuned.config.lora.r, tuned.config.lora.alpha) == (60, 8, 32)
     assert dspy.GRPO(metric, backend, GRPOConfig(num_steps=7)).config.num_steps == 7
     with pytest.raises(ConfigError, match="num_rollout"):
@@ -455,7 +457,6 @@ def test_from_an_init_adapter_the_kl_reference_is_that_adapter_not_the_base(mode
 
 
 def test_a_testset_scores_start_and_best_without_reloading_any_version(model_dir, tmp_path):
-    from rl.trainer import GRPOTrainer
 
     lm = SamplingLM()
     server = FakeServer(model_dir, lm)  # refuses a second load of any name
@@ -481,9 +482,7 @@ def test_a_testset_scores_start_and_best_without_reloading_any_version(model_dir
 
 def test_without_a_testset_there_is_no_test_score(model_dir, tmp_path):
     lm = SamplingLM()
-    trainer, result = _run(
-        _config(num_steps=1, val_every=0), FakeServer(model_dir, lm), lm, tmp_path / "run"
-    )
+    trainer, result = _run(_config(num_steps=1, val_every=0), FakeServer(model_dir, lm), lm, tmp_path / "run")
     assert result.test_improvement() is None
     assert "test_start" not in json.loads((trainer.run.path / "result.json").read_text())
 
@@ -491,9 +490,7 @@ def test_without_a_testset_there_is_no_test_score(model_dir, tmp_path):
 def test_a_run_from_an_init_adapter_checkpoints_only_the_trained_adapter(model_dir, tmp_path):
     from rl.policy import Policy
 
-    start_dir = Policy.load(str(model_dir), _config()).save_adapter(
-        tmp_path / "start"
-    )
+    start_dir = Policy.load(str(model_dir), _config()).save_adapter(tmp_path / "start")
     lm = SamplingLM()
     cfg = _config(num_steps=1, val_every=0, init_adapter=str(start_dir))
     trainer, result = _run(cfg, FakeServer(model_dir, lm), lm, tmp_path / "run")
@@ -508,7 +505,6 @@ def test_a_run_from_an_init_adapter_checkpoints_only_the_trained_adapter(model_d
 
 
 def test_dynamic_sampling_rolls_out_more_examples_until_enough_carry_signal(model_dir, tmp_path):
-    from rl.trainer import GRPOTrainer
 
     def no_signal(example, prediction, trace=None):  # every rollout scores the same: no group has variance
         return 0.0
