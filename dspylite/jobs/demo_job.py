@@ -92,9 +92,16 @@ class DemoConfig:
     strategy: str = field(default="p -> w", metadata=_help("BetterTogether strategy over p and w."))
 
     def __post_init__(self) -> None:
+        from dspylite.errors import OptimizerError
+        from dspylite.optimizers.better_together import parse_strategy
+
         unknown = [s for s in self.stages if s not in DEMO_STAGES]
         if unknown:
             raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {DEMO_STAGES}")
+        try:  # checked here, not after the stages before better_together have run
+            parse_strategy(self.strategy)
+        except OptimizerError as exc:
+            raise ValueError(str(exc)) from None
         for name, rank in (
             ("sft", self.sft.lora.r),
             ("grpo", self.grpo.lora.r),
