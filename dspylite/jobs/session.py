@@ -7,8 +7,10 @@
 
 A session starts vLLM on ``cfg.model`` (resolved by ``serving.models.resolve_model``: a named source or
 a checkpoint directory) or connects to ``cfg.server.api_base``; makes the job's LM (cache in the run
-directory) and adapter the context defaults; and owns the run directory's adapter registry. A job
-that raises leaves ``job.json`` saying ``failed`` with the error; the server it started is stopped.
+directory) and adapter the context defaults; and opens the weight backend (``serving.backend.Backend``:
+the server, the run directory's adapter registry, the base model, colocation) the weight optimizers
+train through. A job that raises leaves ``job.json`` saying ``failed`` with the error; the server it
+started is stopped.
 """
 
 from __future__ import annotations
