@@ -133,8 +133,6 @@ def run_sft(model_dir: Path, rows: list[dict], out: Path, args: Any, cuda: bool,
         ]
     )
     cfg = FinetuneConfig(
-        model_path=str(model_dir),
-        run_dir=str(out / "sft"),
         lora=LoraSettings(r=args.lora_rank, alpha=2 * args.lora_rank, target_modules=["all-linear"]),
         learning_rate=2e-4,
         max_steps=steps,
@@ -148,7 +146,7 @@ def run_sft(model_dir: Path, rows: list[dict], out: Path, args: Any, cuda: bool,
     shutil.rmtree(out / "sft", ignore_errors=True)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = train_lora(dataset, cfg, out / "sft", adapter_name="gpu-check-sft")
+    result = train_lora(dataset, cfg, out / "sft", adapter_name="gpu-check-sft", model_path=model_dir)
     metrics = result.metrics
     tokens_per_s = float(metrics.get("train_tokens_per_second") or 0.0)
     report = {
@@ -238,7 +236,6 @@ def run_grpo(model_dir: Path, rows: list[dict], args: Any, cuda: bool, peak: flo
     # Policy.load is the trainer's own path: grpo.device/grpo.precision "auto" pick cuda + bf16 on the GPU.
     cfg = dataclasses.replace(
         GRPOConfig(),
-        model_path=str(model_dir),
         beta=0.0,
         log_kl=False,
         num_iterations=1,

@@ -62,7 +62,7 @@ def run_dspylite(model: str, args: argparse.Namespace, out: Path) -> dict:
     from finetune.config import LoraSettings
     from rl.config import GRPOConfig
     from rl.trainer import GRPOTrainer
-    from serving import VLLMServer
+    from serving import Backend, VLLMServer
 
     steps = args.warmup + args.steps
     examples, _ = _prompts(args.prompts * steps + 2)
@@ -73,8 +73,6 @@ def run_dspylite(model: str, args: argparse.Namespace, out: Path) -> dict:
         lm = server.lm(max_tokens=args.max_tokens)
         dspylite.configure(lm=lm)
         cfg = GRPOConfig(
-            model_path=model,
-            run_dir=str(out / "run"),
             init_adapter="base",
             num_steps=steps,
             examples_per_step=args.prompts,
@@ -88,7 +86,8 @@ def run_dspylite(model: str, args: argparse.Namespace, out: Path) -> dict:
             lora=LoraSettings(r=LORA["r"], alpha=LORA["alpha"], target_modules=LORA["targets"]),
             tensorboard=False,
         )
-        trainer = GRPOTrainer(cfg, fact_topic_metric, server, lm=lm)
+        backend = Backend(server, run_dir=out / "run", model_dir=model, base_lm=lm)
+        trainer = GRPOTrainer(cfg, fact_topic_metric, backend)
         trainer.fit(FactTopic(), trainset, valset)
     rows = [r for r in trainer.run.metrics() if r["step"] > args.warmup]
     return {

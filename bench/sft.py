@@ -74,7 +74,6 @@ def child(kind: str, model: str, data_dir: str, steps: int, batch_size: int, out
         from finetune.sft import build_sft_trainer
 
         cfg = FinetuneConfig(
-            model_path=model,
             max_steps=steps,
             per_device_train_batch_size=batch_size,
             learning_rate=lr,
@@ -83,7 +82,7 @@ def child(kind: str, model: str, data_dir: str, steps: int, batch_size: int, out
             logging_steps=max(1, steps // 4),
             tensorboard=False,
         )
-        setup = build_sft_trainer(data, cfg, out_dir)
+        setup = build_sft_trainer(data, cfg, out_dir, model_path=model)
         trainer, val = setup.trainer, data.to_datasets()["val"].select_columns(["prompt", "completion"])
     else:
         import torch

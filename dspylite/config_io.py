@@ -124,6 +124,13 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config", pre
     data = _renamed(cls, data, source=source, prefix=prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # A config class lists the keys it dropped (REMOVED_KEYS: key -> what to use instead), so a file
+    # that still sets one fails naming the replacement rather than as merely unknown.
+    removed = sorted(set(data) & set(getattr(cls, "REMOVED_KEYS", {})) - set(fields))
+    if removed:
+        raise ConfigError(
+            f"{source}: {prefix}{removed[0]} is no longer a setting: {cls.REMOVED_KEYS[removed[0]]}"  # type: ignore[attr-defined]
+        )
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(

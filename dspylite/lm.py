@@ -134,6 +134,11 @@ class LM:
     but starts its own counts.
     """
 
+    # The serving.backend.Backend that serves this model, when it came from ``backend.lm()``: weight
+    # optimizers (BootstrapFinetune, GRPO) train through it, as DSPy's go through ``lm.finetune``.
+    # Copies keep it; it is never saved.
+    backend: Any = None
+
     def __init__(
         self,
         model: str,

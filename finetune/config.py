@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config, to_dict
@@ -35,20 +35,16 @@ class LoraSettings:
 
 @dataclass
 class FinetuneConfig:
-    # ---- model and output
-    model_path: str = field(
-        default="",
-        metadata=_help(
-            "Base model directory (or hub id available offline). Empty: the caller supplies it (the tiny model "
-            "for the demo, the served model for BootstrapFinetune)."
-        ),
-    )
-    run_dir: str = field(
-        default="",
-        metadata=_help(
-            "Run directory for data, checkpoints, metrics and adapters. Empty: the caller decides."
-        ),
-    )
+    # The base model and the run directory are not settings: the caller decides them (the job's `model`
+    # and `run_dir`, a Backend's model_dir and run_dir, train_lora's arguments). A YAML that still sets
+    # them fails with these messages (dspylite.config_io) instead of being silently overridden.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "model_path": "the base model is the job's top-level `model` key (in Python: Backend(model_dir=...) "
+        "or train_lora(model_path=...))",
+        "run_dir": "the run directory is the job's top-level `run_dir` key (in Python: Backend(run_dir=...) "
+        "or train_lora(data, cfg, run_dir))",
+    }
+    # ---- resume
     resume: bool = field(
         default=True,
         metadata=_help("Resume from the latest checkpoint of the same data in run_dir when one exists."),

@@ -63,7 +63,6 @@ __all__ = [
 
 # Config fields that do not change what is trained (so they stay out of the checkpoint key).
 _NOT_IN_KEY = {
-    "run_dir",
     "resume",
     "logging_steps",
     "eval_steps",
@@ -104,18 +103,15 @@ def train_lora(
     """Train a LoRA adapter on ``data`` and save it under ``run_dir/adapters/<adapter_name>``.
 
     ``data``: an ``SFTData`` (from ``finetune.data.build_sft_data``) or a ``datasets`` Dataset /
-    DatasetDict (``train`` and optional ``val``) of prompt/completion rows. ``model_path`` overrides
-    ``cfg.model_path``. ``adapter_name`` defaults to ``sft-<n>`` (one above the highest in the
-    adapters directory). ``callbacks``: extra transformers ``TrainerCallback`` objects.
+    DatasetDict (``train`` and optional ``val``) of prompt/completion rows. ``model_path``: the base
+    model (a directory or a named source). ``adapter_name`` defaults to ``sft-<n>`` (one above the
+    highest in the adapters directory). ``callbacks``: extra transformers ``TrainerCallback`` objects.
+    ``serving_dtype``: the precision the server samples in (``Backend.serving_dtype``), recorded next
+    to the training precision in the adapter's metadata.
     """
     cfg = load_finetune_config(cfg)
-    base = str(model_path or cfg.model_path)
-    if not base:
-        raise TrainingError(
-            "no base model: set model_path in the config (FinetuneConfig.model_path) or pass it"
-        )
-    base = _resolve_model_ref(base)
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir or cfg.run_dir or "runs/sft")
+    base = _base_model(model_path)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir or "runs/sft")
     name = adapter_name or _next_adapter_name(run.adapters_dir, "sft")
     setup = build_sft_trainer(data, cfg, run, model_path=base, callbacks=callbacks)
     trainer, key, output_dir, data_hash = setup.trainer, setup.key, setup.output_dir, setup.data_hash
@@ -191,12 +187,8 @@ def build_sft_trainer(
     ``train_lora`` calls this; tests call it to inspect the collated batches.
     """
     cfg = load_finetune_config(cfg)
-    base = _resolve_model_ref(str(model_path or cfg.model_path))
-    if not base:
-        raise TrainingError(
-            "no base model: set model_path in the config (FinetuneConfig.model_path) or pass it"
-        )
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir or cfg.run_dir or "runs/sft")
+    base = _base_model(model_path)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir or "runs/sft")
     train_ds, val_ds, data_hash = _as_datasets(data)
     if len(train_ds) == 0:
         raise TrainingError("the SFT train split is empty: nothing to train on")
@@ -367,9 +359,12 @@ class _disk_errors:
 # ---- internals ----------------------------------------------------------------------------------------
 
 
-def _resolve_model_ref(ref: str) -> str:
-    path = Path(ref).expanduser()
-    return str(path.resolve()) if path.exists() else ref
+def _base_model(model_path: str | Path | None) -> str:
+    """The base model reference to load: a directory (made absolute) or a name as given."""
+    if not model_path or not str(model_path).strip():
+        raise TrainingError("no base model: pass model_path= (the base model directory) to train on")
+    path = Path(model_path).expanduser()
+    return str(path.resolve()) if path.exists() else str(model_path)
 
 
 def _as_datasets(data: Any) -> tuple[Any, Any, str]:
@@ -414,7 +409,7 @@ def _trainable(dataset: Any) -> Any:
 
 
 def _train_key(cfg: FinetuneConfig, data_hash: str, base: str) -> str:
-    relevant = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_KEY and k != "model_path"}
+    relevant = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_KEY}
     blob = json.dumps({"cfg": relevant, "data": data_hash, "base": base}, sort_keys=True, default=str)
     return f"sft-{data_hash[:8]}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 

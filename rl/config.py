@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from dspylite.config_io import field_help as _help
 from finetune.config import LoraSettings
@@ -19,19 +19,14 @@ LR_SCHEDULES = ("linear", "cosine", "constant")
 
 @dataclass
 class GRPOConfig:
+    # The base model and the run directory are not settings: the caller decides them (the job's `model`
+    # and `run_dir`, or the Backend GRPO trains through). A YAML that still sets them fails with these
+    # messages (dspylite.config_io) instead of being silently overridden.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "model_path": "the base model is the job's top-level `model` key (in Python: Backend(model_dir=...))",
+        "run_dir": "the run directory is the job's top-level `run_dir` key (in Python: Backend(run_dir=...))",
+    }
     # ---- where
-    model_path: str = field(
-        default="",
-        metadata=_help(
-            "Base model directory the server runs (the adapters are trained on it). Empty: the caller supplies it."
-        ),
-    )
-    run_dir: str = field(
-        default="",
-        metadata=_help(
-            "Run directory: config, metrics.jsonl, checkpoints/, adapters/, tensorboard/, report. Empty: caller decides."
-        ),
-    )
     run_name: str = field(
         default="grpo",
         metadata=_help(

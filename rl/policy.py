@@ -49,13 +49,14 @@ class Policy:
         pad_token_id: int,
         max_length: int,
         reference_adapter: str | None = None,
+        serving_dtype: str | None = None,
     ):
         import torch
 
         self.model = model
-        # The precision the server samples rollouts in (VLLMServer.dtype), for the adapters' metadata;
-        # the policy trains in its own (old logprobs are recomputed here, not taken from the server).
-        self.serving_dtype: str | None = None
+        # The precision the server samples rollouts in (Backend.serving_dtype), for the adapters'
+        # metadata; the policy trains in its own (old logprobs are recomputed here, not taken from the server).
+        self.serving_dtype = serving_dtype
         self.train_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         # None: the reference is the base model (adapter disabled); else a frozen adapter's name.
         self.reference_adapter = reference_adapter
@@ -75,9 +76,17 @@ class Policy:
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_path: str, cfg: GRPOConfig, *, adapter_dir: str | None = None) -> Policy:
+    def load(
+        cls,
+        model_path: str,
+        cfg: GRPOConfig,
+        *,
+        adapter_dir: str | None = None,
+        serving_dtype: str | None = None,
+    ) -> Policy:
         """The base model with a trainable LoRA (fresh from ``cfg.lora``, or ``adapter_dir``'s), placed on
-        ``cfg.device`` in ``cfg.precision``."""
+        ``cfg.device`` in ``cfg.precision``. ``serving_dtype``: what the server samples in (vLLM's name),
+        recorded in each saved adapter's metadata."""
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -133,6 +142,7 @@ class Policy:
             pad_token_id=int(pad or 0),
             max_length=int(getattr(config, "max_position_embeddings", 1 << 30)),
             reference_adapter=reference,
+            serving_dtype=serving_dtype,
         )
 
     # ---- the update ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspylite import settings as _settings
 from dspylite.errors import OptimizerError, TrainingError
@@ -40,6 +40,9 @@ from dspylite.utils.stats import mean_ci, paired_diff_ci
 from rl.config import GRPOConfig, learning_rate_at
 from rl.groups import build_groups
 from rl.rollouts import collect_rollouts
+
+if TYPE_CHECKING:
+    from serving.backend import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -123,39 +126,36 @@ def rollout_program(program: Any, version: str, lm: Any, predictors: Sequence[st
 
 
 class GRPOTrainer:
-    """Runs GRPO for one program. ``server`` is a ``serving`` handle (``VLLMServer`` or ``connect(...)``)."""
+    """Runs GRPO for one program through ``backend`` (``serving.backend.Backend``): its server samples
+    the rollouts and serves each version, its registry records them, its ``model_dir`` is the base
+    model trained on, its ``run_dir`` holds checkpoints, adapters and metrics, and its colocation
+    wraps every update."""
 
     def __init__(
         self,
         cfg: GRPOConfig,
         metric: Callable[..., Any],
-        server: Any,
+        backend: Backend,
         *,
-        lm: Any = None,
         val_metric: Callable[..., Any] | None = None,
         display_progress: bool = False,
         on_step_end: Callable[[int, dict[str, Any]], None] | None = None,
-        registry: Any = None,
-        colocation: Any = None,
     ):
-        if not cfg.model_path:
-            raise OptimizerError("GRPO needs model_path: the base model directory the server runs")
-        if not cfg.run_dir:
-            raise OptimizerError("GRPO needs run_dir: where checkpoints, adapters and metrics go")
+        if backend.run_dir is None:
+            raise OptimizerError("GRPO needs a run directory: Backend(run_dir=...) or backend.with_run_dir()")
         self.cfg = cfg
         self.metric = metric  # the reward of rollouts
-        self.val_metric = (
-            val_metric or metric
-        )  # what validation scores (e.g. exact where the reward is partial)
-        self.server = server
-        self.base_lm = lm if lm is not None else server.lm()
+        # What validation scores (e.g. exact where the reward is partial).
+        self.val_metric = val_metric or metric
+        self.backend = backend
+        self.server = backend.server
+        self.run = backend.run
+        self.registry = backend.registry
+        self.base_lm = backend.base_lm if backend.base_lm is not None else backend.lm()
         rollout_overrides = {"max_tokens": cfg.max_tokens} if cfg.max_tokens else {}
         self.rollout_lm = self.base_lm.copy(**rollout_overrides) if rollout_overrides else self.base_lm
-        self.run = RunDir(cfg.run_dir)
         self.display_progress = display_progress
         self.on_step_end = on_step_end
-        self.registry = registry  # where versions are registered; default <run_dir>/adapters
-        self.colocation = colocation  # serving.colocate.Colocation, or None: nothing to arrange
         self.policy: Any = None
         self.state: dict[str, Any] = {}
         self._writer: Any = None
@@ -169,8 +169,6 @@ class GRPOTrainer:
         testset: Sequence[Example] | None = None,
     ) -> GRPOResult:
         """Train; ``valset`` picks the best version, ``testset`` (optional) scores start and best at the end."""
-        from serving.registry import AdapterRegistry
-
         cfg = self.cfg
         trainset, valset, testset = list(trainset), list(valset), list(testset or [])
         if not trainset:
@@ -178,8 +176,6 @@ class GRPOTrainer:
         if not valset:
             raise OptimizerError("GRPO: the valset is empty (it picks the best adapter version)")
         self._check_predictors(program)
-        if self.registry is None:
-            self.registry = AdapterRegistry(self.run.adapters_dir)
         if not self.run.config_path.exists():  # a job may have written its own, fuller config there
             self.run.write_config(cfg)
         checkpoint = self._latest_checkpoint() if cfg.resume else None
@@ -211,8 +207,9 @@ class GRPOTrainer:
 
         cfg = self.cfg
         init_dir = self._resolve_init_adapter(program)
-        self.policy = Policy.load(cfg.model_path, cfg, adapter_dir=init_dir)
-        self.policy.serving_dtype = getattr(self.server, "dtype", None)  # recorded in adapter metadata
+        self.policy = Policy.load(
+            self.backend.model_dir, cfg, adapter_dir=init_dir, serving_dtype=self.backend.serving_dtype
+        )
         self.state = {
             "session": os.urandom(3).hex(),
             "step": 0,
@@ -259,8 +256,12 @@ class GRPOTrainer:
 
         state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
         logger.info("resuming GRPO from %s (step %d)", checkpoint, state["step"])
-        self.policy = Policy.load(self.cfg.model_path, self.cfg, adapter_dir=state.get("init_adapter"))
-        self.policy.serving_dtype = getattr(self.server, "dtype", None)
+        self.policy = Policy.load(
+            self.backend.model_dir,
+            self.cfg,
+            adapter_dir=state.get("init_adapter"),
+            serving_dtype=self.backend.serving_dtype,
+        )
         self.policy.load_adapter_weights(checkpoint / ADAPTER_SUBDIR)
         self.policy.load_training_state(checkpoint)
         self.state = state
@@ -334,7 +335,7 @@ class GRPOTrainer:
         t_train = time.perf_counter()
         if grouping.samples:
             # On a GPU shared with vLLM (server.colocate=sleep) the server sleeps while the policy trains.
-            with self._training_phase(f"GRPO step {step}"):
+            with self.backend.training_phase(f"GRPO step {step}"):
                 train_stats = self.policy.update(
                     grouping.samples, temperature=cfg.temperature, learning_rate=learning_rate_at(cfg, step)
                 )
@@ -417,24 +418,13 @@ class GRPOTrainer:
                 self.state["cursor"] = 0
         return chosen
 
-    def _training_phase(self, what: str) -> Any:
-        import contextlib
-
-        return (
-            self.colocation.training_phase(what) if self.colocation is not None else contextlib.nullcontext()
-        )
-
     # ---- sync -------------------------------------------------------------------------------------------------
     def _sync(self, step: int) -> str:
         """Save the adapter as a new version, register it, load it by path, and make it current."""
-        from serving.publish import publish_adapter
-
         name = f"{self.cfg.run_name}-{self.state['session']}-{step}"
         directory = self.run.adapters_dir / name
         self.policy.save_adapter(directory)
-        publish_adapter(
-            self.server,
-            self.registry,
+        self.backend.publish(
             name,
             directory,
             base_model=self.policy.model_path,
@@ -702,7 +692,7 @@ class GRPOTrainer:
 
         wanted = self.cfg.train_predictors
         models = {m for n, m in bindings(program).items() if wanted is None or n in wanted}
-        loaded = getattr(self.server, "loaded_adapters", {}) or {}
+        loaded = self.server.loaded_adapters
         if len(models) == 1:
             model = next(iter(models))
             if model in loaded:

@@ -1,4 +1,5 @@
-"""Running models: the vLLM server lifecycle, runtime LoRA adapters, the adapter registry, binding.
+"""Running models: the vLLM server lifecycle, runtime LoRA adapters, the adapter registry, binding, and
+the ``Backend`` weight optimizers train and publish through (serving/backend.py).
 
     from serving import VLLMServer, AdapterRegistry, bind
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from serving.adapter_files import AdapterInfo, read_adapter
 from serving.adapters import list_models, load_adapter, unload_adapter
+from serving.backend import Backend
 from serving.binding import bind, bindings, unbind
 from serving.connection import VLLMConnection, connect
 from serving.dtype import serving_dtype
@@ -23,6 +25,7 @@ __all__ = [
     "AdapterEntry",
     "AdapterInfo",
     "AdapterRegistry",
+    "Backend",
     "VLLMConnection",
     "VLLMServer",
     "bind",

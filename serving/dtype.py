@@ -132,9 +132,16 @@ def precision_record(train_dtype: str, serving_dtype: str | None) -> dict[str, o
 
     A mismatch is allowed (fp32 LoRA training against a bf16 server on AMX CPUs, where fp32 training is
     the measured recipe) but stated, so a run's rollout and training logprobs can be read knowingly.
+    ``serving_dtype`` is vLLM's name as the server resolved it (``VLLMServer.dtype``, carried by
+    ``Backend.serving_dtype``): it is not normalized again here.
     """
     train = normalize_dtype(train_dtype, setting="train precision")
-    serving = normalize_dtype(serving_dtype, setting="server.dtype") if serving_dtype else None
+    serving = serving_dtype or None
+    if serving is not None and serving not in _TORCH_NAMES:
+        raise ConfigError(
+            f"serving dtype {serving!r} is not vLLM's name for a precision ({', '.join(_TORCH_NAMES)}); "
+            "pass what VLLMServer.dtype / Backend.serving_dtype give"
+        )
     if serving is None:
         note = f"trained in {train}; the serving precision was not recorded"
     elif serving == train:

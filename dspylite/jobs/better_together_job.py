@@ -20,6 +20,7 @@ from dspylite.errors import ConfigError, OptimizerError
 from dspylite.jobs.session import JobSession, Say, log_say, open_session
 from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
+from dspylite.optimizers.weights import WeightOptimizer
 from finetune.config import FinetuneConfig
 from rl.config import GRPOConfig
 from serving.config import ServerConfig
@@ -101,25 +102,35 @@ class PerStage:
     Optimizer run directories are tied to one setup (a second compile there would be refused or
     mistaken for a resume), so the k-th p (or w) step works in ``work/<step>-<k>``; k counts this
     run's earlier compiles of the step plus the finished stages on disk, so a resume keeps the numbering.
-    For weight steps it is itself a WeightOptimizer: ``server``, ``registry`` and ``published``.
     """
 
-    def __init__(self, step: str, build: Callable[[Path], Any], session: JobSession, weights: bool):
+    def __init__(self, step: str, build: Callable[[Path], Any], session: JobSession):
         self.step, self.build, self.session = step, build, session
-        if weights:
-            self.server = session.server
-            self.registry = session.registry
-            self.published: dict[str, str] = {}
 
     def compile(self, student: Any, **kwargs: Any) -> Any:
+        return self._build_next().compile(student, **kwargs)
+
+    def _build_next(self) -> Any:
         from dspylite.optimizers.stages import load_stages
 
         finished = load_stages(self.session.run.path)
         k = 1 + sum(1 for s in finished if s.name.split(" -> ")[-1] == self.step)
-        optimizer = self.build(self.session.run.path / WORK_DIR / f"{self.step}-{k}")
+        return self.build(self.session.run.path / WORK_DIR / f"{self.step}-{k}")
+
+
+class PerStageWeights(PerStage, WeightOptimizer):
+    """PerStage for the weight step: a WeightOptimizer whose backend is the session's (its adapters are
+    registered in the run's registry) and whose ``published`` is the last stage optimizer's."""
+
+    def __init__(self, step: str, build: Callable[[Path], Any], session: JobSession):
+        super().__init__(step, build, session)
+        self.backend = session.backend
+        self.published: dict[str, str] = {}
+
+    def compile(self, student: Any, **kwargs: Any) -> Any:
+        optimizer = self._build_next()
         program = optimizer.compile(student, **kwargs)
-        if hasattr(self, "published"):
-            self.published = dict(optimizer.published)
+        self.published = dict(optimizer.published)
         return program
 
 
@@ -137,21 +148,17 @@ def run_better_together_job(
     started = time.perf_counter()
     with open_session("better_together", cfg, say=say, task=task) as session:
         student = session.load_program(cfg.program_path)
-        prompt = PerStage(
-            "p", lambda path: session.prompt_optimizer(cfg.prompt, path), session, weights=False
-        )
+        prompt = PerStage("p", lambda path: session.prompt_optimizer(cfg.prompt, path), session)
 
         def weights_builder(path: Path) -> Any:
             if cfg.weights == "finetune":
-                return session.bootstrap_finetune(
-                    cfg.bootstrap, cfg.sft, path, f"{cfg.bootstrap.run_name}-{path.name}"
-                )
+                return session.bootstrap_finetune(cfg.bootstrap, cfg.sft, path)
             return session.grpo(cfg.grpo, path)
 
         bt = BetterTogether(
             task.metric,
             prompt_optimizer=prompt,
-            weight_optimizer=PerStage("w", weights_builder, session, weights=True),
+            weight_optimizer=PerStageWeights("w", weights_builder, session),
             num_threads=cfg.lm.num_threads,
             seed=cfg.task.seed,
             run_dir=session.run,

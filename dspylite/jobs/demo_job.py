@@ -13,6 +13,7 @@ loads finished stages from their records, re-serving their adapters, and runs th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -30,6 +31,7 @@ from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimize
 from dspylite.jobs.tasks import TaskSettings, load_task
 from dspylite.optimizers.config import RandomSearchSettings
 from dspylite.optimizers.stages import StageRecord, load_stages, save_stages
+from dspylite.optimizers.weights import WeightOptimizer
 from finetune.config import FinetuneConfig
 from rl.config import GRPOConfig
 from serving.config import ServerConfig
@@ -90,9 +92,16 @@ class DemoConfig:
     strategy: str = field(default="p -> w", metadata=_help("BetterTogether strategy over p and w."))
 
     def __post_init__(self) -> None:
+        from dspylite.errors import OptimizerError
+        from dspylite.optimizers.better_together import parse_strategy
+
         unknown = [s for s in self.stages if s not in DEMO_STAGES]
         if unknown:
             raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {DEMO_STAGES}")
+        try:  # checked here, not after the stages before better_together have run
+            parse_strategy(self.strategy)
+        except OptimizerError as exc:
+            raise ValueError(str(exc)) from None
         self.server.check_lora_ranks(
             sft=self.sft.lora.r, grpo=self.grpo.lora.r, sft_grpo=self.sft_grpo.lora.r
         )
@@ -195,11 +204,9 @@ class DemoPipeline:
     def _prompt_optimizer(self, stage_dir: Path) -> Any:
         return _Memo(self.session.prompt_optimizer(self.cfg.prompt, stage_dir / "search"), "p", self.memo)
 
-    def _weight_optimizer(self, stage_dir: Path, run_name: str) -> Any:
-        optimizer = self.session.bootstrap_finetune(
-            self.cfg.bootstrap, self.cfg.sft, stage_dir / "finetune", run_name
-        )
-        return _Memo(optimizer, "w", self.memo)
+    def _weight_optimizer(self, stage_dir: Path) -> Any:
+        optimizer = self.session.bootstrap_finetune(self.cfg.bootstrap, self.cfg.sft, stage_dir / "finetune")
+        return _MemoWeights(optimizer, "w", self.memo)
 
     # ---- stages -------------------------------------------------------------------------------------
     def _baseline(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
@@ -213,12 +220,14 @@ class DemoPipeline:
         return program, {}
 
     def _sft(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
-        optimizer = self._weight_optimizer(stage_dir, "sft")
+        optimizer = self._weight_optimizer(stage_dir)
         program = optimizer.compile(self.task.make_program(), trainset=self.task.split("train"))
         return program, dict(optimizer.published)
 
     def _grpo(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
-        return self._run_grpo(self.task.make_program(), self.cfg.grpo, stage_dir, init_adapter="base")
+        # From the base model unless grpo.init_adapter names an adapter to start from.
+        init = self.cfg.grpo.init_adapter or "base"
+        return self._run_grpo(self.task.make_program(), self.cfg.grpo, stage_dir, init_adapter=init)
 
     def _sft_grpo(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
         if not any(r.name == "sft" for r in self.records):
@@ -226,13 +235,14 @@ class DemoPipeline:
             save_stages(self.session.run.path, self.records)
         start = self._program("sft")
         sft_adapters = next(r for r in self.records if r.name == "sft").adapters
-        init = next(iter(sft_adapters.values()), None)
-        return self._run_grpo(start, self.cfg.sft_grpo, stage_dir, init_adapter=init or "base")
+        # From the SFT stage's adapter unless sft_grpo.init_adapter names another start.
+        init = self.cfg.sft_grpo.init_adapter or next(iter(sft_adapters.values()), None) or "base"
+        return self._run_grpo(start, self.cfg.sft_grpo, stage_dir, init_adapter=init)
 
     def _run_grpo(
         self, start: Any, config: GRPOConfig, stage_dir: Path, *, init_adapter: str
     ) -> tuple[Any, dict[str, str]]:
-        grpo = self.session.grpo(config, stage_dir / "grpo", init_adapter=init_adapter)
+        grpo = self.session.grpo(dataclasses.replace(config, init_adapter=init_adapter), stage_dir / "grpo")
         program = grpo.compile(
             start,
             trainset=self.task.split("train"),
@@ -246,7 +256,7 @@ class DemoPipeline:
         bt = BetterTogether(
             self.task.metric,
             prompt_optimizer=self._prompt_optimizer(stage_dir / "p"),
-            weight_optimizer=self._weight_optimizer(stage_dir, "bt"),
+            weight_optimizer=self._weight_optimizer(stage_dir),
             num_threads=self.cfg.lm.num_threads,
             seed=self.cfg.task.seed,
             run_dir=stage_dir / "bt",
@@ -261,30 +271,41 @@ class DemoPipeline:
 
 
 class _Memo:
-    """Wraps an optimizer so that compiling the same program state twice in one demo trains once.
-
-    For a weight optimizer it passes the WeightOptimizer seam through: ``server``, ``registry`` and
-    ``published`` (the remembered compile's adapters when the result is reused).
-    """
+    """Wraps an optimizer so that compiling the same program state twice in one demo trains once."""
 
     def __init__(self, optimizer: Any, kind: str, memo: dict[tuple[str, str], tuple[Any, dict[str, str]]]):
         self.optimizer = optimizer
         self.kind = kind
         self.memo = memo
-        if hasattr(optimizer, "published"):
-            self.server = optimizer.server
-            self.registry = optimizer.registry
-            self.published: dict[str, str] = {}
 
     def compile(self, program: Any, **kwargs: Any) -> Any:
+        return self._compile(program, **kwargs)[0]
+
+    def _compile(self, program: Any, **kwargs: Any) -> tuple[Any, dict[str, str]]:
+        """(the result, the adapters published for it): remembered, or compiled now."""
         key = (self.kind, json.dumps(program.dump_state(), sort_keys=True, default=str))
         if key not in self.memo:
             result = self.optimizer.compile(program, **kwargs)
-            self.memo[key] = (result.deepcopy(), dict(getattr(self.optimizer, "published", {}) or {}))
+            published = self.optimizer.published if isinstance(self.optimizer, WeightOptimizer) else {}
+            self.memo[key] = (result.deepcopy(), dict(published))
         else:
             logger.info("reusing the %s-step result for an identical input program", self.kind)
         result, published = self.memo[key]
-        if hasattr(self, "published"):
-            self.published = dict(published)
-            self.registry = self.optimizer.registry
-        return result.deepcopy()
+        return result.deepcopy(), dict(published)
+
+
+class _MemoWeights(_Memo, WeightOptimizer):
+    """_Memo of a weight optimizer, itself a WeightOptimizer: the wrapped optimizer's backend, and as
+    ``published`` the adapters of the compile whose result it returned (remembered or new)."""
+
+    def __init__(self, optimizer: Any, kind: str, memo: dict[tuple[str, str], tuple[Any, dict[str, str]]]):
+        if not isinstance(optimizer, WeightOptimizer):
+            raise TypeError(f"_MemoWeights wraps a WeightOptimizer, got {type(optimizer).__name__}")
+        super().__init__(optimizer, kind, memo)
+        self.backend = optimizer.backend
+        self.published: dict[str, str] = {}
+
+    def compile(self, program: Any, **kwargs: Any) -> Any:
+        result, self.published = self._compile(program, **kwargs)
+        self.backend = self.optimizer.backend
+        return result

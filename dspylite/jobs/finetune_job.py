@@ -84,7 +84,7 @@ def run_finetune_job(
     seconds: dict[str, float] = {}
     with open_session("finetune", cfg, say=say, task=task) as session:
         baseline = session.load_program(cfg.program_path)
-        optimizer = session.bootstrap_finetune(cfg.bootstrap, cfg.sft, session.run)
+        optimizer = session.bootstrap_finetune(cfg.bootstrap, cfg.sft, session.run.path)
         clock = time.perf_counter()
         tuned = optimizer.compile(baseline, trainset=task.split("train"))
         seconds["bootstrap_finetune"] = round(time.perf_counter() - clock, 1)

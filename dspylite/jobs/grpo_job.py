@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -75,20 +76,11 @@ def run_grpo_job(
     cfg = load_config(GRPOJobConfig, config, overrides)
     task = load_task(cfg.task)
     reward = _reward(cfg, task)
-    if cfg.grpo.init_adapter in (None, ""):
-        cfg.grpo.init_adapter = "base"  # the job's program starts unbound: nothing to inherit
+    # The job's program starts unbound: with no init_adapter there is nothing to inherit, so a fresh LoRA.
+    grpo = dataclasses.replace(cfg.grpo, init_adapter=cfg.grpo.init_adapter or "base")
     with open_session("grpo", cfg, say=say, task=task) as session:
-        cfg.grpo.run_dir = str(session.run.path)
-        cfg.grpo.model_path = session.model_dir
         trainer = GRPOTrainer(
-            cfg.grpo,
-            reward,
-            session.server,
-            lm=session.lm,
-            val_metric=task.metric,
-            display_progress=display_progress,
-            registry=session.registry,
-            colocation=session.colocation,
+            grpo, reward, session.backend, val_metric=task.metric, display_progress=display_progress
         )
         result = trainer.fit(
             task.make_program(), task.split("train"), task.split("dev"), testset=task.split("test")

@@ -7,8 +7,9 @@
 
 A session starts vLLM on ``cfg.model`` (``serving.launch``, the set-up ``dspylite serve`` uses too; the
 model resolved by ``sources.models.resolve_model``: a named source or a checkpoint directory) or
-connects to ``cfg.server.api_base``; makes the job's LM (cache in the run
-directory) and adapter the context defaults; and owns the run directory's adapter registry. A job
+connects to ``cfg.server.api_base``; makes the job's LM (cache in the run directory) and adapter the
+context defaults; and opens the weight backend (``serving.backend.Backend``: the server, the run
+directory's adapter registry, the base model, colocation) the weight optimizers train through. A job
 that raises leaves ``job.json`` saying ``failed`` with the error; the server it started is stopped.
 """
 
@@ -21,13 +22,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import JOB_FILE
-from dspylite.jobs.settings import LMSettings, PromptOptimizerSettings
+from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import Task, load_task
 from dspylite.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from serving.backend import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +83,7 @@ def open_run(path: str, config: Any, kind: str) -> RunDir:
 
 @dataclass
 class JobSession:
-    """A job's run directory, task, serving handle, LM and adapter registry (see the module docstring)."""
+    """A job's run directory, task, serving handle, LM and weight backend (see the module docstring)."""
 
     kind: str
     run: RunDir
@@ -87,11 +91,12 @@ class JobSession:
     server: Any
     lm: Any
     model_dir: str
-    registry: Any
+    # serving.backend.Backend: the server, the run's adapter registry, the base model, the serving
+    # precision, the colocation and the LM, which weight optimizers train and publish through.
+    backend: Backend
     lm_settings: LMSettings
     say: Say = log_say
     info: dict[str, Any] = field(default_factory=dict)
-    colocation: Any = None  # serving.colocate.Colocation: what trainers wrap their training phases in
 
     # -- programs ---------------------------------------------------------------------------------
     def load_program(self, program_path: str = "") -> Any:
@@ -165,44 +170,32 @@ class JobSession:
         )
         return build_prompt_optimizer(settings, metric, run_dir, self.lm_settings.num_threads, lm=self.lm)
 
-    def bootstrap_finetune(
-        self, bootstrap: Any, sft: Any, run_dir: str | Path, run_name: str | None = None
-    ) -> Any:
+    def bootstrap_finetune(self, bootstrap: BootstrapSettings, sft: Any, run_dir: str | Path) -> Any:
+        """BootstrapFinetune with the job's ``bootstrap`` and ``sft`` sections, writing to ``run_dir``
+        (the session's backend: its server, registry and base model)."""
         from dspylite.optimizers import BootstrapFinetune
+        from dspylite.optimizers.bootstrap_finetune import BootstrapFinetuneConfig
 
-        return BootstrapFinetune(
-            self.task.metric,
-            server=self.server,
-            model_path=self.model_dir or None,
-            config=sft,
-            multitask=bootstrap.multitask,
-            num_threads=self.lm_settings.num_threads,
-            run_dir=run_dir,
-            registry=self.registry,
-            run_name=run_name or bootstrap.run_name,
+        config = BootstrapFinetuneConfig(
             samples_per_example=bootstrap.samples_per_example,
             sample_temperature=bootstrap.sample_temperature,
             sample_seed=bootstrap.sample_seed if bootstrap.sample_seed >= 0 else None,
-            lm=self.lm,
-            colocation=self.colocation,
+            run_name=bootstrap.run_name,
+            sft=sft,
+        )
+        return BootstrapFinetune(
+            self.task.metric,
+            self.backend.for_run(run_dir),
+            config,
+            multitask=bootstrap.multitask,
+            num_threads=self.lm_settings.num_threads,
         )
 
-    def grpo(
-        self, config: Any, run_dir: str | Path, *, metric: Callable[..., Any] | None = None, **kwargs: Any
-    ) -> Any:
+    def grpo(self, config: Any, run_dir: str | Path) -> Any:
+        """GRPO with the job's ``grpo`` section, writing to ``run_dir`` (the session's backend)."""
         from dspylite.optimizers import GRPO
 
-        return GRPO(
-            metric or self.task.metric,
-            server=self.server,
-            model_path=self.model_dir or None,
-            config=config,
-            run_dir=run_dir,
-            lm=self.lm,
-            registry=self.registry,
-            colocation=self.colocation,
-            **kwargs,
-        )
+        return GRPO(self.task.metric, self.backend.for_run(run_dir), config)
 
     # -- finishing ----------------------------------------------------------------------------------
     def usage(self) -> dict[str, int]:
@@ -240,6 +233,7 @@ def open_session(
     """Open the job's run directory, task, server and LM (see the module docstring); ``cfg`` needs
     ``run_dir``, ``model``, ``task``, ``server`` and ``lm``. The server is stopped when the block ends."""
     import dspylite
+    from serving.backend import Backend
     from serving.launch import open_server, server_model
     from serving.placement import colocation
     from serving.registry import AdapterRegistry
@@ -250,19 +244,25 @@ def open_session(
         model_dir = server_model(cfg.model, cfg.server, say)
         with open_server(model_dir, cfg.server, run.path, say) as server:
             lm = make_lm(server, cfg.lm, run)
-            shared = colocation(server, cfg.server, say)
+            backend = Backend(
+                server,
+                run_dir=run.path,
+                registry=AdapterRegistry(run.adapters_dir),
+                model_dir=model_dir or None,  # a remote server without `model`: what it runs
+                colocation=colocation(server, cfg.server, say),
+                base_lm=lm,
+            )
             session = JobSession(
                 kind=kind,
                 run=run,
                 task=task,
                 server=server,
                 lm=lm,
-                model_dir=model_dir or str(getattr(server, "base_model", "") or ""),
-                registry=AdapterRegistry(run.adapters_dir),
+                model_dir=backend.model_dir,
+                backend=backend,
                 lm_settings=cfg.lm,
                 say=say,
                 info={"api_base": cfg.server.api_base},
-                colocation=shared,
             )
             with dspylite.context(lm=lm, adapter=make_adapter(cfg.lm)):
                 yield session

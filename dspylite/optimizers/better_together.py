@@ -10,8 +10,8 @@ every key names a step the strategy may use. ``prompt_optimizer`` is step ``p`` 
 
 Each stage is one ``StageRecord`` (program file, the adapters it is bound to, held-out scores, time)
 in ``run_dir/stages.json``; a rerun with the same run directory skips finished stages and re-serves
-their adapters from the records. Weight steps are read through the ``WeightOptimizer`` seam only
-(``server``, ``registry``, ``published``).
+their adapters from the records. Weight steps are ``WeightOptimizer`` instances, read through that
+type only (``backend``, ``published``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dspylite.errors import OptimizerError
 from dspylite.evaluate import Evaluate
 from dspylite.example import Example
 from dspylite.optimizers.stages import StageRecord, load_stages, save_stages
+from dspylite.optimizers.weights import WeightOptimizer
 from dspylite.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ def parse_strategy(strategy: str, steps: set[str] | None = None) -> list[str]:
             f"strategy {strategy!r}: steps must be among {sorted(allowed)} separated by '->', got {bad or parsed}"
         )
     return parsed
-
-
-def is_weight_optimizer(optimizer: Any) -> bool:
-    return hasattr(optimizer, "published") and hasattr(optimizer, "server")
 
 
 class BetterTogether:
@@ -166,7 +163,7 @@ class BetterTogether:
             optimizer = self.optimizers[step]
             self._serve(program, adapters)  # a resumed run may face a fresh server
             program = optimizer.compile(program, trainset=trainset, valset=valset)
-            if is_weight_optimizer(optimizer):
+            if isinstance(optimizer, WeightOptimizer):
                 adapters.update(optimizer.published)
         result = evaluate(program)
         program_path = program.save(stage_dir / "program.json")
@@ -186,16 +183,12 @@ class BetterTogether:
         return program
 
     def _serve(self, program: Any, adapters: dict[str, str]) -> None:
-        """Load the adapters ``program`` is bound to into the weight optimizers' server(s)."""
+        """Load the adapters ``program`` is bound to into the weight optimizers' backends."""
         if not any(p.lm is not None for _, p in program.named_predictors()):
             return
-        from serving.reattach import serve_bound_adapters
-
         for optimizer in self.optimizers.values():
-            if is_weight_optimizer(optimizer) and optimizer.server is not None:
-                registry = getattr(optimizer, "registry", None)
-                root = Path(registry.root) if registry is not None else None
-                serve_bound_adapters(program, optimizer.server, adapters=adapters, search_root=root)
+            if isinstance(optimizer, WeightOptimizer) and optimizer.backend is not None:
+                optimizer.backend.serve(program, adapters=adapters)
 
     def _split(
         self, trainset: list[Example], valset: list[Example] | None

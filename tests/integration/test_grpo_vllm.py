@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -31,10 +32,7 @@ def test_policy_scores_the_server_sampled_tokens_like_the_server(vllm_server, ti
     )
     lm = vllm_server.lm(max_tokens=32, logprobs=True, cache=False)
     completions = lm.generate(messages, n=2, temperature=1.0)
-    policy = Policy.load(
-        str(tiny_model_dir),
-        GRPOConfig(model_path=str(tiny_model_dir), run_dir=str(tmp_path), init_adapter="base", threads=1),
-    )
+    policy = Policy.load(str(tiny_model_dir), GRPOConfig(init_adapter="base", threads=1))
     for completion in completions:
         assert completion.prompt_token_ids and completion.token_ids and completion.logprobs
         assert len(completion.logprobs) == len(completion.token_ids)
@@ -53,6 +51,8 @@ def test_grpo_steps_hot_swap_versions_and_resume_after_kill(vllm_server, tmp_pat
     from dspylite.datasets.programs import FactQA
     from dspylite.evaluate import run_one
     from finetune.config import LoraSettings
+    from rl.config import GRPOConfig
+    from serving.backend import Backend
     from serving.registry import AdapterRegistry
 
     data = load_fact_qa(seed=11, n_train=12, n_dev=8, n_test=0)
@@ -78,25 +78,22 @@ def test_grpo_steps_hot_swap_versions_and_resume_after_kill(vllm_server, tmp_pat
         length = min(len(str(prediction.answer)), 20) / 20
         return 0.5 + 0.5 * fact_qa_partial_metric(example, prediction) + 0.01 * length
 
+    config = GRPOConfig(
+        num_steps=2,
+        examples_per_step=4,
+        num_rollouts_per_example=4,
+        val_every=0,
+        learning_rate=5e-4,
+        init_adapter="base",
+        lora=LoraSettings(r=8, alpha=16),
+        threads=1,
+        rollout_threads=12,
+        val_threads=8,
+    )
+
     def make(on_step_end):
-        return dspy.GRPO(
-            reward,
-            server=vllm_server,
-            lm=lm,
-            run_dir=run_dir,
-            num_steps=2,
-            examples_per_step=4,
-            num_rollouts_per_example=4,
-            val_every=0,
-            learning_rate=5e-4,
-            init_adapter="base",
-            lora=LoraSettings(r=8, alpha=16),
-            threads=1,
-            rollout_threads=12,
-            val_threads=8,
-            display_progress=False,
-            on_step_end=on_step_end,
-        )
+        backend = Backend(vllm_server, run_dir=run_dir, base_lm=lm)
+        return dspy.GRPO(reward, backend, config, display_progress=False, on_step_end=on_step_end)
 
     program = FactQA()
     with pytest.raises(Killed):
@@ -136,6 +133,9 @@ def test_grpo_steps_hot_swap_versions_and_resume_after_kill(vllm_server, tmp_pat
     registry = AdapterRegistry(run_dir / "adapters")
     assert v1 in registry and v2 in registry
     assert registry.get(v1).path != registry.get(v2).path
+    # server.dtype -> VLLMServer.dtype -> Backend.serving_dtype -> Policy -> the adapter's metadata
+    metadata = json.loads((Path(registry.get(v2).path) / "dspylite_adapter.json").read_text())
+    assert metadata["precision"]["serving_dtype"] == vllm_server.dtype == "float32"
 
     result = grpo.result
     assert result.start.step == 0 and result.final.step == 2

@@ -118,7 +118,6 @@ def sft_adapter(smollm2_server, smollm2_dir, fact_qa, tmp_path_factory):
     data = build_sft_data(runs.results, metric_threshold=0.0, val_fraction=0.0)
     assert data.train, f"no SFT rows: {data.card.summary()}"
     cfg = FinetuneConfig(
-        model_path=str(smollm2_dir),
         max_steps=2,
         per_device_train_batch_size=4,
         learning_rate=1e-3,
@@ -128,7 +127,14 @@ def sft_adapter(smollm2_server, smollm2_dir, fact_qa, tmp_path_factory):
         tensorboard=False,
     )
     run_dir = tmp_path_factory.mktemp("smollm2-sft")
-    return train_lora(data, cfg, run_dir, adapter_name="smollm2-sft-1", serving_dtype=smollm2_server.dtype)
+    return train_lora(
+        data,
+        cfg,
+        run_dir,
+        adapter_name="smollm2-sft-1",
+        model_path=smollm2_dir,
+        serving_dtype=smollm2_server.dtype,
+    )
 
 
 def test_sft_adapter_loads_into_the_running_server_and_the_program_runs_on_it(
@@ -164,6 +170,7 @@ def test_one_grpo_step_on_smollm2_rollouts(smollm2_server, smollm2_dir, fact_qa,
     from finetune.config import LoraSettings
     from rl.config import GRPOConfig
     from rl.trainer import GRPOTrainer
+    from serving.backend import Backend
 
     def reward(example, prediction, trace=None) -> float:
         # Parsing earns 0.5, the answer up to 0.5 more, plus a small length term, so sampled rollouts
@@ -172,8 +179,6 @@ def test_one_grpo_step_on_smollm2_rollouts(smollm2_server, smollm2_dir, fact_qa,
         return 0.5 + 0.5 * fact_qa_partial_metric(example, prediction) + 0.01 * length
 
     cfg = GRPOConfig(
-        model_path=str(smollm2_dir),
-        run_dir=str(tmp_path / "grpo"),
         num_steps=1,
         examples_per_step=2,
         num_rollouts_per_example=4,
@@ -192,7 +197,8 @@ def test_one_grpo_step_on_smollm2_rollouts(smollm2_server, smollm2_dir, fact_qa,
     def watch(step: int, row: dict) -> None:
         served_after[step] = set(smollm2_server.adapters())
 
-    trainer = GRPOTrainer(cfg, reward, smollm2_server, lm=lm, on_step_end=watch)
+    backend = Backend(smollm2_server, run_dir=tmp_path / "grpo", model_dir=smollm2_dir, base_lm=lm)
+    trainer = GRPOTrainer(cfg, reward, backend, on_step_end=watch)
     with dspy.context(adapter=JSONAdapter()):
         result = trainer.fit(FactQA(), fact_qa["train"], fact_qa["dev"][:2])
     rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
@@ -226,7 +232,7 @@ def test_trainer_and_server_logprobs_differ_by_the_stated_precision_gap(
     ).generate(messages, n=2, temperature=1.0)
     policy = Policy.load(
         str(smollm2_dir),
-        GRPOConfig(model_path=str(smollm2_dir), run_dir=str(tmp_path), init_adapter="base", threads=2),
+        GRPOConfig(init_adapter="base", threads=2),
     )
     gaps = []
     for completion in completions:

@@ -5,6 +5,7 @@ Real training and a real vLLM are covered by tests/integration/test_finetune_vll
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import threading
@@ -20,8 +21,10 @@ from dspylite.datasets import fact_qa_metric, load_fact_qa
 from dspylite.datasets.programs import FactQA
 from dspylite.errors import MetricError, OptimizerError, TrainingError
 from dspylite.optimizers import BootstrapFinetune
+from dspylite.optimizers.bootstrap_finetune import BootstrapFinetuneConfig
 from dspylite.utils.dummy_lm import DummyLM
 from finetune.sft import AdapterResult
+from serving.backend import Backend
 from serving.registry import AdapterRegistry
 
 BASE = "/models/base"
@@ -50,8 +53,16 @@ class FakeTrainer:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, data, cfg, run, *, adapter_name, model_path, extra_metadata=None, callbacks=None):
-        self.calls.append({"data": data, "cfg": cfg, "name": adapter_name, "model_path": model_path})
+    def __call__(self, data, cfg, run, *, adapter_name, model_path, extra_metadata, serving_dtype):
+        self.calls.append(
+            {
+                "data": data,
+                "cfg": cfg,
+                "name": adapter_name,
+                "model_path": model_path,
+                "serving_dtype": serving_dtype,
+            }
+        )
         path = make_adapter(run.adapters_dir / adapter_name, rank=cfg.lora.r, base_model=model_path)
         return AdapterResult(
             name=adapter_name,
@@ -79,18 +90,20 @@ def examples():
     return load_fact_qa(n_train=12, n_dev=0, n_test=0)["train"]
 
 
-def make_optimizer(tmp_path: Path, **kwargs) -> tuple[BootstrapFinetune, FakeServer, FakeTrainer]:
+def make_optimizer(
+    tmp_path: Path, *, registry=None, train_kwargs=None, metric=fact_qa_metric, multitask=True, **settings
+) -> tuple[BootstrapFinetune, FakeServer, FakeTrainer]:
+    """A BootstrapFinetune on a fake server and trainer; ``settings`` are BootstrapFinetuneConfig fields."""
     server, trainer = FakeServer(), FakeTrainer()
-    kwargs.setdefault("config", {"val_fraction": 0.0})
+    backend = Backend(server, run_dir=tmp_path / "run", registry=registry, model_dir=BASE)
+    config = BootstrapFinetuneConfig(train_fn=trainer, display_progress=False, **settings)
     optimizer = BootstrapFinetune(
-        fact_qa_metric,
-        server=server,
-        model_path=BASE,
-        run_dir=tmp_path / "run",
-        train_fn=trainer,
-        display_progress=False,
+        metric,
+        backend,
+        config,
+        multitask=multitask,
+        train_kwargs={"val_fraction": 0.0, **(train_kwargs or {})},
         num_threads=4,
-        **kwargs,
     )
     return optimizer, server, trainer
 
@@ -221,15 +234,7 @@ def test_a_metric_that_raises_is_counted_and_reported(tmp_path: Path, examples) 
     def broken(example, prediction, trace=None):
         raise ZeroDivisionError("bad metric")
 
-    server, trainer = FakeServer(), FakeTrainer()
-    optimizer = BootstrapFinetune(
-        broken,
-        server=server,
-        model_path=BASE,
-        run_dir=tmp_path / "run",
-        train_fn=trainer,
-        display_progress=False,
-    )
+    optimizer, _, _ = make_optimizer(tmp_path, metric=broken)
     with (
         dspy.context(lm=oracle_lm(examples)),
         pytest.raises(TrainingError, match=r"metric_error=12.*ZeroDivisionError: bad metric"),
@@ -238,14 +243,7 @@ def test_a_metric_that_raises_is_counted_and_reported(tmp_path: Path, examples) 
 
 
 def test_a_metric_returning_a_non_number_raises_metric_error(tmp_path: Path, examples) -> None:
-    optimizer = BootstrapFinetune(
-        lambda e, p, t=None: "yes",
-        server=FakeServer(),
-        model_path=BASE,
-        run_dir=tmp_path / "run",
-        train_fn=FakeTrainer(),
-        display_progress=False,
-    )
+    optimizer, _, _ = make_optimizer(tmp_path, metric=lambda e, p, t=None: "yes")
     with dspy.context(lm=oracle_lm(examples)), pytest.raises(MetricError, match="str"):
         optimizer.compile(FactQA(), trainset=examples)
 
@@ -274,15 +272,15 @@ def test_an_explicit_teacher_lm_may_be_another_model(tmp_path: Path, examples) -
     teacher = oracle_lm(examples, model="big-teacher")
     program = FactQA()
     program.set_lm(student_lm)
-    optimizer, server, trainer = make_optimizer(tmp_path, teacher=teacher)
-    tuned = optimizer.compile(program, trainset=examples)
+    optimizer, server, trainer = make_optimizer(tmp_path)
+    tuned = optimizer.compile(program, trainset=examples, teacher=teacher)  # DSPy: teacher is compile's
     assert {r.model for r in trainer.calls[0]["data"].train} == {"big-teacher"}
     assert SFT_NAME.match(tuned.answer.lm.model)
     assert program.answer.lm is student_lm
 
 
 def test_a_rank_the_server_cannot_serve_is_refused_before_any_work(tmp_path: Path, examples) -> None:
-    optimizer, server, trainer = make_optimizer(tmp_path, config={"lora": {"r": 32}})
+    optimizer, server, trainer = make_optimizer(tmp_path, train_kwargs={"lora": {"r": 32}})
     with dspy.context(lm=oracle_lm(examples)), pytest.raises(OptimizerError, match="max_lora_rank=16"):
         optimizer.compile(FactQA(), trainset=examples)
     assert trainer.calls == []
@@ -324,24 +322,36 @@ def test_a_server_that_stops_answering_stops_the_collection_early(tmp_path: Path
     assert trainer.calls == []
 
 
-def test_a_server_is_required_or_inferred_from_the_programs_lm(tmp_path) -> None:
+def test_the_backend_is_required_or_found_on_the_lm_as_dspy_finds_lm_finetune(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dspylite
-    from dspylite.datasets import load_fact_qa
-    from dspylite.datasets.programs import FactQA
+    from dspylite.optimizers.weights import WeightOptimizer, find_backend
 
+    monkeypatch.chdir(tmp_path)  # a backend without run_dir writes under ./runs
     train = load_fact_qa(n_train=2, n_dev=0, n_test=0)["train"]
-    with dspylite.context(lm=None), pytest.raises(OptimizerError, match="server="):
-        BootstrapFinetune(fact_qa_metric, run_dir=tmp_path / "run").compile(FactQA(), trainset=train)
-    assert not (tmp_path / "run").exists()  # refused before writing anything
-    # As DSPy does, the serving endpoint can come from the LM the predictors talk to.
+    with dspylite.context(lm=None), pytest.raises(OptimizerError, match="Backend"):
+        BootstrapFinetune(fact_qa_metric).compile(FactQA(), trainset=train)
+    assert not (tmp_path / "runs").exists()  # refused before writing anything
+    with pytest.raises(OptimizerError, match="backend= takes"):
+        find_backend(FakeServer(), FactQA(), "BootstrapFinetune")  # a bare server is not a backend
     from fake_vllm_server import FakeVLLM
 
     with FakeVLLM("base-model") as fake:
-        program = FactQA()
-        program.set_lm(dspylite.LM("base-model", api_base=fake.api_base))
+        # backend.lm() carries its backend: DSPy's BootstrapFinetune(metric) call shape finds it.
+        backend = Backend.connect(fake.api_base, run_dir=tmp_path / "run")
         optimizer = BootstrapFinetune(fact_qa_metric)
-        assert optimizer._connect(program).api_base == fake.api_base
-        assert optimizer.server is not None and optimizer.published == {}
+        assert isinstance(optimizer, WeightOptimizer) and optimizer.backend is None
+        with dspylite.context(lm=backend.lm(temperature=0.0)):
+            assert find_backend(None, FactQA(), "BootstrapFinetune") is backend
+        program = FactQA()
+        program.set_lm(backend.lm().copy(model="some-adapter"))  # copies keep it
+        assert find_backend(None, program, "BootstrapFinetune") is backend
+        # An LM that only talks to the server: connected to it, as DSPy infers the provider.
+        program.set_lm(dspylite.LM("base-model", api_base=fake.api_base))
+        found = find_backend(None, program, "BootstrapFinetune")
+        assert found.server.api_base == fake.api_base and found.run_dir is None
+        assert found.with_run_dir("bootstrap_finetune").run_dir.parent == Path("runs")
 
 
 def test_importing_the_optimizer_does_not_import_training_libraries() -> None:
@@ -395,18 +405,17 @@ def test_dspy_call_shape_metric_none_keeps_every_run_and_train_kwargs_override(
     program = FactQA()
     program.set_lm(lm)
     server, trainer = FakeServer(), FakeTrainer()
-    optimizer = BootstrapFinetune(
-        None,  # DSPy: no metric, every trace is data
-        server=server,
-        model_path=BASE,
-        run_dir=tmp_path / "run",
-        train_fn=trainer,
-        display_progress=False,
-        num_threads=None,  # DSPy: the configured thread count
-        config={"val_fraction": 0.0},
-        train_kwargs={"learning_rate": 1e-4, "num_train_epochs": 3},
-    )
-    optimizer.compile(program, trainset=examples)
+    with dspy.context(num_threads=3):
+        optimizer = BootstrapFinetune(
+            None,  # DSPy: no metric, every trace is data
+            train_kwargs={"learning_rate": 1e-4, "num_train_epochs": 3, "val_fraction": 0.0},
+        )
+    assert optimizer.num_threads == 3  # DSPy: num_threads=None is the configured thread count
+    # DSPy's six keywords, plus the backend and one config: the constructor stays that small.
+    assert len(inspect.signature(BootstrapFinetune).parameters) <= 10
+    optimizer.config.train_fn, optimizer.config.display_progress = trainer, False
+    lm.backend = Backend(server, run_dir=tmp_path / "run", model_dir=BASE)  # as backend.lm() sets it
+    optimizer.compile(program, trainset=examples)  # finds the backend on the program's LM
     [call] = trainer.calls
     assert len(call["data"].train) == 2 * len(examples)  # the 4 wrong answers are kept too
     assert (call["cfg"].learning_rate, call["cfg"].num_train_epochs) == (1e-4, 3)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from dspylite.cli import app
 from dspylite.datasets import load_fact_qa
 from dspylite.datasets.programs import FactQA
+from dspylite.optimizers.weights import WeightOptimizer
 
 runner = CliRunner()
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -513,21 +514,20 @@ def test_better_together_prompt_only_strategy_keeps_each_stage(tmp_path: Path) -
     assert (run / "program.json").exists() and _is_png(run / "report.png")
 
 
-class _FakeFinetune:
+class _FakeFinetune(WeightOptimizer):
     """Stands in for BootstrapFinetune: records how the job built it and marks the program it returns."""
 
     built: list[dict] = []
     compiled: list[str] = []
 
-    def __init__(self, metric, **kwargs) -> None:  # noqa: ANN001
-        type(self).built.append(kwargs)
-        self.run_dir = Path(kwargs["run_dir"])
-        self.server, self.registry = kwargs["server"], kwargs["registry"]  # the WeightOptimizer seam
+    def __init__(self, metric, backend, config, **kwargs) -> None:  # noqa: ANN001
+        type(self).built.append({"backend": backend, "config": config, **kwargs})
+        self.backend = backend
         self.published: dict[str, str] = {}
 
     def compile(self, student, *, trainset, **_):  # noqa: ANN001, ANN201
-        type(self).compiled.append(self.run_dir.name)
-        self.run_dir.mkdir(parents=True)  # as the real one does; fails if a stage reused a directory
+        type(self).compiled.append(self.backend.run_dir.name)
+        self.backend.run_dir.mkdir(parents=True)  # as the real one does; fails if a stage reused a directory
         tuned = student.deepcopy()
         for predictor in tuned.predictors():
             predictor.signature = predictor.signature.with_instructions("tuned weights (fake)")
@@ -560,8 +560,8 @@ def test_better_together_runs_each_stage_in_its_own_directory_and_resumes(
     assert [s["name"] for s in stages] == ["baseline", "p", "p -> w", "p -> w -> p"]
     assert _FakeFinetune.compiled == ["w-1"]  # the rerun skipped every finished stage
     built = _FakeFinetune.built[0]
-    assert built["run_name"] == "bt-w-1" and built["run_dir"] == run / "work" / "w-1"
-    assert Path(built["registry"].root) == (run / "adapters").resolve()
+    assert built["config"].run_name == "bt" and built["backend"].run_dir == run / "work" / "w-1"
+    assert Path(built["backend"].registry.root) == (run / "adapters").resolve()  # the run's one registry
     assert sorted(p.name for p in (run / "work").iterdir()) == ["p-1", "p-2", "w-1"]
     state = json.loads((run / "stages" / "02-p-w" / "program.json").read_text())
     assert "tuned weights (fake)" in json.dumps(state)

@@ -251,3 +251,31 @@ def test_gepa_from_the_optimize_config_and_its_budget_rule() -> None:
             CONFIGS / "optimize.yaml",
             ["optimizer.kind=gepa", "optimizer.gepa.max_metric_calls=40"],
         )
+
+
+@pytest.mark.parametrize(
+    ("config", "override", "named"),
+    [
+        (
+            "grpo.yaml",
+            "grpo.model_path=/models/x",
+            r"grpo\.model_path is no longer a setting.*top-level `model`",
+        ),
+        ("grpo.yaml", "grpo.run_dir=runs/x", r"grpo\.run_dir is no longer a setting.*top-level `run_dir`"),
+        (
+            "sft.yaml",
+            "sft.model_path=/models/x",
+            r"sft\.model_path is no longer a setting.*top-level `model`",
+        ),
+        ("sft.yaml", "sft.run_dir=runs/x", r"sft\.run_dir is no longer a setting.*top-level `run_dir`"),
+    ],
+)
+def test_keys_the_job_decides_are_refused_naming_what_to_use(config: str, override: str, named: str) -> None:
+    """sft/grpo model_path and run_dir were listed by --help and then replaced by the job; now a file
+    or override that sets one fails and says which key decides it, instead of being ignored."""
+    from dspylite.jobs.finetune_job import FinetuneJobConfig
+    from dspylite.jobs.grpo_job import GRPOJobConfig
+
+    cls = GRPOJobConfig if config == "grpo.yaml" else FinetuneJobConfig
+    with pytest.raises(ConfigError, match=named):
+        load_config(cls, ROOT / "configs" / config, [override])

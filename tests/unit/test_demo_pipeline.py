@@ -111,7 +111,14 @@ def install_stub_trainers(monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -
             self.cfg = cfg
 
         @classmethod
-        def load(cls, model_path: str, cfg: Any, *, adapter_dir: str | None = None) -> StubPolicy:
+        def load(
+            cls,
+            model_path: str,
+            cfg: Any,
+            *,
+            adapter_dir: str | None = None,
+            serving_dtype: str | None = None,
+        ) -> StubPolicy:
             recorder.policy_loads.append({"model_path": model_path, "adapter_dir": adapter_dir})
             return cls(str(Path(model_path).resolve()), cfg)
 
@@ -225,7 +232,9 @@ def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
     assert mean("prompt", "dev") > mean("baseline", "dev")  # its demos fix the base model's answers
 
     # SFT trained on the passing teacher traces (sft, then BetterTogether's w step); GRPO updated.
-    assert [c["name"].split("-")[0] for c in recorder.sft] == ["sft", "bt"]
+    # Both adapters are named after bootstrap.run_name, with a token per compile that keeps them apart.
+    assert [c["name"].split("-")[0] for c in recorder.sft] == ["sft", "sft"]
+    assert len({c["name"] for c in recorder.sft}) == 2
     assert all(c["rows"] > 0 and Path(c["model_path"]).resolve() == base_dir for c in recorder.sft)
     assert recorder.updates > 0
     # GRPO from the base starts a fresh LoRA; SFT+GRPO starts from the sft record's adapter.

@@ -147,13 +147,11 @@ def _data(n: int, offset: int = 0) -> list[Example]:
     ]
 
 
-def _config(model_dir: Path, run_dir: Path, **overrides):
+def _config(**overrides):
     from finetune.config import LoraSettings
     from rl.config import GRPOConfig
 
     fields = dict(
-        model_path=str(model_dir),
-        run_dir=str(run_dir),
         num_steps=3,
         examples_per_step=3,
         num_rollouts_per_example=4,
@@ -170,18 +168,25 @@ def _config(model_dir: Path, run_dir: Path, **overrides):
     return GRPOConfig(**fields)
 
 
-def _run(cfg, server, lm, on_step_end=None):
+def _trainer(cfg, server, lm, run_dir, reward=None, **kwargs):
+    """A GRPOTrainer on the fake server: the backend's base model is what the server runs."""
     from rl.trainer import GRPOTrainer
+    from serving.backend import Backend
 
-    trainer = GRPOTrainer(cfg, metric, server, lm=lm, on_step_end=on_step_end)
+    backend = Backend(server, run_dir=run_dir, base_lm=lm)
+    return GRPOTrainer(cfg, reward or metric, backend, **kwargs)
+
+
+def _run(cfg, server, lm, run_dir, on_step_end=None):
+    trainer = _trainer(cfg, server, lm, run_dir, on_step_end=on_step_end)
     return trainer, trainer.fit(TwoStep(), _data(6), _data(6, offset=100))
 
 
 def test_grpo_loop_versions_metrics_and_report(model_dir, tmp_path):
     lm = SamplingLM()
     server = FakeServer(model_dir, lm)
-    cfg = _config(model_dir, tmp_path / "run")
-    trainer, result = _run(cfg, server, lm)
+    cfg = _config()
+    trainer, result = _run(cfg, server, lm, tmp_path / "run")
 
     loads = [name for kind, name in server.events if kind == "load"]
     session = trainer.state["session"]
@@ -233,7 +238,7 @@ def test_weights_change_between_versions(model_dir, tmp_path):
 
     lm = SamplingLM()
     server = FakeServer(model_dir, lm)
-    trainer, _ = _run(_config(model_dir, tmp_path / "run", num_steps=2, val_every=0), server, lm)
+    trainer, _ = _run(_config(num_steps=2, val_every=0), server, lm, tmp_path / "run")
     names = [n for kind, n in server.events if kind == "load"]
     first = load_file(str(tmp_path / "run" / "adapters" / names[0] / "adapter_model.safetensors"))
     second = load_file(str(tmp_path / "run" / "adapters" / names[1] / "adapter_model.safetensors"))
@@ -253,9 +258,9 @@ def test_resume_after_kill_does_not_redo_steps(model_dir, tmp_path):
         if step == 1:
             raise Killed
 
-    cfg = _config(model_dir, run_dir, num_steps=2, val_every=0)
+    cfg = _config(num_steps=2, val_every=0)
     with pytest.raises(Killed):
-        _run(cfg, server, lm, on_step_end=kill_after_first)
+        _run(cfg, server, lm, run_dir, on_step_end=kill_after_first)
     calls_before = len(lm.calls)
     checkpoint = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
     assert checkpoint["step"] == 1
@@ -263,7 +268,7 @@ def test_resume_after_kill_does_not_redo_steps(model_dir, tmp_path):
         "version"
     ]
 
-    trainer, result = _run(_config(model_dir, run_dir, num_steps=2, val_every=0), server, lm)
+    trainer, result = _run(_config(num_steps=2, val_every=0), server, lm, run_dir)
     rows = trainer.run.metrics()
     assert [r["step"] for r in rows] == [0, 1, 2]  # step 0 and 1 not redone, step 2 done once
     # only one step's rollouts (3 examples x 4 rollouts x 2 calls) and the final validation ran again
@@ -277,7 +282,7 @@ def test_optimizer_state_round_trips_through_safetensors(model_dir, tmp_path):
     from rl.groups import Sample
     from rl.policy import Policy
 
-    cfg = _config(model_dir, tmp_path / "run")
+    cfg = _config()
     policy = Policy.load(str(model_dir), cfg)
     samples = [
         Sample("p", "e", 0, r, float(r), adv, [3, 4, 5], [6, 7, 2]) for r, adv in enumerate((1.0, -1.0))
@@ -295,37 +300,60 @@ def test_optimizer_state_round_trips_through_safetensors(model_dir, tmp_path):
         assert torch.equal(a[index]["exp_avg_sq"], b[index]["exp_avg_sq"])
 
 
-def test_grpo_front_end_builds_a_typed_config_and_rejects_unknown_options(tmp_path):
+def test_grpo_front_end_takes_a_backend_and_one_typed_config(model_dir, tmp_path):
+    import inspect
+
     import dspylite as dspy
     from dspylite.errors import ConfigError, OptimizerError
+    from dspylite.optimizers.weights import WeightOptimizer
     from finetune.config import LoraSettings
+    from rl.config import GRPOConfig
+    from serving.backend import Backend
 
-    grpo = dspy.GRPO(
-        metric,
-        server=object(),
-        num_steps=3,
-        beta=0.0,
-        lora=LoraSettings(r=4, alpha=8),
-        run_dir=tmp_path,
-        micro_batch_size=8,
-    )
+    assert len(inspect.signature(dspy.GRPO).parameters) <= 10
+    lm = SamplingLM()
+    backend = Backend(FakeServer(model_dir, lm), run_dir=tmp_path / "run", base_lm=lm)
+    config = GRPOConfig(num_steps=3, beta=0.0, lora=LoraSettings(r=4, alpha=8), micro_batch_size=8)
+    grpo = dspy.GRPO(metric, backend, config)
+    assert isinstance(grpo, WeightOptimizer) and grpo.backend is backend
     cfg = grpo.config
     assert (cfg.num_steps, cfg.beta, cfg.lora.r, cfg.micro_batch_size) == (3, 0.0, 4, 8)
-    assert cfg.run_dir == str(tmp_path) and cfg.num_rollouts_per_example == 8  # GRPOConfig's default
-    # A keyword equal to the default still overrides a given config (it used to be dropped).
-    from rl.config import GRPOConfig
-
-    assert (
-        dspy.GRPO(metric, server=object(), config=GRPOConfig(num_steps=60), num_steps=10).config.num_steps
-        == 10
+    assert cfg.num_rollouts_per_example == 8  # GRPOConfig's default
+    # train_kwargs (DSPy's name) override the config field by field; a value equal to the default still wins.
+    tuned = dspy.GRPO(
+        metric, backend, GRPOConfig(num_steps=7), train_kwargs={"num_steps": 60, "lora": {"r": 8}}
     )
-    assert dspy.GRPO(metric, server=object(), config=GRPOConfig(num_steps=7)).config.num_steps == 7
-    with pytest.raises(OptimizerError, match="num_rollout"):
-        dspy.GRPO(metric, server=object(), num_rollout=3)
+    assert (tuned.config.num_steps, tuned.config.lora.r, tuned.config.lora.alpha) == (60, 8, 32)
+    assert dspy.GRPO(metric, backend, GRPOConfig(num_steps=7)).config.num_steps == 7
+    with pytest.raises(ConfigError, match="num_rollout"):
+        dspy.GRPO(metric, backend, train_kwargs={"num_rollout": 3})
     with pytest.raises(ConfigError, match="num_rollouts_per_example"):
-        dspy.GRPO(metric, server=object(), num_rollouts_per_example=1)
-    with pytest.raises(OptimizerError, match="server"):
-        dspy.GRPO(metric, server=None)
+        dspy.GRPO(metric, backend, train_kwargs={"num_rollouts_per_example": 1})
+    # What the job or backend decides is no setting: a name for what to use instead, never ignored.
+    with pytest.raises(ConfigError, match=r"model_path is no longer a setting.*Backend\(model_dir"):
+        dspy.GRPO(metric, backend, train_kwargs={"model_path": "/elsewhere"})
+    with pytest.raises(OptimizerError, match="GRPOConfig"):
+        dspy.GRPO(metric, backend, {"num_steps": 3})
+
+
+def test_grpo_compile_trains_through_the_backend_it_finds_on_the_lm(model_dir, tmp_path):
+    import dspylite as dspy
+    from serving.backend import Backend
+
+    lm = SamplingLM()
+    server = FakeServer(model_dir, lm)
+    backend = Backend(server, run_dir=tmp_path / "run", base_lm=lm, serving_dtype="bf16")
+    grpo = dspy.GRPO(metric, config=_config(num_steps=1, val_every=0), display_progress=False)
+    with dspy.context(lm=lm):  # base_lm carries its backend, like backend.lm()
+        tuned = grpo.compile(TwoStep(), trainset=_data(6), valset=_data(2, offset=100))
+    assert grpo.backend is backend
+    [entry] = backend.registry.list()  # step 1's version, registered in the backend's registry
+    assert ("load", entry.name) in server.events and entry.base_model == str(model_dir.resolve())
+    metadata = json.loads((Path(entry.path) / "dspylite_adapter.json").read_text())
+    assert metadata["precision"]["serving_dtype"] == "bfloat16"  # Backend.serving_dtype, normalized once
+    best = grpo.result.best_version
+    assert {p.lm.model for p in tuned.predictors()} == {best}
+    assert grpo.published == ({best: grpo.result.best_adapter_dir} if best == entry.name else {})
 
 
 def test_grpo_holds_out_a_valset_when_none_is_given():
@@ -398,7 +426,7 @@ def test_from_an_init_adapter_the_kl_reference_is_that_adapter_not_the_base(mode
     from rl.groups import Sample
     from rl.policy import Policy
 
-    cfg = _config(model_dir, tmp_path / "run")
+    cfg = _config()
     cfg.learning_rate = 5e-2
     samples = [
         Sample("p", "e", 0, r, float(r), adv, [3, 4, 5], [6, 7, 2]) for r, adv in enumerate((1.0, -1.0))
@@ -410,7 +438,7 @@ def test_from_an_init_adapter_the_kl_reference_is_that_adapter_not_the_base(mode
     start_dir = start.save_adapter(tmp_path / "start")
     assert start.update(samples, temperature=1.0)["kl"] > 1e-4  # it is far from the base
 
-    policy = Policy.load(str(model_dir), cfg, adapter_dir=str(start_dir))
+    policy = Policy.load(str(model_dir), cfg, adapter_dir=str(start_dir), serving_dtype="bfloat16")
     assert policy.reference_adapter == "reference"
     trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
     assert trainable and all(".default." in n for n in trainable)
@@ -420,7 +448,6 @@ def test_from_an_init_adapter_the_kl_reference_is_that_adapter_not_the_base(mode
     assert second["kl"] > 0.0  # the trained copy moved, the reference did not
     assert {n for n, p in policy.model.named_parameters() if p.requires_grad} == trainable
 
-    policy.serving_dtype = "bfloat16"  # what the trainer sets from its server
     saved = policy.save_adapter(tmp_path / "next")
     assert not (saved / "reference").exists()  # only the trained adapter is written
     assert (saved / "adapter_model.safetensors").is_file()
@@ -430,12 +457,11 @@ def test_from_an_init_adapter_the_kl_reference_is_that_adapter_not_the_base(mode
 
 
 def test_a_testset_scores_start_and_best_without_reloading_any_version(model_dir, tmp_path):
-    from rl.trainer import GRPOTrainer
 
     lm = SamplingLM()
     server = FakeServer(model_dir, lm)  # refuses a second load of any name
-    cfg = _config(model_dir, tmp_path / "run", num_steps=2, val_every=1)
-    trainer = GRPOTrainer(cfg, metric, server, lm=lm)
+    cfg = _config(num_steps=2, val_every=1)
+    trainer = _trainer(cfg, server, lm, tmp_path / "run")
     testset = _data(8, offset=200)
     result = trainer.fit(TwoStep(), _data(6), _data(6, offset=100), testset=testset)
 
@@ -456,9 +482,7 @@ def test_a_testset_scores_start_and_best_without_reloading_any_version(model_dir
 
 def test_without_a_testset_there_is_no_test_score(model_dir, tmp_path):
     lm = SamplingLM()
-    trainer, result = _run(
-        _config(model_dir, tmp_path / "run", num_steps=1, val_every=0), FakeServer(model_dir, lm), lm
-    )
+    trainer, result = _run(_config(num_steps=1, val_every=0), FakeServer(model_dir, lm), lm, tmp_path / "run")
     assert result.test_improvement() is None
     assert "test_start" not in json.loads((trainer.run.path / "result.json").read_text())
 
@@ -466,12 +490,10 @@ def test_without_a_testset_there_is_no_test_score(model_dir, tmp_path):
 def test_a_run_from_an_init_adapter_checkpoints_only_the_trained_adapter(model_dir, tmp_path):
     from rl.policy import Policy
 
-    start_dir = Policy.load(str(model_dir), _config(model_dir, tmp_path / "x")).save_adapter(
-        tmp_path / "start"
-    )
+    start_dir = Policy.load(str(model_dir), _config()).save_adapter(tmp_path / "start")
     lm = SamplingLM()
-    cfg = _config(model_dir, tmp_path / "run", num_steps=1, val_every=0, init_adapter=str(start_dir))
-    trainer, result = _run(cfg, FakeServer(model_dir, lm), lm)
+    cfg = _config(num_steps=1, val_every=0, init_adapter=str(start_dir))
+    trainer, result = _run(cfg, FakeServer(model_dir, lm), lm, tmp_path / "run")
     assert trainer.policy.reference_adapter == "reference"
     checkpoints = list((tmp_path / "run" / "checkpoints").glob("step-*"))
     assert checkpoints
@@ -483,14 +505,13 @@ def test_a_run_from_an_init_adapter_checkpoints_only_the_trained_adapter(model_d
 
 
 def test_dynamic_sampling_rolls_out_more_examples_until_enough_carry_signal(model_dir, tmp_path):
-    from rl.trainer import GRPOTrainer
 
     def no_signal(example, prediction, trace=None):  # every rollout scores the same: no group has variance
         return 0.0
 
     lm = SamplingLM()
-    cfg = _config(model_dir, tmp_path / "flat", num_steps=2, val_every=0, dynamic_sampling_rounds=2)
-    trainer = GRPOTrainer(cfg, no_signal, FakeServer(model_dir, lm), lm=lm)
+    cfg = _config(num_steps=2, val_every=0, dynamic_sampling_rounds=2)
+    trainer = _trainer(cfg, FakeServer(model_dir, lm), lm, tmp_path / "flat", reward=no_signal)
     trainer.fit(TwoStep(), _data(6), _data(2, offset=100))
     rows = [r for r in trainer.run.metrics() if r.get("step", 0) > 0 and "rollouts" in r]
     assert [r["sampling_rounds"] for r in rows] == [3, 3]  # one round plus the two allowed extra
@@ -501,8 +522,8 @@ def test_dynamic_sampling_rolls_out_more_examples_until_enough_carry_signal(mode
     assert trainer.state["epoch"] * 6 + trainer.state["cursor"] == 18  # 2 steps x 9 examples drawn
 
     lm = SamplingLM()
-    cfg = _config(model_dir, tmp_path / "noisy", num_steps=1, val_every=0, dynamic_sampling_rounds=2)
-    trainer = GRPOTrainer(cfg, metric, FakeServer(model_dir, lm), lm=lm)
+    cfg = _config(num_steps=1, val_every=0, dynamic_sampling_rounds=2)
+    trainer = _trainer(cfg, FakeServer(model_dir, lm), lm, tmp_path / "noisy")
     trainer.fit(TwoStep(), _data(6), _data(2, offset=100))
     (row,) = [r for r in trainer.run.metrics() if r.get("step") == 1 and "rollouts" in r]
     # extra rounds only while fewer than examples_per_step examples have reward variance
@@ -532,7 +553,7 @@ def test_a_version_published_after_the_last_checkpoint_is_dropped_on_resume(mode
 
     monkeypatch.setattr(GRPOTrainer, "_checkpoint", checkpoint_then_die_at_step_2)
     with pytest.raises(Killed):
-        _run(_config(model_dir, run_dir, num_steps=2, val_every=0), server, lm)
+        _run(_config(num_steps=2, val_every=0), server, lm, run_dir)
     registry = AdapterRegistry(run_dir / "adapters")
     killed = [e.name for e in registry.list()]
     assert [e.metadata["step"] for e in registry.list()] == [1, 2]
@@ -541,7 +562,7 @@ def test_a_version_published_after_the_last_checkpoint_is_dropped_on_resume(mode
 
     monkeypatch.setattr(GRPOTrainer, "_checkpoint", real_checkpoint)
     server = FakeServer(model_dir, lm)  # the owner's kill took its server down too
-    trainer, result = _run(_config(model_dir, run_dir, num_steps=2, val_every=0), server, lm)
+    trainer, result = _run(_config(num_steps=2, val_every=0), server, lm, run_dir)
     names = [e.name for e in registry.list()]
     assert orphan not in names and not (run_dir / "adapters" / orphan).exists()
     assert names[0] == killed[0]  # step 1's version, in the checkpoint, stays
@@ -554,14 +575,14 @@ def test_policy_device_and_precision_resolve_on_a_cpu_machine(model_dir, tmp_pat
     from rl.policy import Policy, resolve_device
 
     assert not torch.cuda.is_available()  # this test states what a CPU-only machine gets
-    policy = Policy.load(str(model_dir), _config(model_dir, tmp_path / "run"))
+    policy = Policy.load(str(model_dir), _config())
     assert next(policy.model.parameters()).device.type == "cpu" and policy.train_dtype == "float32"
     assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
     with pytest.raises(TrainingError, match=r"grpo.device='cuda:1' but no CUDA GPU is visible"):
-        Policy.load(str(model_dir), _config(model_dir, tmp_path / "run", device="cuda:1"))
+        Policy.load(str(model_dir), _config(device="cuda:1"))
     with pytest.raises(TrainingError, match=r"grpo.precision='bf16' needs a GPU.*grpo.precision=fp32"):
-        Policy.load(str(model_dir), _config(model_dir, tmp_path / "run", precision="bf16"))
+        Policy.load(str(model_dir), _config(precision="bf16"))
     with pytest.raises(ValueError, match=r"device must be auto, cpu, cuda or cuda:N, got 'gpu0'"):
-        _config(model_dir, tmp_path / "run", device="gpu0")
+        _config(device="gpu0")
     with pytest.raises(ValueError, match=r"precision must be auto, fp32 or bf16, got 'fp16'"):
-        _config(model_dir, tmp_path / "run", precision="fp16")
+        _config(precision="fp16")

@@ -116,7 +116,6 @@ def test_trainer_labels_are_exactly_the_completion_and_its_stop_token(
 ) -> None:
     data = build_sft_data(qa_runs(8), val_fraction=0.0)
     cfg = FinetuneConfig(
-        model_path=str(micro_model),
         max_steps=1,
         per_device_train_batch_size=4,
         threads=1,
@@ -124,7 +123,7 @@ def test_trainer_labels_are_exactly_the_completion_and_its_stop_token(
         group_by_length=False,
         lora=LoraSettings(r=4, alpha=8),
     )
-    setup = build_sft_trainer(data, cfg, tmp_path / "run")
+    setup = build_sft_trainer(data, cfg, tmp_path / "run", model_path=micro_model)
     by_prompt_len = {}
     for i in range(len(setup.trainer.train_dataset)):
         prepared = setup.trainer.train_dataset[i]

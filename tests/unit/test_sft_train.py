@@ -30,9 +30,8 @@ def micro_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_micro_model(tmp_path_factory.mktemp("micro") / "model")
 
 
-def config(model: Path, **overrides) -> FinetuneConfig:
+def config(**overrides) -> FinetuneConfig:
     base = {
-        "model_path": str(model),
         "max_steps": 2,
         "per_device_train_batch_size": 4,
         "logging_steps": 1,
@@ -79,7 +78,10 @@ def test_collated_batches_carry_minus_100_on_every_prompt_token(
 
     data = build_sft_data(qa_runs(12), val_fraction=0.0)
     setup = build_sft_trainer(
-        data, config(micro_model, padding_free=padding_free, group_by_length=False), tmp_path / "run"
+        data,
+        config(padding_free=padding_free, group_by_length=False),
+        tmp_path / "run",
+        model_path=micro_model,
     )
     _check_batch_masks_prompts(setup, data, AutoTokenizer.from_pretrained(micro_model))
 
@@ -88,7 +90,7 @@ def test_train_lora_saves_a_safetensors_adapter_with_metadata_that_peft_loads(
     micro_model: Path, tmp_path: Path
 ) -> None:
     data = build_sft_data(qa_runs(24), val_fraction=0.25)
-    result = train_lora(data, config(micro_model, max_steps=3), tmp_path / "run")
+    result = train_lora(data, config(max_steps=3), tmp_path / "run", model_path=micro_model)
     path = Path(result.path)
     assert path == tmp_path / "run" / "adapters" / "sft-1"
     assert (path / "adapter_model.safetensors").is_file()
@@ -122,7 +124,11 @@ def test_train_lora_saves_a_safetensors_adapter_with_metadata_that_peft_loads(
     }
 
     second = train_lora(
-        data, config(micro_model, max_steps=3, learning_rate=5e-3), tmp_path / "run", serving_dtype="bf16"
+        data,
+        config(max_steps=3, learning_rate=5e-3),
+        tmp_path / "run",
+        model_path=micro_model,
+        serving_dtype="bfloat16",
     )
     assert second.name == "sft-2" and second.path != result.path
     precision = json.loads((Path(second.path) / METADATA_FILE).read_text())["precision"]
@@ -133,9 +139,9 @@ def test_unknown_target_module_is_refused_before_training_and_lists_the_linear_m
     micro_model: Path, tmp_path: Path
 ) -> None:
     data = build_sft_data(qa_runs(8), val_fraction=0.0)
-    cfg = config(micro_model, lora=LoraSettings(r=4, target_modules=["q_proj", "c_attn"]))
+    cfg = config(lora=LoraSettings(r=4, target_modules=["q_proj", "c_attn"]))
     with pytest.raises(TrainingError, match=r"\['c_attn'\] not found.*'down_proj'.*'q_proj'"):
-        train_lora(data, cfg, tmp_path / "run")
+        train_lora(data, cfg, tmp_path / "run", model_path=micro_model)
     assert not (tmp_path / "run" / "adapters").exists()
 
 
@@ -149,10 +155,10 @@ def test_linear_module_names_of_a_llama(micro_model: Path) -> None:
 def test_empty_data_is_refused(micro_model: Path, tmp_path: Path) -> None:
     empty = build_sft_data(qa_runs(0))
     with pytest.raises(TrainingError, match="trainset is empty"):
-        train_lora(empty, config(micro_model), tmp_path / "run")
+        train_lora(empty, config(), tmp_path / "run", model_path=micro_model)
     filtered = build_sft_data([*qa_runs(3)], metric_threshold=2.0)
     with pytest.raises(TrainingError, match=r"0/3 runs passed"):
-        train_lora(filtered, config(micro_model), tmp_path / "run")
+        train_lora(filtered, config(), tmp_path / "run", model_path=micro_model)
 
 
 def test_a_messages_dataset_is_refused_because_trl_would_train_on_the_prompt(
@@ -163,7 +169,7 @@ def test_a_messages_dataset_is_refused_because_trl_would_train_on_the_prompt(
     rows = build_sft_data(qa_runs(4), val_fraction=0.0).train
     messages = Dataset.from_list([{"messages": r.prompt + r.completion} for r in rows])
     with pytest.raises(TrainingError, match="lacks the 'prompt' column"):
-        train_lora(messages, config(micro_model), tmp_path / "run")
+        train_lora(messages, config(), tmp_path / "run", model_path=micro_model)
 
 
 def test_a_full_disk_becomes_a_training_error_naming_the_directory(
@@ -178,12 +184,14 @@ def test_a_full_disk_becomes_a_training_error_naming_the_directory(
     # while checkpointing
     monkeypatch.setattr(PeftModel, "save_pretrained", full)
     with pytest.raises(TrainingError, match=r"disk full while writing to .*run/checkpoints/sft-"):
-        train_lora(data, config(micro_model, max_steps=1), tmp_path / "run")
+        train_lora(data, config(max_steps=1), tmp_path / "run", model_path=micro_model)
     monkeypatch.undo()
     # while writing the adapter itself: nothing half-written is left behind
     monkeypatch.setattr("dspylite.utils.io._fsync_file", lambda path: full(None))
     with pytest.raises(TrainingError, match=r"disk full while writing to .*run/adapters"):
-        train_lora(data, config(micro_model, max_steps=1, save_steps=100, resume=False), tmp_path / "run")
+        train_lora(
+            data, config(max_steps=1, save_steps=100, resume=False), tmp_path / "run", model_path=micro_model
+        )
     assert list((tmp_path / "run" / "adapters").iterdir()) == []  # no .tmp-* leftover either
 
 
@@ -196,15 +204,15 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(micro_model: Path, 
                 raise KeyboardInterrupt("simulated kill")
 
     data = build_sft_data(qa_runs(24), val_fraction=0.0)
-    cfg = config(micro_model, max_steps=4, save_steps=2)
+    cfg = config(max_steps=4, save_steps=2)
     with pytest.raises(KeyboardInterrupt):
-        train_lora(data, cfg, tmp_path / "run", callbacks=[Crash()])
+        train_lora(data, cfg, tmp_path / "run", model_path=micro_model, callbacks=[Crash()])
     assert not (tmp_path / "run" / "adapters").exists() or not list((tmp_path / "run" / "adapters").iterdir())
     checkpoints = list((tmp_path / "run" / "checkpoints").iterdir())
     assert len(checkpoints) == 1
     assert latest_checkpoint(checkpoints[0]).endswith("checkpoint-2")
 
-    result = train_lora(data, cfg, tmp_path / "run")
+    result = train_lora(data, cfg, tmp_path / "run", model_path=micro_model)
     assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
     assert result.metrics["global_step"] == 4
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -214,9 +222,13 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(micro_model: Path, 
 
 
 def test_changed_data_does_not_resume_from_another_runs_checkpoint(micro_model: Path, tmp_path: Path) -> None:
-    cfg = config(micro_model, max_steps=2, save_steps=1)
-    train_lora(build_sft_data(qa_runs(8, seed=1), val_fraction=0.0), cfg, tmp_path / "run")
-    other = train_lora(build_sft_data(qa_runs(8, seed=2), val_fraction=0.0), cfg, tmp_path / "run")
+    cfg = config(max_steps=2, save_steps=1)
+    train_lora(
+        build_sft_data(qa_runs(8, seed=1), val_fraction=0.0), cfg, tmp_path / "run", model_path=micro_model
+    )
+    other = train_lora(
+        build_sft_data(qa_runs(8, seed=2), val_fraction=0.0), cfg, tmp_path / "run", model_path=micro_model
+    )
     assert other.resumed_from is None
 
 
