@@ -234,24 +234,14 @@ def open_session(
     ``run_dir``, ``model``, ``task``, ``server`` and ``lm``. The server is stopped when the block ends."""
     import dspylite
     from serving.backend import Backend
-    from serving.launch import open_server, server_model
-    from serving.placement import colocation
-    from serving.registry import AdapterRegistry
 
     task = task if task is not None else load_task(cfg.task)
     run = open_run(cfg.run_dir, cfg, kind)
     try:
-        model_dir = server_model(cfg.model, cfg.server, say)
-        with open_server(model_dir, cfg.server, run.path, say) as server:
-            lm = make_lm(server, cfg.lm, run)
-            backend = Backend(
-                server,
-                run_dir=run.path,
-                registry=AdapterRegistry(run.adapters_dir),
-                model_dir=model_dir or None,  # a remote server without `model`: what it runs
-                colocation=colocation(server, cfg.server, say),
-                base_lm=lm,
-            )
+        with Backend.open(
+            cfg.model, cfg.server, run.path, lm_kwargs=lm_kwargs(cfg.lm, run), say=say
+        ) as backend:
+            server, lm = backend.server, backend.base_lm
             session = JobSession(
                 kind=kind,
                 run=run,
@@ -283,9 +273,9 @@ def _mark_failed(run: RunDir, exc: BaseException) -> None:
         logger.debug("could not record the failure in %s", run.path / JOB_FILE)
 
 
-def make_lm(server: Any, settings: LMSettings, run: RunDir) -> Any:
-    """The job's LM: its cache lives in the run directory (a resumed job replays finished calls, and no
-    other run's entries can change its numbers)."""
+def lm_kwargs(settings: LMSettings, run: RunDir) -> dict[str, Any]:
+    """The job LM's settings: its cache lives in the run directory (a resumed job replays finished
+    calls, and no other run's entries can change its numbers)."""
     kwargs: dict[str, Any] = {
         "temperature": settings.temperature,
         "max_tokens": settings.max_tokens,
@@ -297,7 +287,7 @@ def make_lm(server: Any, settings: LMSettings, run: RunDir) -> Any:
         kwargs["cache_dir"] = str(run.path.resolve() / "lm_cache")
     else:
         kwargs["cache"] = False
-    return server.lm(**kwargs)
+    return kwargs
 
 
 def make_adapter(settings: LMSettings) -> Any:

@@ -60,10 +60,12 @@ PINNED = {
 # Command names whose --help lists config keys but that are no job of dspylite.jobs.
 NOT_JOBS = {
     "serve": "starts and holds a vLLM process for other clients; it builds no optimizer or trainer",
+    "doctor": "reads only `model` and `server` to check the machine; it runs nothing",
 }
 # Leaf names whose generic distinctive value would make the job do nothing to check.
 VALUES_BY_LEAF: dict[str, list[Any]] = {
     "metric_threshold": [0.75],  # above 1 no run passes, and no trainer is built
+    "kind": ["labeled", "random_search", "mipro", "gepa"],  # optimizer.kind: a row of the optimizer table
     "target_modules": [["q_proj", "v_proj"]],
     "train_predictors": [["answer"]],
 }

@@ -188,7 +188,7 @@ def test_a_job_starts_its_server_through_the_shared_set_up(
         server = session.server
         assert isinstance(server, VLLMServer) and server.is_running()
         assert set(server.served_models()) == {"base", "sft-1"}
-        assert session.colocation.mode == "off"
+        assert session.backend.colocation.mode == "off"
     assert not server.is_running()
     log = (tmp_path / "run" / "vllm.log").read_text()
     assert "--served-model-name base --dtype float32" in log and "--max-loras 3" in log
