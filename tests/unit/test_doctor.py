@@ -10,8 +10,8 @@ import pytest
 from test_memory_split import LLAMA3_8B, SMOLLM2
 from typer.testing import CliRunner
 
-from serving.config import ServerConfig
 from serving import doctor
+from serving.config import ServerConfig
 from serving.doctor import GPU, Environment, check_packages, diagnose, format_findings
 from serving.memory import GIB
 
@@ -53,7 +53,9 @@ def test_the_tested_set_gives_no_problems() -> None:
 
 def test_missing_package_is_one_line_with_the_install_command() -> None:
     problems = _problems(diagnose(_env(versions={"trl": None})))
-    assert problems == ["[error] packages trl is not installed  -> fix: pip install -c constraints.txt 'dspylite[train]'"]
+    assert problems == [
+        "[error] packages trl is not installed  -> fix: pip install -c constraints.txt 'dspylite[train]'"
+    ]
 
 
 def test_missing_vllm_means_it_cannot_start() -> None:
