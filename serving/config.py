@@ -87,13 +87,15 @@ class ServerConfig:
     data_parallel_size: int = field(
         default=1, metadata=field_help("vLLM --data-parallel-size: replicas sharing the load.")
     )
-    colocate: Literal["off", "sleep", "split"] = field(
-        default="off",
+    colocate: Literal["auto", "sleep", "split", "off"] = field(
+        default="auto",
         metadata=field_help(
             "How vLLM and a job's training share a GPU: sleep puts vLLM to sleep (level 1) around each "
             "training phase; split starts vLLM with a --gpu-memory-utilization that leaves training its "
-            "estimated share (serving.memory.TRAINING_BATCH_SIZE x TRAINING_SEQ_LEN tokens); off arranges "
-            "nothing (separate GPUs, or CPU, where it is always off)."
+            "estimated share (serving.memory.TRAINING_BATCH_SIZE x TRAINING_SEQ_LEN tokens); auto picks sleep "
+            "(split where vLLM has no sleep mode) when a job trains on the server's GPU and logs it; off "
+            "arranges nothing (an error on a GPU training shares, unless gpu_memory_utilization sizes vLLM). "
+            "Always off on CPU and on separate GPUs."
         ),
     )
     gpu_memory_utilization: float | None = field(

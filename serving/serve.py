@@ -139,7 +139,8 @@ def prepare_server(config: ServeConfig, say: Callable[[str], None] | None = None
     say = say or (lambda message: logger.info("%s", message))
     run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / time.strftime("serve-%Y%m%d-%H%M%S")
     model_dir = server_model(config.model, config.server, say)
-    server = build_server(model_dir, config.server, run_dir, say)
+    # Nothing trains beside it here: server.colocate=auto leaves vLLM its default share of the GPU.
+    server = build_server(model_dir, config.server, run_dir, say, trains=False)
     server.validate()
     return server
 

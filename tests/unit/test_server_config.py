@@ -43,7 +43,7 @@ def test_every_job_and_serve_use_the_one_schema(name: str) -> None:
         ("server.dtype=fp8", r"server.dtype must be one of \['auto', 'float32', 'bfloat16', 'float16'\]"),
         ("server.gpu_memory_utilization=1.5", "server.gpu_memory_utilization must be in \\(0, 1\\]"),
         ("server.tensor_parallel_size=0", "server.tensor_parallel_size must be > 0"),
-        ("server.colocate=nap", r"server.colocate must be one of \['off', 'sleep', 'split'\]"),
+        ("server.colocate=nap", r"server.colocate must be one of \['auto', 'sleep', 'split', 'off'\]"),
         ("server.prot=8000", r"unknown key\(s\) \['server.prot'\]"),
         ("server.host=", "server.host is empty"),
     ],
