@@ -55,3 +55,17 @@ class FactTopic(Module):
 
     def forward(self, sentence: str) -> Prediction:
         return self.classify(sentence=sentence)
+
+
+def math_program() -> Module:
+    """A math word problem, as a DSPy user writes it: reason step by step, then a number (ASDiv, GSM8K)."""
+    from dspylite.modules import ChainOfThought
+
+    return ChainOfThought("question -> answer: float")
+
+
+def boolq_program() -> Module:
+    """A yes/no question about a passage (BoolQ), answered directly. Predict, not ChainOfThought: a
+    135M model's reasoning is seldom sound, and it multiplies the tokens per call on passages that are
+    already ~150 tokens long (measured in docs/ and configs/boolq_real.yaml)."""
+    return Predict("passage, question -> answer: bool")

@@ -1,8 +1,9 @@
 """Libraries below, recipes above: the import graph the design asks for, checked on every file.
 
-dspylite core and optimizers, finetune/, rl/ and serving/ never import the job layer
+dspylite core and optimizers, finetune/, rl/, serving/ and sources/ never import the job layer
 (dspylite.jobs) or the CLI; finetune/ and rl/ never import dspylite.optimizers (the optimizers are
-front-ends over them, not the other way round). Imports inside functions count too.
+front-ends over them, not the other way round); sources/ (models and data sets) sits below serving and
+training, so it imports none of them nor the optimizers. Imports inside functions count too.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
 
 def library_files() -> list[Path]:
     files = []
-    for package in ("dspylite", "finetune", "rl", "serving"):
+    for package in ("dspylite", "finetune", "rl", "serving", "sources"):
         for path in sorted((ROOT / package).rglob("*.py")):
             relative = path.relative_to(ROOT).as_posix()
             if relative.startswith("dspylite/jobs/") or relative == "dspylite/cli.py":
@@ -45,6 +46,8 @@ def violations(path: Path) -> list[str]:
     forbidden = list(RECIPES)
     if relative.startswith(("finetune/", "rl/")):
         forbidden.append("dspylite.optimizers")
+    if relative.startswith("sources/"):
+        forbidden += ["dspylite.optimizers", "finetune", "rl", "serving"]
     bad = []
     for line, module in imported_modules(path):
         for prefix in forbidden:
