@@ -5,7 +5,8 @@
 
 One vLLM server (the precision ``serving_dtype`` picks, unless --dtype), then for each task (default:
 Fact QA, two modules, and Fact Topic, one module; or the public benchmarks' reference programs, with
-``boolq-cot`` the ChainOfThought variant of BoolQ's Predict) with the ChatAdapter and the JSONAdapter
+``boolq-cot`` the ChainOfThought variant of BoolQ's Predict, ``asdiv-predict`` ASDiv without the
+reasoning step) with the ChatAdapter and the JSONAdapter (``--adapters``)
 (structured outputs): score on ``--n`` dev examples, parse-failure rate, calls/s at ``--threads``
 concurrency, and prompt and completion lengths in tokens (median, p90, max; and how many completions
 hit ``--max-tokens``), so the demo and the benchmark recipes can pick task, adapter and ``max_tokens``
@@ -46,12 +47,14 @@ def tasks(n: int, names: list[str]) -> dict[str, tuple[Any, list[Any], Any]]:
             chosen[name] = (FactTopic, load_fact_topic(seed=0)["dev"][:n], fact_topic_metric)
         else:  # a public benchmark's reference program on its dev split (data: sources.datasets)
             from dspylite.jobs.tasks import TaskSettings, load_task
-            from dspylite.modules import ChainOfThought
+            from dspylite.modules import ChainOfThought, Predict
 
-            task = load_task(TaskSettings(name=name.removesuffix("-cot"), n_train=0, n_dev=n, n_test=0))
+            task = load_task(TaskSettings(name=name.split("-")[0], n_train=0, n_dev=n, n_test=0))
             factory = task.make_program
             if name == "boolq-cot":
                 factory = lambda: ChainOfThought("passage, question -> answer: bool")  # noqa: E731
+            elif name == "asdiv-predict":
+                factory = lambda: Predict("question -> answer: float")  # noqa: E731
             chosen[name] = (factory, task.split("dev"), task.metric)
     return chosen
 
@@ -69,10 +72,11 @@ def measure(
     recorded: list[dict[str, Any]] | None = None,
     names: tuple[str, ...] = ("FactQA", "FactTopic"),
     timeout: float = 300.0,
+    adapters: tuple[str, ...] = ("chat", "json"),
 ) -> list[dict[str, Any]]:
     rows = []
     for task, (program_cls, devset, metric) in tasks(n, list(names)).items():
-        for adapter in (ChatAdapter(), JSONAdapter()):
+        for adapter in [ChatAdapter() if a == "chat" else JSONAdapter() for a in adapters]:
             lm = server.lm(cache=False, max_tokens=max_tokens, temperature=0.0, timeout=timeout)
             evaluate = Evaluate(
                 devset=devset,
@@ -150,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds per request (a busy CPU queues them)"
     )
+    parser.add_argument("--adapters", default="chat,json", help="comma-separated: chat, json")
     parser.add_argument(
         "--tasks",
         default="FactQA,FactTopic",
-        help="comma-separated: FactQA, FactTopic, asdiv, boolq, boolq-cot, gsm8k",
+        help="comma-separated: FactQA, FactTopic, asdiv, asdiv-predict, boolq, boolq-cot, gsm8k",
     )
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--record", help="write a few raw traces (messages, token ids) per task/adapter here")
@@ -165,7 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {Path(base).name}, dtype {server.dtype}, start {server.start_seconds:.1f} s", flush=True)
     try:
         recorded: list[dict[str, Any]] = []
-        rows = measure(server, args.n, args.threads, args.max_tokens, recorded, tuple(args.tasks.split(",")))
+        rows = measure(
+            server,
+            args.n,
+            args.threads,
+            args.max_tokens,
+            recorded,
+            tuple(args.tasks.split(",")),
+            args.timeout,
+            tuple(args.adapters.split(",")),
+        )
     finally:
         server.stop()
     if args.json:
