@@ -65,7 +65,7 @@ def math_program() -> Module:
 
 
 def boolq_program() -> Module:
-    """A yes/no question about a passage (BoolQ), answered directly. Predict, not ChainOfThought: a
-    135M model's reasoning is seldom sound, and it multiplies the tokens per call on passages that are
-    already ~150 tokens long (measured in docs/ and configs/boolq_real.yaml)."""
+    """A yes/no question about a passage (BoolQ), answered directly. Predict, not ChainOfThought: on
+    SmolLM2-135M the reasoning loops into max_tokens and costs ~5x the tokens for a lower score
+    (configs/boolq_real.yaml has the measurement)."""
     return Predict("passage, question -> answer: bool")
