@@ -1,12 +1,16 @@
 """SmolLM2-135M-Instruct zero-shot on the built-in tasks: what the real-model demo can be built on.
 
     python bench/smollm2_task.py [--n 50] [--threads 16] [--max-tokens 96] [--dtype auto] [--json out.json]
+    python bench/smollm2_task.py --tasks asdiv,boolq,boolq-cot,gsm8k --n 20 --max-tokens 256
 
-One vLLM server (the precision ``serving_dtype`` picks, unless --dtype), then for Fact QA (two
-modules) and Fact Topic (one module), each with the ChatAdapter and the JSONAdapter (structured
-outputs): score on ``--n`` dev examples, parse-failure rate, calls/s at ``--threads`` concurrency, and
-completion lengths in tokens (median, p90, max; and how many hit ``--max-tokens``), so the demo can
-pick its task, adapter and ``max_tokens`` from numbers. A measurement, not a pass/fail check.
+One vLLM server (the precision ``serving_dtype`` picks, unless --dtype), then for each task (default:
+Fact QA, two modules, and Fact Topic, one module; or the public benchmarks' reference programs, with
+``boolq-cot`` the ChainOfThought variant of BoolQ's Predict, ``asdiv-predict`` ASDiv without the
+reasoning step) with the ChatAdapter and the JSONAdapter (``--adapters``)
+(structured outputs): score on ``--n`` dev examples, parse-failure rate, calls/s at ``--threads``
+concurrency, and prompt and completion lengths in tokens (median, p90, max; and how many completions
+hit ``--max-tokens``), so the demo and the benchmark recipes can pick task, adapter and ``max_tokens``
+from numbers. A measurement, not a pass/fail check.
 """
 
 from __future__ import annotations
@@ -34,15 +38,25 @@ from serving import VLLMServer  # noqa: E402
 from sources.models import SMOLLM2, resolve_model  # noqa: E402
 
 
-def tasks(n: int) -> dict[str, tuple[Any, list[Any], Any]]:
-    return {
-        "FactQA": (FactQA, load_fact_qa(seed=0)["dev"][:n], fact_qa_metric),
-        "FactTopic": (
-            FactTopic,
-            load_fact_topic(seed=0)["dev"][:n],
-            fact_topic_metric,
-        ),
-    }
+def tasks(n: int, names: list[str]) -> dict[str, tuple[Any, list[Any], Any]]:
+    chosen = {}
+    for name in names:
+        if name == "FactQA":
+            chosen[name] = (FactQA, load_fact_qa(seed=0)["dev"][:n], fact_qa_metric)
+        elif name == "FactTopic":
+            chosen[name] = (FactTopic, load_fact_topic(seed=0)["dev"][:n], fact_topic_metric)
+        else:  # a public benchmark's reference program on its dev split (data: sources.datasets)
+            from dspylite.jobs.tasks import TaskSettings, load_task
+            from dspylite.modules import ChainOfThought, Predict
+
+            task = load_task(TaskSettings(name=name.split("-")[0], n_train=0, n_dev=n, n_test=0))
+            factory = task.make_program
+            if name == "boolq-cot":
+                factory = lambda: ChainOfThought("passage, question -> answer: bool")  # noqa: E731
+            elif name == "asdiv-predict":
+                factory = lambda: Predict("question -> answer: float")  # noqa: E731
+            chosen[name] = (factory, task.split("dev"), task.metric)
+    return chosen
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -51,13 +65,26 @@ def percentile(values: list[int], q: float) -> float:
 
 
 def measure(
-    server: VLLMServer, n: int, threads: int, max_tokens: int, recorded: list[dict[str, Any]] | None = None
+    server: VLLMServer,
+    n: int,
+    threads: int,
+    max_tokens: int,
+    recorded: list[dict[str, Any]] | None = None,
+    names: tuple[str, ...] = ("FactQA", "FactTopic"),
+    timeout: float = 300.0,
+    adapters: tuple[str, ...] = ("chat", "json"),
 ) -> list[dict[str, Any]]:
     rows = []
-    for task, (program_cls, devset, metric) in tasks(n).items():
-        for adapter in (ChatAdapter(), JSONAdapter()):
-            lm = server.lm(cache=False, max_tokens=max_tokens, temperature=0.0)
-            evaluate = Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False)
+    for task, (program_cls, devset, metric) in tasks(n, list(names)).items():
+        for adapter in [ChatAdapter() if a == "chat" else JSONAdapter() for a in adapters]:
+            lm = server.lm(cache=False, max_tokens=max_tokens, temperature=0.0, timeout=timeout)
+            evaluate = Evaluate(
+                devset=devset,
+                metric=metric,
+                num_threads=threads,
+                display_progress=False,
+                raise_if_all_failed=False,  # a 100% parse-failure rate is a finding here, not an error
+            )
             with settings.context(lm=lm, adapter=adapter):
                 started = time.perf_counter()
                 result = evaluate(program_cls(), return_traces=True)
@@ -79,6 +106,7 @@ def measure(
                     if t.finish_reason == "stop" and t.completion_token_ids
                 ][:3]
             lengths = [len(t.completion_token_ids or []) for t in traces]
+            prompts = [len(t.prompt_token_ids or []) for t in traces]
             parse_failures = result.error_counts.get("parse", 0)
             row = {
                 "task": task,
@@ -94,6 +122,9 @@ def measure(
                 "completion_tokens_median": statistics.median(lengths) if lengths else 0,
                 "completion_tokens_p90": percentile(lengths, 0.9),
                 "completion_tokens_max": max(lengths, default=0),
+                "prompt_tokens_median": statistics.median(prompts) if prompts else 0,
+                "prompt_tokens_p90": percentile(prompts, 0.9),
+                "prompt_tokens_max": max(prompts, default=0),
                 "hit_max_tokens": sum(1 for t in traces if t.finish_reason == "length"),
                 "sample_failure": next(
                     (r.error[:300] for r in result.results if r.error_kind == "parse" and r.error), None
@@ -104,7 +135,8 @@ def measure(
                 f"{task:<10} {adapter.name:<5} score {row['score']:5.1f}  parse fail {parse_failures:>3}/{len(devset)}"
                 f"  {row['calls_per_s']:5.2f} calls/s  tokens med {row['completion_tokens_median']:.0f}"
                 f" p90 {row['completion_tokens_p90']:.0f} max {row['completion_tokens_max']}"
-                f" (hit max_tokens {row['hit_max_tokens']})",
+                f" (hit max_tokens {row['hit_max_tokens']})  prompt med {row['prompt_tokens_median']:.0f}"
+                f" max {row['prompt_tokens_max']}",
                 flush=True,
             )
     return rows
@@ -119,6 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=16, help="concurrent program runs")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds per request (a busy CPU queues them)"
+    )
+    parser.add_argument("--adapters", default="chat,json", help="comma-separated: chat, json")
+    parser.add_argument(
+        "--tasks",
+        default="FactQA,FactTopic",
+        help="comma-separated: FactQA, FactTopic, asdiv, asdiv-predict, boolq, boolq-cot, gsm8k",
+    )
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--record", help="write a few raw traces (messages, token ids) per task/adapter here")
     args = parser.parse_args(argv)
@@ -129,7 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {Path(base).name}, dtype {server.dtype}, start {server.start_seconds:.1f} s", flush=True)
     try:
         recorded: list[dict[str, Any]] = []
-        rows = measure(server, args.n, args.threads, args.max_tokens, recorded)
+        rows = measure(
+            server,
+            args.n,
+            args.threads,
+            args.max_tokens,
+            recorded,
+            tuple(args.tasks.split(",")),
+            args.timeout,
+            tuple(args.adapters.split(",")),
+        )
     finally:
         server.stop()
     if args.json:
@@ -143,14 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         Path(args.record).write_text(json.dumps(record, indent=1, ensure_ascii=False))
     print(
-        "\n| task | adapter | score | parse failures | calls/s | tokens median / p90 / max | hit max_tokens |"
+        "\n| task | adapter | score | parse failures | calls/s | completion tokens median / p90 / max "
+        "| hit max_tokens | prompt tokens median / max |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['task']} | {r['adapter']} | {r['score']:.1f} | {r['parse_failures']}/{r['n']} | "
             f"{r['calls_per_s']:.2f} | {r['completion_tokens_median']:.0f} / {r['completion_tokens_p90']:.0f} / "
-            f"{r['completion_tokens_max']} | {r['hit_max_tokens']} |"
+            f"{r['completion_tokens_max']} | {r['hit_max_tokens']} | "
+            f"{r['prompt_tokens_median']:.0f} / {r['prompt_tokens_max']} |"
         )
     return 0
 

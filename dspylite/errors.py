@@ -197,3 +197,8 @@ class PickleNotSupportedError(ProgramStateError):
 
 class ParallelError(DSPyLiteError, RuntimeError):
     """``Parallel``/``Module.batch``: more examples failed than ``max_errors`` allows."""
+
+
+class DatasetSourceError(DSPyLiteError, RuntimeError):
+    """A named data set could be loaded neither from the hub nor from the package that ships it;
+    the message names the command that fetches it by hand."""

@@ -5,8 +5,17 @@
 - Fact Topic (one module, ``Literal`` output): ``load_fact_topic``, ``fact_topic_metric``.
 - Feedback metrics for GEPA (score + what went wrong in words): ``fact_qa_feedback_metric``,
   ``fact_topic_feedback_metric``.
+- Metrics of the public benchmarks (data: ``sources.datasets``): ``numeric_match`` (ASDiv, GSM8K),
+  ``boolean_match`` (BoolQ), their feedback forms, and the answer readers ``parse_number``, ``parse_bool``.
 """
 
+from dspylite.datasets.answer_metrics import (
+    boolean_feedback_metric,
+    boolean_match,
+    numeric_feedback_metric,
+    numeric_match,
+)
+from dspylite.datasets.answers import parse_bool, parse_number
 from dspylite.datasets.fact_qa import (
     FACT_QA_INPUTS,
     FactQAItem,
@@ -27,6 +36,8 @@ __all__ = [
     "FACT_QA_INPUTS",
     "TOPICS",
     "FactQAItem",
+    "boolean_feedback_metric",
+    "boolean_match",
     "fact_match_metric",
     "fact_qa_metric",
     "fact_qa_copy_reward",
@@ -41,4 +52,8 @@ __all__ = [
     "load_fact_qa",
     "load_fact_topic",
     "normalize_answer",
+    "numeric_feedback_metric",
+    "numeric_match",
+    "parse_bool",
+    "parse_number",
 ]

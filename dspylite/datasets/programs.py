@@ -55,3 +55,17 @@ class FactTopic(Module):
 
     def forward(self, sentence: str) -> Prediction:
         return self.classify(sentence=sentence)
+
+
+def math_program() -> Module:
+    """A math word problem, as a DSPy user writes it: reason step by step, then a number (ASDiv, GSM8K)."""
+    from dspylite.modules import ChainOfThought
+
+    return ChainOfThought("question -> answer: float")
+
+
+def boolq_program() -> Module:
+    """A yes/no question about a passage (BoolQ), answered directly. Predict, not ChainOfThought: on
+    SmolLM2-135M the reasoning loops into max_tokens and costs ~5x the tokens for a lower score
+    (configs/boolq_real.yaml has the measurement)."""
+    return Predict("passage, question -> answer: bool")

@@ -12,14 +12,8 @@ from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import RESULTS_FILE
-from dspylite.jobs.session import (
-    Say,
-    log_say,
-    open_session,
-    raise_if_every_example_failed,
-    score_record,
-    write_results,
-)
+from dspylite.jobs.results import score_record, write_results
+from dspylite.jobs.session import Say, log_say, open_session, raise_if_every_example_failed
 from dspylite.jobs.settings import LMSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
 from serving.config import ServerConfig

@@ -126,6 +126,7 @@ def _eval(run: RunDir, job: dict[str, Any]) -> None:
             "id": r.get("id"),
             "score": r.get("score"),
             "error": r.get("error_kind") or "",
+            "labels": str(r.get("labels") or "")[:60],  # results.jsonl also has the inputs
             "prediction": str(r.get("prediction"))[:100],
         }
         for r in read_jsonl(run.path / RESULTS_FILE)[:20]

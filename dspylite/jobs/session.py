@@ -16,7 +16,6 @@ that raises leaves ``job.json`` saying ``failed`` with the error; the server it 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspylite.errors import ConfigError
 from dspylite.jobs.report_job import JOB_FILE
+from dspylite.jobs.results import score_record, write_data_card
 from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import Task, load_task
 from dspylite.run_dir import RunDir
@@ -241,6 +241,7 @@ def open_session(
 
     task = task if task is not None else load_task(cfg.task)
     run = open_run(cfg.run_dir, cfg, kind)
+    write_data_card(run, task)
     try:
         with Backend.open(
             cfg.model,
@@ -331,32 +332,3 @@ def raise_if_every_example_failed(result: Any) -> None:
             f"all {failed} examples failed ({kinds}), so there is no score; first error: {first}",
             error_counts=result.error_counts,
         )
-
-
-def score_record(result: Any) -> dict[str, Any]:
-    """What reports need from an EvaluationResult: the summary plus the per-example scores (for paired CIs)."""
-    return {**result.summary(), "scores": list(result.scores)}
-
-
-def write_results(run: RunDir, name: str, result: Any) -> Path:
-    """One JSON line per example: id, score, error, prediction."""
-    from dspylite.evaluate import example_id
-    from dspylite.utils.io import atomic_write_text
-
-    lines = []
-    for row in result.results:
-        prediction = dict(row.prediction.items()) if row.prediction is not None else None
-        lines.append(
-            json.dumps(
-                {
-                    "id": example_id(row.example),
-                    "score": row.score,
-                    "error_kind": row.error_kind,
-                    "error": row.error,
-                    "prediction": prediction,
-                },
-                ensure_ascii=False,
-                default=str,
-            )
-        )
-    return atomic_write_text(run.path / name, "\n".join(lines) + ("\n" if lines else ""))

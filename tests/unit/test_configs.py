@@ -28,6 +28,8 @@ DSPYLITE_CONFIGS = {
     "better_together.yaml": "dspylite.jobs.better_together_job:BetterTogetherJobConfig",
     "demo.yaml": "dspylite.jobs.demo_job:DemoConfig",
     "demo_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
+    "asdiv_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
+    "boolq_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
     "multi_gpu/serve_tp_dp.yaml": "serving.serve:ServeConfig",
     "multi_gpu/sft_accelerate.yaml": "finetune.train:SFTTrainJobConfig",
     "multi_gpu/grpo_one_gpu_sleep.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
