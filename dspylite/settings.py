@@ -63,6 +63,13 @@ def configure(**kwargs: Any) -> None:
         _CURRENT.set(replace(_CURRENT.get(), **kwargs))
 
 
+def reset() -> None:
+    """Back to the defaults, process-wide (tests call it between cases)."""
+    global _GLOBAL
+    _GLOBAL = Settings()
+    _CURRENT.set(None)
+
+
 @contextlib.contextmanager
 def context(**kwargs: Any) -> Iterator[Settings]:
     """Override settings inside a ``with`` block, for this thread/task only."""
