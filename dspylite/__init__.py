@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "configure": "dspylite.settings",
     "context": "dspylite.settings",
     "settings": "dspylite.settings",
+    "load_settings": "dspylite.settings",
     "TraceRecord": "dspylite.trace",
     "capture_traces": "dspylite.trace",
     # evaluation

@@ -32,6 +32,8 @@ def _to_jsonable(value: Any) -> Any:
         return value.value
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
+    if hasattr(value, "toDict"):  # an Example or Prediction
+        return _to_jsonable(value.toDict())
     return value
 
 

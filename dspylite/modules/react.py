@@ -23,6 +23,7 @@ from dspylite.modules.chain_of_thought import ChainOfThought
 from dspylite.modules.module import Module
 from dspylite.modules.predict import Predict
 from dspylite.signatures import InputField, OutputField, Signature, ensure_signature, make_signature
+from dspylite.utils.exceptions import format_error_for_lm
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +110,12 @@ class ReAct(Module):
             try:
                 pred = self._call_with_potential_trajectory_truncation(self.react, trajectory, **input_args)
             except ContextWindowExceededError as err:
-                logger.warning("Ending the trajectory: %s", format_error_for_lm(err))
+                logger.warning("Ending the trajectory: %s", format_error_for_lm(err, traceback_frames=5))
                 break
             except ValueError as err:
                 # An AdapterParseError among them: the failed call is in the traces; the agent answers with what it has.
                 logger.warning(
-                    "Ending the trajectory: Agent failed to select a valid tool: %s", format_error_for_lm(err)
+                    "Ending the trajectory: Agent failed to select a valid tool: %s", format_error_for_lm(err, traceback_frames=5)
                 )
                 break
             trajectory[f"thought_{idx}"] = pred.next_thought
@@ -124,7 +125,7 @@ class ReAct(Module):
                 trajectory[f"observation_{idx}"] = self.tools[pred.next_tool_name](**pred.next_tool_args)
             except Exception as err:  # the agent sees its mistake and may recover on the next step
                 trajectory[f"observation_{idx}"] = (
-                    f"Execution error in {pred.next_tool_name}: {format_error_for_lm(err)}"
+                    f"Execution error in {pred.next_tool_name}: {format_error_for_lm(err, traceback_frames=5)}"
                 )
             if pred.next_tool_name == FINISH:
                 break
@@ -140,11 +141,11 @@ class ReAct(Module):
                     self.react, trajectory, **input_args
                 )
             except ContextWindowExceededError as err:
-                logger.warning("Ending the trajectory: %s", format_error_for_lm(err))
+                logger.warning("Ending the trajectory: %s", format_error_for_lm(err, traceback_frames=5))
                 break
             except ValueError as err:
                 logger.warning(
-                    "Ending the trajectory: Agent failed to select a valid tool: %s", format_error_for_lm(err)
+                    "Ending the trajectory: Agent failed to select a valid tool: %s", format_error_for_lm(err, traceback_frames=5)
                 )
                 break
             trajectory[f"thought_{idx}"] = pred.next_thought
@@ -154,7 +155,7 @@ class ReAct(Module):
                 trajectory[f"observation_{idx}"] = await self.tools[pred.next_tool_name].acall(**pred.next_tool_args)
             except Exception as err:
                 trajectory[f"observation_{idx}"] = (
-                    f"Execution error in {pred.next_tool_name}: {format_error_for_lm(err)}"
+                    f"Execution error in {pred.next_tool_name}: {format_error_for_lm(err, traceback_frames=5)}"
                 )
             if pred.next_tool_name == FINISH:
                 break
@@ -201,11 +202,6 @@ class ReAct(Module):
         for key in keys[:4]:
             trajectory.pop(key)
         return trajectory
-
-
-def format_error_for_lm(error: BaseException) -> str:
-    """An exception as the model (and the log) should see it: its type and message."""
-    return f"{type(error).__name__}: {error}"
 
 
 __all__ = ["ReAct"]

@@ -15,6 +15,18 @@ from dspylite.errors import (
     NoLMConfiguredError,
 )
 
+def format_error_for_lm(error: BaseException, *, traceback_frames: int = 0) -> str:
+    """An exception as text for an LM to read (ReAct's observations): its message, or with
+    ``traceback_frames > 0`` a traceback limited to that many frames."""
+    if traceback_frames <= 0:
+        return str(error)
+    import traceback
+
+    return "\n" + "".join(
+        traceback.format_exception(type(error), error, error.__traceback__, limit=traceback_frames)
+    ).strip()
+
+
 # DSPy's names for the same failures.
 DSPyError = DSPyLiteError
 LMNotConfiguredError = NoLMConfiguredError
@@ -30,4 +42,5 @@ __all__ = [
     "LMNotConfiguredError",
     "LMServerError",
     "LMTransportError",
+    "format_error_for_lm",
 ]
