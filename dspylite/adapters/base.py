@@ -556,8 +556,11 @@ class Adapter:
 def _calls_generate(lm: Any) -> bool:
     """dspylite's LMs answer ``__call__`` through ``generate``; calling that directly keeps token ids,
     logprobs and finish reasons. A subclass overriding ``__call__`` gets its override called."""
-    call = getattr(type(lm), "__call__", None)
-    return bool(getattr(call, "_dspylite_calls_generate", False)) and callable(getattr(lm, "generate", None))
+    if not callable(getattr(lm, "generate", None)):
+        return False
+    call = next((klass.__dict__["__call__"] for klass in type(lm).__mro__ if "__call__" in klass.__dict__), None)
+    # No __call__ at all: an object that only implements dspylite's generate() protocol (a wrapper).
+    return call is None or bool(getattr(call, "_dspylite_calls_generate", False))
 
 
 def _generate_kwargs(lm_kwargs: dict[str, Any]) -> tuple[int, int | None, dict[str, Any]]:

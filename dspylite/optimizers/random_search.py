@@ -93,9 +93,24 @@ class BootstrapFewShotWithRandomSearch:
         trainset: list[Example],
         valset: list[Example] | None = None,
         teacher: Any = None,
+        restrict: Any = None,
+        labeled_sample: bool = True,
     ) -> Any:
+        """``restrict``: only these candidate seeds (as DSPy numbers them: -3 zero-shot, -2 labeled demos
+        only, -1 bootstrapped in trainset order, 0.. shuffled); ``labeled_sample=False`` gives the labeled
+        candidate the first trainset examples instead of a random draw."""
         trainset = check_examples(trainset, "trainset")
         valset = check_examples(valset, "valset") if valset is not None else trainset
+        seeds = list(range(-3, self.num_candidate_programs))
+        if restrict is not None:
+            wanted = set(restrict)  # read once: restrict may be a single-use iterator
+            seeds = [seed for seed in seeds if seed in wanted]
+            if not seeds:
+                raise ValueError(
+                    f"restrict={sorted(wanted)} matches none of the candidate seeds "
+                    f"-3..{self.num_candidate_programs - 1} (num_candidate_programs={self.num_candidate_programs})"
+                )
+        self._labeled_sample = labeled_sample
         if not student.predictors():
             raise OptimizerError(f"the student program {type(student).__name__} has no predictors")
         run = start_compile_run(
@@ -111,7 +126,6 @@ class BootstrapFewShotWithRandomSearch:
         scorer = run.make_scorer(self.metric, num_threads=self.num_threads, progress=self.progress)
         done = {r["seed"]: r for r in run.done("candidate")}
         scored: list[tuple[float, int, Any]] = []
-        seeds = list(range(-3, self.num_candidate_programs))
         bar = trial_bar(len(seeds), "Random search", show=self.progress, initial=len(done))
         try:
             for seed in seeds:
@@ -206,9 +220,14 @@ class BootstrapFewShotWithRandomSearch:
         if seed == -2:
             if self.max_labeled_demos == 0:
                 return strip_demos(student.deepcopy()), "labeled only (max_labeled_demos=0)", 0
-            program = attach_labeled(
-                strip_demos(student.deepcopy()), trainset, self.max_labeled_demos, seed=self.seed
-            )
+            if getattr(self, "_labeled_sample", True):
+                program = attach_labeled(
+                    strip_demos(student.deepcopy()), trainset, self.max_labeled_demos, seed=self.seed
+                )
+            else:
+                program = attach_labeled(
+                    strip_demos(student.deepcopy()), trainset[: self.max_labeled_demos], self.max_labeled_demos
+                )
             return program, f"{self.max_labeled_demos} labeled", 0
         if seed == -1:
             shuffled, size = list(trainset), self.max_bootstrapped_demos
