@@ -24,9 +24,13 @@ _OPTIMIZERS = (
 __all__ = sorted(_OPTIMIZERS) + ["Teleprompter"]
 
 
+# DSPy-API classes that live at their DSPy path (see the module for how it differs from dspylite's own).
+_DSPY_PATHS = {"BetterTogether": "dspylite.teleprompt.bettertogether"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _OPTIMIZERS:
-        value = getattr(importlib.import_module("dspylite.optimizers"), name)
+        value = getattr(importlib.import_module(_DSPY_PATHS.get(name, "dspylite.optimizers")), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'dspylite.teleprompt' has no attribute {name!r}")
