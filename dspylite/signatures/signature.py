@@ -217,8 +217,8 @@ def _set_fields(cls: type, fields: dict[str, Field]) -> None:
     inputs = {k: f for k, f in fields.items() if f.kind == "input"}
     outputs = {k: f for k, f in fields.items() if f.kind == "output"}
     type.__setattr__(cls, "_fields", fields)
-    type.__setattr__(cls, "_inputs", MappingProxyType(inputs))
-    type.__setattr__(cls, "_outputs", MappingProxyType(outputs))
+    type.__setattr__(cls, "_inputs", inputs)
+    type.__setattr__(cls, "_outputs", outputs)
     type.__setattr__(cls, "_spec", ", ".join(inputs) + " -> " + ", ".join(outputs))
 
 
@@ -266,6 +266,11 @@ class SignatureMeta(type):
         return _instance(cls, kwargs)
 
     def __setattr__(cls, name: str, value: Any) -> None:
+        # Private and dunder names are the class's own machinery (set when a pickled class is rebuilt);
+        # the signature itself (fields, instructions) is immutable.
+        if name.startswith("_"):
+            type.__setattr__(cls, name, value)
+            return
         raise AttributeError(f"signatures are immutable; use {cls.__name__}.with_updated_fields/... instead")
 
     def __repr__(cls) -> str:
@@ -277,12 +282,12 @@ class SignatureMeta(type):
 
     @property
     def input_fields(cls) -> Mapping[str, Field]:
-        """Read-only view, computed once: predictors consult it on every call."""
-        return cls._inputs
+        """A read-only view (predictors consult it on every call)."""
+        return MappingProxyType(cls._inputs)
 
     @property
     def output_fields(cls) -> Mapping[str, Field]:
-        return cls._outputs
+        return MappingProxyType(cls._outputs)
 
     @property
     def instructions(cls) -> str:
