@@ -54,7 +54,7 @@ class AdapterParseError(DSPyLiteError, ValueError):
         completion = completion if completion is not None else (lm_response or "")
         parsed = parsed if parsed is not None else parsed_result
         if adapter_name is not None:
-            message = _dspy_parse_message(adapter_name, signature, completion, message, parsed)
+            message = _dspy_parse_message(adapter_name, signature, completion, message and bounded_text(message, 600), parsed)
         super().__init__(message or f"{adapter} adapter could not parse the completion: {completion[:300]!r}")
         self.completion = completion
         self.adapter = adapter
@@ -80,12 +80,21 @@ def _dspy_parse_message(adapter_name, signature, lm_response, message, parsed_re
     text = f"{message}\n\n" if message else ""
     text += (
         f"Adapter {adapter_name} failed to parse the LM response. \n\n"
-        f"LM Response: {lm_response} \n\n"
+        f"LM Response: {bounded_text(lm_response, 1000)} \n\n"
         f"Expected to find output fields in the LM response: [{expected}] \n\n"
     )
     if parsed_result is not None:
         text += f"Actual output fields parsed from the LM response: [{', '.join(parsed_result)}] \n\n"
     return text
+
+
+def bounded_text(text: Any, limit: int) -> str:
+    """Model text in a message, cut to ``limit`` characters (the error keeps the whole text)."""
+    try:
+        text = str(text)
+    except ValueError:  # e.g. an int over Python's 4300-digit str() limit
+        return f"<{type(text).__name__} too large to show>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _rebuild_parse_error(msg, completion, adapter, signature, parsed):

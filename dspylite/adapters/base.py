@@ -33,7 +33,8 @@ from dspylite.adapters.utils import (
     serialize_for_json,
 )
 from dspylite.completion import Completion
-from dspylite.errors import AdapterParseError
+from dspylite.errors import AdapterParseError, DemoError
+from dspylite.example import Example
 from dspylite.signatures import InputField, Signature, make_signature
 from dspylite.trace import TraceRecord, current_predictor
 from dspylite.utils.callback import with_callbacks
@@ -342,6 +343,7 @@ class Adapter:
         )
 
     # ---- formatting -------------------------------------------------------------------------------
+    @with_callbacks
     def format(self, signature: type[Signature], demos: list[dict[str, Any]], inputs: dict[str, Any]) -> Messages:
         """The messages for one call: system message, demos as user/assistant turns, conversation
         history (a ``dspy.History`` input) as earlier turns, then the current inputs."""
@@ -407,7 +409,10 @@ class Adapter:
         marked as such; a demo with no input or no output field at all is skipped."""
         complete_demos = []
         incomplete_demos = []
-        for demo in demos:
+        for index, demo in enumerate(demos):
+            if not isinstance(demo, (dict, Example)):
+                # DSPy would test `field in demo` on it (true for substrings of a str): a bug, said at once.
+                raise DemoError(f"demo #{index} must be an Example or dict, got {type(demo).__name__}")
             is_complete = all(k in demo and demo[k] is not None for k in signature.fields)
             has_input = any(k in demo for k in signature.input_fields)
             has_output = any(k in demo for k in signature.output_fields)
@@ -415,6 +420,8 @@ class Adapter:
                 complete_demos.append(demo)
             elif has_input and has_output:
                 incomplete_demos.append(demo)
+            else:
+                logger.debug("demo #%d has no input or no output field of %s; it is left out", index, signature)
         messages: Messages = []
         for demo in incomplete_demos:
             messages.append(

@@ -21,7 +21,7 @@ from dspylite.adapters.utils import (
     parse_value,
     translate_field_type,
 )
-from dspylite.errors import AdapterParseError
+from dspylite.errors import AdapterParseError, bounded_text
 from dspylite.signatures import Signature
 
 field_header_pattern = re.compile(r"\[\[ ## (\w+) ## \]\]")
@@ -170,7 +170,7 @@ class ChatAdapter(Adapter):
                         adapter=self.name,
                         signature=signature,
                         lm_response=completion,
-                        message=f"Failed to parse field {k} with value {v} from the LM response. Error message: {e}",
+                        message=f"Failed to parse field {k} with value {bounded_text(v, 200)} from the LM response. Error message: {bounded_text(e, 300)}",
                     ) from None
         fields = apply_output_field_defaults(signature, fields)
         if fields.keys() != signature.output_fields.keys():

@@ -22,7 +22,7 @@ from dspylite.adapters.utils import (
     serialize_for_json,
     translate_field_type,
 )
-from dspylite.errors import AdapterParseError, LMError
+from dspylite.errors import AdapterParseError, bounded_text, LMError
 from dspylite.signatures import Signature
 from dspylite.utils import lenient_json
 
@@ -167,7 +167,7 @@ class JSONAdapter(ChatAdapter):
                     adapter=self.name,
                     signature=signature,
                     lm_response=completion,
-                    message=f"Failed to parse field {k} with value {v!r} from the LM response. Error message: {e}",
+                    message=f"Failed to parse field {k} with value {bounded_text(repr(v), 200)} from the LM response. Error message: {bounded_text(e, 300)}",
                 ) from None
         fields = apply_output_field_defaults(signature, fields)
         if fields.keys() != signature.output_fields.keys():

@@ -192,7 +192,42 @@ def find_enum_member(enum_cls: type[enum.Enum], identifier: Any) -> enum.Enum:
 
 
 def parse_value(value: Any, annotation: Any) -> Any:
-    """Model text (or a decoded JSON value) as a value of ``annotation``; a mismatch raises."""
+    """Model text (or a decoded JSON value) as a value of ``annotation``; a mismatch raises.
+
+    DSPy's rules first; where they fail, what small models commonly write is still read: a literal in
+    another case or followed by a period (``'No'.`` for ``Literal['yes', 'no']``), a number with
+    thousands separators or a trailing period (``1,000.``). Anything else still raises.
+    """
+    try:
+        return _dspy_parse_value(value, annotation)
+    except Exception:
+        rescued = _lenient_candidate(value, annotation)
+        if rescued is _NO_RESCUE:
+            raise
+        return rescued
+
+
+_NO_RESCUE = object()
+
+
+def _lenient_candidate(value: Any, annotation: Any) -> Any:
+    if not isinstance(value, str):
+        return _NO_RESCUE
+    text = value.strip().strip("`").strip()
+    if get_origin(annotation) is Literal:
+        bare = text.rstrip(".").strip("'\"").strip()
+        matches = [a for a in get_args(annotation) if str(a).lower() == bare.lower()]
+        return matches[0] if len(matches) == 1 else _NO_RESCUE
+    if annotation in (int, float):
+        number = text.rstrip(".").replace(",", "").replace("_", "")
+        try:
+            return annotation(number) if annotation is float else int(number)
+        except ValueError:
+            return _NO_RESCUE
+    return _NO_RESCUE
+
+
+def _dspy_parse_value(value: Any, annotation: Any) -> Any:
     if annotation is str:
         return str(value)
     if isinstance(annotation, enum.EnumMeta):

@@ -18,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from dspylite import settings as _settings
 from dspylite.adapters.chat import ChatAdapter
 from dspylite.adapters.utils import annotation_allows_none
-from dspylite.errors import NoLMConfiguredError, ProgramStateError, SignatureError
+from dspylite.errors import InputError, NoLMConfiguredError, ProgramStateError, SignatureError
 from dspylite.example import Example, Prediction
 from dspylite.modules.module import Module
 from dspylite.signatures import IS_TYPE_UNDEFINED, UNDEFINED, Signature, ensure_signature
@@ -67,10 +67,10 @@ class Predict(Module):
         self.demos = []
 
     # ---- calling ------------------------------------------------------------------------------------
-    def _positional_args_error(self) -> ValueError:
+    def _positional_args_error(self) -> InputError:
         input_fields = list(self.signature.input_fields)
         example = input_fields[0] if input_fields else "input"
-        return ValueError(
+        return InputError(
             "Positional arguments are not allowed when calling `dspy.Predict`, must use keyword arguments "
             f"that match your signature input fields: '{', '.join(input_fields)}'. For example: "
             f"`predict({example}=input_value, ...)`."
@@ -296,16 +296,16 @@ _SAMPLING_KEYS = ("temperature", "max_tokens")
 def _restore_lm(lm_state: dict[str, Any], allow_unsafe_lm_state: bool) -> Any:
     """Re-attach a saved binding.
 
-    With an LM configured, the saved model (base or adapter) is bound on the configured LM's server,
-    keeping the saved sampling settings: that is how a program re-attaches the adapters it was tuned
-    with. Without one, the LM is rebuilt from the state (``BaseLM.load_state``), as DSPy does.
+    With an LM configured, the saved model (base or adapter) is bound on the configured LM (its class
+    and server), keeping the saved sampling settings: that is how a program re-attaches the adapters
+    it was tuned with. Without one, the LM is rebuilt from the state (``BaseLM.load_state``), as DSPy
+    does: the built-in LM from any state, another class only for trusted files.
     """
-    from dspylite.clients.base_lm import BUILTIN_LM_CLASS_PATH, LM_CLASS_STATE_KEY, BaseLM
+    from dspylite.clients.base_lm import BaseLM
 
     lm_state = _sanitize_lm_state(lm_state, allow_unsafe_lm_state)
     base = _settings.current().lm
-    saved_class = lm_state.get(LM_CLASS_STATE_KEY, BUILTIN_LM_CLASS_PATH)
-    if base is not None and hasattr(base, "copy") and saved_class in (BUILTIN_LM_CLASS_PATH, "dspylite.lm.LM"):
+    if base is not None and hasattr(base, "copy"):
         sampling = {k: lm_state[k] for k in _SAMPLING_KEYS if lm_state.get(k) is not None}
         return base.copy(model=lm_state["model"], **sampling)
     return BaseLM.load_state(lm_state, allow_custom_lm_class=allow_unsafe_lm_state)

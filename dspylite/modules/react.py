@@ -51,6 +51,11 @@ class ReAct(Module):
         self.signature = signature = ensure_signature(signature)
         self.max_iters = max_iters
         tool_list = [t if isinstance(t, Tool) else Tool(t) for t in tools]
+        names = [t.name for t in tool_list]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated or FINISH in names:
+            # DSPy would keep one of the same-named tools silently (or replace a tool named finish).
+            raise ValueError(f"ReAct: tool names must be unique and not {FINISH!r}; got {names}")
         tools_by_name = {tool.name: tool for tool in tool_list}
 
         inputs = ", ".join(f"`{k}`" for k in signature.input_fields)

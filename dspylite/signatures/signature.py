@@ -120,6 +120,14 @@ class _FieldSpec:
     default: Any = UNDEFINED
     default_factory: Any = None
 
+    @property
+    def json_schema_extra(self) -> dict[str, Any]:
+        """As a DSPy ``FieldInfo`` made by ``InputField()``/``OutputField()`` carries it, before it is named."""
+        extra = {"__dspy_field_type": self.kind, "desc": self.desc, "prefix": self.prefix}
+        if self.constraints:
+            extra["constraints"] = self.constraints
+        return extra
+
     def field(self, name: str, annotation: Any = str, annotated: bool = True) -> Field:
         return Field(
             name,
