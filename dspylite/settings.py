@@ -44,9 +44,6 @@ class Settings:
     provide_traceback: bool = False
     max_history_size: int = 10_000
     allow_tool_async_sync_conversion: bool = False
-    # The modules whose calls are running in this context, outermost first: each LM call is recorded
-    # in their ``history`` as well (DSPy's per-module history).
-    caller_modules: tuple = ()
 
 
 _GLOBAL = Settings()

@@ -112,7 +112,9 @@ class ChatAdapter(Adapter):
                 formatted_field_value = format_field_value(field_info=v, value=inputs.get(k))
                 messages.append(f"[[ ## {k} ## ]]\n{formatted_field_value}")
         if main_request:
-            output_requirements = self.user_message_output_requirements(signature)
+            output_requirements = self.memo(
+                signature, "output_requirements", lambda: self.user_message_output_requirements(signature)
+            )
             if output_requirements is not None:
                 messages.append(output_requirements)
         messages.append(suffix)

@@ -297,7 +297,9 @@ def record_history(lm: Any, entry: dict[str, Any]) -> None:
     GLOBAL_HISTORY.append(entry)
     if state.max_history_size == 0:
         return
-    for owner in (lm, *state.caller_modules):
+    from dspylite.modules.module import CALLER_MODULES
+
+    for owner in (lm, *CALLER_MODULES.get()):
         history = getattr(owner, "history", None)
         if history is None:
             continue

@@ -29,6 +29,11 @@ STATE_FORMAT = "dspylite.program/1"
 
 # The outermost module being called in this context; predictor names are relative to it.
 _ACTIVE_PROGRAM: contextvars.ContextVar[Any] = contextvars.ContextVar("dspylite_active_program", default=None)
+# Every module whose call is running in this context, outermost first: LM calls are recorded in
+# their ``history`` too (DSPy's per-module history).
+CALLER_MODULES: contextvars.ContextVar[tuple] = contextvars.ContextVar("dspylite_caller_modules", default=())
+# Attributes every module has that never hold predictors (and grow: history).
+_NOT_PARAMETERS = frozenset({"history", "callbacks"})
 
 
 class ProgramMeta(type):
@@ -78,10 +83,8 @@ class Module(metaclass=ProgramMeta):
     # ---- calling ------------------------------------------------------------------------------
     @with_callbacks
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from dspylite import settings
-
-        state = settings.current()
-        with settings.context(caller_modules=(*state.caller_modules, self)):
+        callers = CALLER_MODULES.set((*CALLER_MODULES.get(), self))
+        try:
             if _ACTIVE_PROGRAM.get() is not None:  # a sub-module: names were set by the outermost call
                 return self.forward(*args, **kwargs)
             self._assign_predictor_names()
@@ -90,6 +93,8 @@ class Module(metaclass=ProgramMeta):
                 return _with_usage(lambda: self.forward(*args, **kwargs))
             finally:
                 _ACTIVE_PROGRAM.reset(token)
+        finally:
+            CALLER_MODULES.reset(callers)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
@@ -98,10 +103,8 @@ class Module(metaclass=ProgramMeta):
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """Await the program. A subclass's own ``async def aforward`` runs on the event loop; otherwise
         the synchronous call runs in a worker thread (with this context's settings)."""
-        from dspylite import settings
-
-        state = settings.current()
-        with settings.context(caller_modules=(*state.caller_modules, self)):
+        callers = CALLER_MODULES.set((*CALLER_MODULES.get(), self))
+        try:
             if _ACTIVE_PROGRAM.get() is not None:
                 return await self.aforward(*args, **kwargs)
             self._assign_predictor_names()
@@ -110,6 +113,8 @@ class Module(metaclass=ProgramMeta):
                 return await _awith_usage(lambda: self.aforward(*args, **kwargs))
             finally:
                 _ACTIVE_PROGRAM.reset(token)
+        finally:
+            CALLER_MODULES.reset(callers)
 
     async def aforward(self, *args: Any, **kwargs: Any) -> Any:
         import asyncio
@@ -171,8 +176,10 @@ class Module(metaclass=ProgramMeta):
                         add(f"{name}.{sub_name}", param)
 
         if isinstance(self, Predict):
-            add("self", self)
+            return [("self", self)]  # a predictor holds no other predictors
         for name, value in self.__dict__.items():
+            if name in _NOT_PARAMETERS:
+                continue
             if isinstance(value, (Predict, Module)):
                 add(name, value)
             elif isinstance(value, (list, tuple)):

@@ -21,7 +21,7 @@ from dspylite.adapters.utils import annotation_allows_none
 from dspylite.errors import InputError, NoLMConfiguredError, ProgramStateError, SignatureError
 from dspylite.example import Example, Prediction
 from dspylite.modules.module import Module
-from dspylite.signatures import IS_TYPE_UNDEFINED, UNDEFINED, Signature, ensure_signature
+from dspylite.signatures import UNDEFINED, Signature, ensure_signature
 from dspylite.trace import predictor_call
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Predict(Module):
         return self._forward_postprocess(completions, signature, **inputs)
 
     def _adapter(self) -> Any:
-        return self.adapter or _settings.current().adapter or ChatAdapter()
+        return self.adapter or _settings.current().adapter or _default_adapter()
 
     def _forward_preprocess(self, **kwargs: Any) -> tuple[Any, dict[str, Any], type[Signature], list, dict]:
         if "new_signature" in kwargs:
@@ -140,7 +140,7 @@ class Predict(Module):
             for name, field in signature.input_fields.items():
                 if name not in kwargs or kwargs[name] is None:
                     continue
-                if field.json_schema_extra.get(IS_TYPE_UNDEFINED, False):
+                if not getattr(field, "annotated", True):  # DSPy's IS_TYPE_UNDEFINED: no type given
                     continue
                 if not _is_value_compatible_with_type(kwargs[name], field.annotation):
                     logger.warning(
@@ -256,6 +256,17 @@ class Predict(Module):
 
     def __repr__(self) -> str:
         return f"Predict({self.signature.signature!r}, demos={len(self.demos)})"
+
+
+_DEFAULT_ADAPTERS: list[ChatAdapter] = []
+
+
+def _default_adapter() -> ChatAdapter:
+    """The ChatAdapter predictors use when none is set: one per process, so its per-signature renderings
+    (the system message) are computed once, not on every call."""
+    if not _DEFAULT_ADAPTERS:
+        _DEFAULT_ADAPTERS.append(ChatAdapter())
+    return _DEFAULT_ADAPTERS[0]
 
 
 def _check_lm(lm: Any, name: str | None) -> None:

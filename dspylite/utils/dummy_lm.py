@@ -104,10 +104,10 @@ class DummyLM(BaseLM):
 
             return JSONAdapter()
         from dspylite import settings
-        from dspylite.adapters.chat import ChatAdapter
+        from dspylite.modules.predict import _default_adapter
 
         configured = settings.current().adapter
-        return configured if hasattr(configured, "format_field_with_value") else ChatAdapter()
+        return configured if hasattr(configured, "format_field_with_value") else _default_adapter()
 
     def get_convo(self, index: int) -> tuple[Any, Any]:
         """The messages and the outputs of the ``index``-th call."""
