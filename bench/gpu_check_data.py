@@ -38,7 +38,9 @@ def main() -> None:
         others = [s for s in item.context.split("\n") if s.strip() and s.strip() != item.fact]
         completions = [(gold, 1.0)]
         for other in rng.sample(others, min(GROUP - 1, len(others))):
-            completions.append((adapter.format_assistant_message_content(ExtractFact, {"fact": other.strip()}), 0.0))
+            completions.append(
+                (adapter.format_assistant_message_content(ExtractFact, {"fact": other.strip()}), 0.0)
+            )
         rng.shuffle(completions)
         lines.append(
             {

@@ -54,7 +54,9 @@ class AdapterParseError(DSPyLiteError, ValueError):
         completion = completion if completion is not None else (lm_response or "")
         parsed = parsed if parsed is not None else parsed_result
         if adapter_name is not None:
-            message = _dspy_parse_message(adapter_name, signature, completion, message and bounded_text(message, 600), parsed)
+            message = _dspy_parse_message(
+                adapter_name, signature, completion, message and bounded_text(message, 600), parsed
+            )
         super().__init__(message or f"{adapter} adapter could not parse the completion: {completion[:300]!r}")
         self.completion = completion
         self.adapter = adapter

@@ -571,7 +571,9 @@ class LM(BaseLM):
                     reason = f"HTTP {status}: {message}"
                     retry_after = _retry_after_seconds(response.headers.get("retry-after"))
                 else:
-                    error_class = ContextWindowExceededError if _is_context_overflow(message) else LMRequestError
+                    error_class = (
+                        ContextWindowExceededError if _is_context_overflow(message) else LMRequestError
+                    )
                     raise error_class(
                         f"{url} rejected the request for model {self.served_model!r} with HTTP {status}: "
                         f"{message}",
@@ -647,7 +649,9 @@ class LM(BaseLM):
         return f"{', '.join(self.api_bases)} (model {self.served_model!r})"
 
 
-_DSPY_ONLY_STATE_KEYS = frozenset({"api_key", "callbacks", "cache_in_memory", "rollout_id", LM_CLASS_STATE_KEY})
+_DSPY_ONLY_STATE_KEYS = frozenset(
+    {"api_key", "callbacks", "cache_in_memory", "rollout_id", LM_CLASS_STATE_KEY}
+)
 
 # Client settings saved only when they differ from these defaults.
 _CLIENT_DEFAULTS: dict[str, Any] = {
@@ -666,6 +670,7 @@ _CONTEXT_OVERFLOW_WORDS = ("maximum context length", "context length", "context 
 def _is_context_overflow(message: str) -> bool:
     text = message.lower()
     return any(words in text for words in _CONTEXT_OVERFLOW_WORDS)
+
 
 # Settings that copy(**overrides) sets as attributes; anything else is a sampling parameter.
 _INSTANCE_SETTINGS = frozenset(

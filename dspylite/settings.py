@@ -180,7 +180,9 @@ class _SettingsProxy:
     def context(self, **kwargs: Any):
         return context(**kwargs)
 
-    def save(self, path: Any, modules_to_serialize: list | None = None, exclude_keys: list | None = None) -> None:
+    def save(
+        self, path: Any, modules_to_serialize: list | None = None, exclude_keys: list | None = None
+    ) -> None:
         save(path, modules_to_serialize, exclude_keys)
 
     @staticmethod

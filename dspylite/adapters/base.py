@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, Any]]
 
-_INCOMPLETE_DEMO_PREFIX = "This is an example of the task, though some input or output fields are not supplied."
+_INCOMPLETE_DEMO_PREFIX = (
+    "This is an example of the task, though some input or output fields are not supplied."
+)
 
 
 class Adapter:
@@ -129,7 +131,9 @@ class Adapter:
             messages = self.format(processed_signature, demos, inputs)
             self._finish_lm_kwargs(lm_kwargs)
             completions = call_lm(lm, messages, lm_kwargs)
-            return self._call_postprocess(processed_signature, signature, completions, lm, lm_kwargs, messages, inputs)
+            return self._call_postprocess(
+                processed_signature, signature, completions, lm, lm_kwargs, messages, inputs
+            )
         except AdapterParseError:
             if self.fallback is None:
                 raise
@@ -150,7 +154,9 @@ class Adapter:
             messages = self.format(processed_signature, demos, inputs)
             self._finish_lm_kwargs(lm_kwargs)
             completions = await acall_lm(lm, messages, lm_kwargs)
-            return self._call_postprocess(processed_signature, signature, completions, lm, lm_kwargs, messages, inputs)
+            return self._call_postprocess(
+                processed_signature, signature, completions, lm, lm_kwargs, messages, inputs
+            )
         except AdapterParseError:
             if self.fallback is None:
                 raise
@@ -199,7 +205,12 @@ class Adapter:
             base = loaded_type("Type")
             for name, field in signature.output_fields.items():
                 annotation = field.annotation
-                if isinstance(annotation, type) and annotation in native and base and issubclass(annotation, base):
+                if (
+                    isinstance(annotation, type)
+                    and annotation in native
+                    and base
+                    and issubclass(annotation, base)
+                ):
                     signature = annotation.adapt_to_native_lm_feature(signature, name, lm, lm_kwargs)
         return signature
 
@@ -250,7 +261,11 @@ class Adapter:
             value = self._parse(processed_signature, text)
         elif tool_calls and tool_call_output_field_name:
             try:
-                value = self._parse(processed_signature, text) if text and processed_signature.output_fields else {}
+                value = (
+                    self._parse(processed_signature, text)
+                    if text and processed_signature.output_fields
+                    else {}
+                )
             except AdapterParseError:
                 value = {}
         else:
@@ -344,7 +359,9 @@ class Adapter:
 
     # ---- formatting -------------------------------------------------------------------------------
     @with_callbacks
-    def format(self, signature: type[Signature], demos: list[dict[str, Any]], inputs: dict[str, Any]) -> Messages:
+    def format(
+        self, signature: type[Signature], demos: list[dict[str, Any]], inputs: dict[str, Any]
+    ) -> Messages:
         """The messages for one call: system message, demos as user/assistant turns, conversation
         history (a ``dspy.History`` input) as earlier turns, then the current inputs."""
         inputs_copy = dict(inputs)
@@ -355,11 +372,16 @@ class Adapter:
                 signature_without_history, history_field_name, inputs_copy
             )
         messages: Messages = [
-            {"role": "system", "content": self.memo(signature, "system", lambda: self.format_system_message(signature))}
+            {
+                "role": "system",
+                "content": self.memo(signature, "system", lambda: self.format_system_message(signature)),
+            }
         ]
         messages.extend(self.format_demos(signature, demos))
         if history_field_name:
-            content = self.format_user_message_content(signature_without_history, inputs_copy, main_request=True)
+            content = self.format_user_message_content(
+                signature_without_history, inputs_copy, main_request=True
+            )
             messages.extend(conversation_history)
         else:
             content = self.format_user_message_content(signature, inputs_copy, main_request=True)
@@ -421,13 +443,17 @@ class Adapter:
             elif has_input and has_output:
                 incomplete_demos.append(demo)
             else:
-                logger.debug("demo #%d has no input or no output field of %s; it is left out", index, signature)
+                logger.debug(
+                    "demo #%d has no input or no output field of %s; it is left out", index, signature
+                )
         messages: Messages = []
         for demo in incomplete_demos:
             messages.append(
                 {
                     "role": "user",
-                    "content": self.format_user_message_content(signature, demo, prefix=_INCOMPLETE_DEMO_PREFIX),
+                    "content": self.format_user_message_content(
+                        signature, demo, prefix=_INCOMPLETE_DEMO_PREFIX
+                    ),
                 }
             )
             messages.append(
@@ -444,7 +470,9 @@ class Adapter:
                 {
                     "role": "assistant",
                     "content": self.format_assistant_message_content(
-                        signature, demo, missing_field_message="Not supplied for this conversation history message. "
+                        signature,
+                        demo,
+                        missing_field_message="Not supplied for this conversation history message. ",
                     ),
                 }
             )
@@ -489,7 +517,9 @@ class Adapter:
             tool_call_field_name, tool_calls = _tool_calls_from_message(message)
             tool_call_results = None
             if tool_calls is not None and tool_calls.tool_call_results is not None:
-                tool_call_results = loaded_type("ToolCallResults").model_validate(tool_calls.tool_call_results)
+                tool_call_results = loaded_type("ToolCallResults").model_validate(
+                    tool_calls.tool_call_results
+                )
 
             user_content = self.format_user_message_content(signature, message)
             if user_content:
@@ -514,7 +544,8 @@ class Adapter:
                     assistant_message: dict[str, Any] = {"role": "assistant", "content": content or None}
                     if tool_call_results is not None:
                         assistant_message["tool_calls"] = [
-                            _tool_call_as_openai_message_tool_call(tool_call) for tool_call in tool_calls.tool_calls
+                            _tool_call_as_openai_message_tool_call(tool_call)
+                            for tool_call in tool_calls.tool_calls
                         ]
                     messages.append(assistant_message)
                 if tool_call_results is not None:
@@ -532,7 +563,9 @@ class Adapter:
             assistant_values = message
             if tool_call_field_name is not None and tool_call_results is not None:
                 assistant_values = dict(message)
-                assistant_values[tool_call_field_name] = tool_calls.model_copy(update={"tool_call_results": None})
+                assistant_values[tool_call_field_name] = tool_calls.model_copy(
+                    update={"tool_call_results": None}
+                )
             assistant_content = self.format_assistant_message_content(signature, assistant_values)
             if assistant_content:
                 messages.append({"role": "assistant", "content": assistant_content})
@@ -565,7 +598,9 @@ def _calls_generate(lm: Any) -> bool:
     logprobs and finish reasons. A subclass overriding ``__call__`` gets its override called."""
     if not callable(getattr(lm, "generate", None)):
         return False
-    call = next((klass.__dict__["__call__"] for klass in type(lm).__mro__ if "__call__" in klass.__dict__), None)
+    call = next(
+        (klass.__dict__["__call__"] for klass in type(lm).__mro__ if "__call__" in klass.__dict__), None
+    )
     # No __call__ at all: an object that only implements dspylite's generate() protocol (a wrapper).
     return call is None or bool(getattr(call, "_dspylite_calls_generate", False))
 
@@ -603,7 +638,9 @@ def split_custom_type_messages(messages: Messages) -> Messages:
     """User messages whose text carries custom-type markers (an ``Image``, a ``Document``) become
     lists of OpenAI content parts; every other message is left as it is."""
     if not any(
-        m.get("role") == "user" and isinstance(m.get("content"), str) and CUSTOM_TYPE_START_IDENTIFIER in m["content"]
+        m.get("role") == "user"
+        and isinstance(m.get("content"), str)
+        and CUSTOM_TYPE_START_IDENTIFIER in m["content"]
         for m in messages
     ):
         return messages
@@ -636,7 +673,9 @@ _TOOL_CALL_RESULTS_SIGNATURE: list[type[Signature]] = []
 def _tool_call_results_signature() -> type[Signature]:
     if not _TOOL_CALL_RESULTS_SIGNATURE:
         results_type = loaded_type("ToolCallResults")
-        _TOOL_CALL_RESULTS_SIGNATURE.append(make_signature({"tool_call_results": (results_type, InputField())}))
+        _TOOL_CALL_RESULTS_SIGNATURE.append(
+            make_signature({"tool_call_results": (results_type, InputField())})
+        )
     return _TOOL_CALL_RESULTS_SIGNATURE[0]
 
 

@@ -58,7 +58,8 @@ class ChatAdapter(Adapter):
             from dspylite.adapters.json_adapter import JSONAdapter
 
             fallback = JSONAdapter(
-                use_native_function_calling=use_native_function_calling, parallel_tool_calls=parallel_tool_calls
+                use_native_function_calling=use_native_function_calling,
+                parallel_tool_calls=parallel_tool_calls,
             )
         super().__init__(
             callbacks=callbacks,
@@ -78,12 +79,16 @@ class ChatAdapter(Adapter):
     def format_field_structure(self, signature: type[Signature]) -> str:
         """Inputs and outputs each in their own section under a ``[[ ## name ## ]]`` header, the
         outputs closed by ``[[ ## completed ## ]]``."""
-        parts = ["All interactions will be structured in the following way, with the appropriate values filled in."]
+        parts = [
+            "All interactions will be structured in the following way, with the appropriate values filled in."
+        ]
 
         def format_signature_fields_for_instructions(fields):
             return self.format_field_with_value(
                 fields_with_values={
-                    FieldInfoWithName(name=field_name, info=field_info): translate_field_type(field_name, field_info)
+                    FieldInfoWithName(name=field_name, info=field_info): translate_field_type(
+                        field_name, field_info
+                    )
                     for field_name, field_info in fields.items()
                 },
             )
@@ -131,7 +136,9 @@ class ChatAdapter(Adapter):
             return ""
 
         message = "Respond with the corresponding output fields, starting with the field "
-        message += ", then ".join(f"`[[ ## {f} ## ]]`{type_info(v)}" for f, v in signature.output_fields.items())
+        message += ", then ".join(
+            f"`[[ ## {f} ## ]]`{type_info(v)}" for f, v in signature.output_fields.items()
+        )
         message += ", and then ending with the marker for `[[ ## completed ## ]]`."
         return message
 

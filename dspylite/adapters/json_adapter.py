@@ -22,7 +22,7 @@ from dspylite.adapters.utils import (
     serialize_for_json,
     translate_field_type,
 )
-from dspylite.errors import AdapterParseError, bounded_text, LMError
+from dspylite.errors import AdapterParseError, LMError, bounded_text
 from dspylite.signatures import Signature
 from dspylite.utils import lenient_json
 
@@ -61,7 +61,9 @@ class JSONAdapter(ChatAdapter):
         """None: send no response format; True: JSON mode; False: the outputs' JSON schema."""
         if "response_format" not in getattr(lm, "supported_params", set()):
             return None
-        has_tool_calls = any(is_type(field.annotation, "ToolCalls") for field in signature.output_fields.values())
+        has_tool_calls = any(
+            is_type(field.annotation, "ToolCalls") for field in signature.output_fields.values()
+        )
         return (
             not self.structured
             or _has_open_ended_mapping(signature)
@@ -77,7 +79,9 @@ class JSONAdapter(ChatAdapter):
             lm_kwargs["response_format"] = {"type": "json_object"}
             return super().__call__(lm, lm_kwargs, signature, demos, inputs)
         try:
-            response_format = _get_structured_outputs_response_format(signature, self.use_native_function_calling)
+            response_format = _get_structured_outputs_response_format(
+                signature, self.use_native_function_calling
+            )
         except (LMError, AdapterParseError):
             raise
         except Exception as exc:
@@ -95,7 +99,9 @@ class JSONAdapter(ChatAdapter):
             lm_kwargs["response_format"] = {"type": "json_object"}
             return await super().acall(lm, lm_kwargs, signature, demos, inputs)
         try:
-            response_format = _get_structured_outputs_response_format(signature, self.use_native_function_calling)
+            response_format = _get_structured_outputs_response_format(
+                signature, self.use_native_function_calling
+            )
         except Exception as exc:
             logger.warning("Failed to use structured output format (%s), falling back to JSON mode.", exc)
             lm_kwargs["response_format"] = {"type": "json_object"}
@@ -104,12 +110,16 @@ class JSONAdapter(ChatAdapter):
         return await super().acall(lm, lm_kwargs, signature, demos, inputs)
 
     def format_field_structure(self, signature: type[Signature]) -> str:
-        parts = ["All interactions will be structured in the following way, with the appropriate values filled in."]
+        parts = [
+            "All interactions will be structured in the following way, with the appropriate values filled in."
+        ]
 
         def format_signature_fields_for_instructions(fields, role: str):
             return self.format_field_with_value(
                 fields_with_values={
-                    FieldInfoWithName(name=field_name, info=field_info): translate_field_type(field_name, field_info)
+                    FieldInfoWithName(name=field_name, info=field_info): translate_field_type(
+                        field_name, field_info
+                    )
                     for field_name, field_info in fields.items()
                 },
                 role=role,
@@ -180,7 +190,9 @@ class JSONAdapter(ChatAdapter):
             )
         return fields
 
-    def format_field_with_value(self, fields_with_values: dict[FieldInfoWithName, Any], role: str = "user") -> str:
+    def format_field_with_value(
+        self, fields_with_values: dict[FieldInfoWithName, Any], role: str = "user"
+    ) -> str:
         """Inputs under ``[[ ## name ## ]]`` headers (``role="user"``); outputs as one JSON object."""
         if role == "user":
             output = []
@@ -192,7 +204,9 @@ class JSONAdapter(ChatAdapter):
         return json.dumps(serialize_for_json(d), indent=2, ensure_ascii=False)
 
     def format_finetune_data(self, signature, demos, inputs, outputs):
-        raise NotImplementedError("JSONAdapter.format_finetune_data: fine-tune through the ChatAdapter format")
+        raise NotImplementedError(
+            "JSONAdapter.format_finetune_data: fine-tune through the ChatAdapter format"
+        )
 
 
 def _get_structured_outputs_response_format(

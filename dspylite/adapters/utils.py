@@ -147,7 +147,8 @@ def _get_json_schema(field_type: Any) -> dict[str, Any]:
         # 'type' first, recursively: easier for a model to read and follow.
         if isinstance(d, Mapping):
             return {
-                k: move_type_to_front(v) for k, v in sorted(d.items(), key=lambda item: (item[0] != "type", item[0]))
+                k: move_type_to_front(v)
+                for k, v in sorted(d.items(), key=lambda item: (item[0] != "type", item[0]))
             }
         if isinstance(d, list):
             return [move_type_to_front(item) for item in d]
@@ -175,7 +176,9 @@ def translate_field_type(field_name: str, field_info: Any) -> str:
     elif _annotation_is_subclass(field_type, loaded_type("Code")) and field_type.description():
         desc = ""  # Code's own description says it all; its schema would only repeat it
     else:
-        desc = f"must adhere to the JSON schema: {json.dumps(_get_json_schema(field_type), ensure_ascii=False)}"
+        desc = (
+            f"must adhere to the JSON schema: {json.dumps(_get_json_schema(field_type), ensure_ascii=False)}"
+        )
     desc = (" " * 8) + f"# note: the value you produce {desc}" if desc else ""
     return f"{{{field_name}}}{desc}"
 
@@ -249,7 +252,11 @@ def _dspy_parse_value(value: Any, annotation: Any) -> Any:
     adapter = _type_adapter(annotation)
     if not isinstance(value, str):
         return adapter.validate_python(value)
-    if origin in (Union, types.UnionType) and type(None) in get_args(annotation) and str in get_args(annotation):
+    if (
+        origin in (Union, types.UnionType)
+        and type(None) in get_args(annotation)
+        and str in get_args(annotation)
+    ):
         return adapter.validate_python(value)
     candidate = lenient_json.loads(value)  # "" when nothing decodes
     if candidate == "" and value != "":

@@ -10,17 +10,15 @@ import sys
 import types
 import xml.etree.ElementTree as ET
 from collections import defaultdict
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin, is_typeddict
 from xml.sax.saxutils import quoteattr
-
-from typing import is_typeddict
 
 from dspylite.adapters.chat import ChatAdapter, FieldInfoWithName
 from dspylite.adapters.utils import (
+    _type_adapter,
     apply_output_field_defaults,
     format_field_value,
     parse_value,
-    _type_adapter,
     serialize_for_json,
     translate_field_type,
 )
@@ -38,7 +36,11 @@ class XMLAdapter(ChatAdapter):
         for field, value in fields_with_values.items():
             serialized = serialize_for_json(value)
             is_output = (field.info.json_schema_extra or {}).get("__dspy_field_type") == "output"
-            if is_output and self._uses_nested_xml(field.info.annotation) and isinstance(serialized, (dict, list)):
+            if (
+                is_output
+                and self._uses_nested_xml(field.info.annotation)
+                and isinstance(serialized, (dict, list))
+            ):
                 output.append(self._value_to_xml(serialized, field.name))
                 continue
             formatted = format_field_value(field_info=field.info, value=value)
@@ -77,7 +79,9 @@ class XMLAdapter(ChatAdapter):
         main_request: bool = False,
     ) -> str:
         fields = {
-            FieldInfoWithName(name=k, info=v): inputs[k] for k, v in signature.input_fields.items() if k in inputs
+            FieldInfoWithName(name=k, info=v): inputs[k]
+            for k, v in signature.input_fields.items()
+            if k in inputs
         }
         messages = [prefix, self.format_field_with_value(fields)]
         if main_request:
@@ -138,7 +142,7 @@ class XMLAdapter(ChatAdapter):
             else:
                 raise AdapterParseError(
                     adapter_name="XMLAdapter",
-                adapter=self.name,
+                    adapter=self.name,
                     signature=signature,
                     lm_response=completion,
                     message=f"Failed to parse field {field} with value {value}: {error}",
@@ -146,7 +150,11 @@ class XMLAdapter(ChatAdapter):
         fields = apply_output_field_defaults(signature, fields)
         if fields.keys() != signature.output_fields.keys():
             raise AdapterParseError(
-                adapter_name="XMLAdapter", adapter=self.name, signature=signature, lm_response=completion, parsed_result=fields
+                adapter_name="XMLAdapter",
+                adapter=self.name,
+                signature=signature,
+                lm_response=completion,
+                parsed_result=fields,
             )
         return fields
 
@@ -193,7 +201,8 @@ class XMLAdapter(ChatAdapter):
             item = cls._schema_to_xml("item", schema.get("items", {}), definitions, seen)
             return f"<{tag}>{item}</{tag}>"
         children = "".join(
-            cls._schema_to_xml(name, child, definitions, seen) for name, child in schema.get("properties", {}).items()
+            cls._schema_to_xml(name, child, definitions, seen)
+            for name, child in schema.get("properties", {}).items()
         )
         return f"<{tag}>{children}</{tag}>" if children else f"<{tag}>...</{tag}>"
 
@@ -214,7 +223,10 @@ class XMLAdapter(ChatAdapter):
                     return [] if not text else text
             if len(elements) == 1 and (items := cls._group_children(elements[0]).get("item")):
                 elements = items
-            return [cls._elements_to_value([element], schema.get("items", {}), definitions) for element in elements]
+            return [
+                cls._elements_to_value([element], schema.get("items", {}), definitions)
+                for element in elements
+            ]
         element = elements[0]
         if schema.get("type") == "string" and list(element):
             return (element.text or "") + "".join(ET.tostring(child, encoding="unicode") for child in element)
@@ -243,7 +255,9 @@ class XMLAdapter(ChatAdapter):
     @staticmethod
     def _uses_nested_xml(annotation: Any) -> bool:
         args = [arg for arg in get_args(annotation) if arg is not type(None)]
-        annotation = args[0] if len(args) == 1 and get_origin(annotation) in (Union, types.UnionType) else annotation
+        annotation = (
+            args[0] if len(args) == 1 and get_origin(annotation) in (Union, types.UnionType) else annotation
+        )
         origin = get_origin(annotation)
         item = get_args(annotation)[0] if origin is list and get_args(annotation) else annotation
         is_model = _is_pydantic_model(annotation)
@@ -254,4 +268,6 @@ class XMLAdapter(ChatAdapter):
 def _is_pydantic_model(annotation: Any) -> bool:
     # pydantic is loaded already when any model exists; no model means no import is needed.
     pydantic = sys.modules.get("pydantic")
-    return pydantic is not None and isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)
+    return (
+        pydantic is not None and isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)
+    )

@@ -103,7 +103,10 @@ class BaseLM:
             raise ValueError(f"{type(self).__name__} call needs 'prompt' or 'messages'")
         n = kwargs.pop("n", 1) or 1
         rollout_id = kwargs.pop("rollout_id", None)
-        return [c.as_output() for c in self.generate(messages, prompt=prompt, n=n, rollout_id=rollout_id, **kwargs)]
+        return [
+            c.as_output()
+            for c in self.generate(messages, prompt=prompt, n=n, rollout_id=rollout_id, **kwargs)
+        ]
 
     @_calls_generate
     async def acall(

@@ -22,7 +22,9 @@ class SemanticRecallPrecision(Signature):
     ground_truth: str = InputField()
     system_response: str = InputField()
     recall: float = OutputField(desc="fraction (out of 1.0) of ground truth covered by the system response")
-    precision: float = OutputField(desc="fraction (out of 1.0) of system response covered by the ground truth")
+    precision: float = OutputField(
+        desc="fraction (out of 1.0) of system response covered by the ground truth"
+    )
 
 
 class DecompositionalSemanticRecallPrecision(Signature):
@@ -38,7 +40,9 @@ class DecompositionalSemanticRecallPrecision(Signature):
     system_response_key_ideas: str = OutputField(desc="enumeration of key ideas in the system response")
     discussion: str = OutputField(desc="discussion of the overlap between ground truth and system response")
     recall: float = OutputField(desc="fraction (out of 1.0) of ground truth covered by the system response")
-    precision: float = OutputField(desc="fraction (out of 1.0) of system response covered by the ground truth")
+    precision: float = OutputField(
+        desc="fraction (out of 1.0) of system response covered by the ground truth"
+    )
 
 
 def f1_score(precision, recall):
@@ -65,7 +69,9 @@ class SemanticF1(Module):
             self.module = ChainOfThought(SemanticRecallPrecision)
 
     def forward(self, example, pred, trace=None):
-        scores = self.module(question=example.question, ground_truth=example.response, system_response=pred.response)
+        scores = self.module(
+            question=example.question, ground_truth=example.response, system_response=pred.response
+        )
         score = f1_score(scores.precision, scores.recall)
 
         return Prediction(score=score if trace is None else score >= self.threshold)
@@ -83,7 +89,9 @@ class AnswerCompleteness(Signature):
     ground_truth_key_ideas: str = OutputField(desc="enumeration of key ideas in the ground truth")
     system_response_key_ideas: str = OutputField(desc="enumeration of key ideas in the system response")
     discussion: str = OutputField(desc="discussion of the overlap between ground truth and system response")
-    completeness: float = OutputField(desc="fraction (out of 1.0) of ground truth covered by the system response")
+    completeness: float = OutputField(
+        desc="fraction (out of 1.0) of ground truth covered by the system response"
+    )
 
 
 class AnswerGroundedness(Signature):

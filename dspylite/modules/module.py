@@ -199,7 +199,9 @@ class Module(metaclass=ProgramMeta):
     def predictors(self) -> list[Any]:
         return [p for _, p in self.named_predictors()]
 
-    def named_sub_modules(self, type_: type | None = None, skip_compiled: bool = False) -> Iterator[tuple[str, Any]]:
+    def named_sub_modules(
+        self, type_: type | None = None, skip_compiled: bool = False
+    ) -> Iterator[tuple[str, Any]]:
         """Every module reachable through attributes, lists, tuples and dicts, breadth first, each once:
         ``self``, ``self.sub``, ``self.items[0]``, ``self.d[key]``. ``type_`` keeps only modules of that
         type; ``skip_compiled`` does not descend into modules marked ``_compiled``."""
@@ -291,7 +293,9 @@ class Module(metaclass=ProgramMeta):
 
     # ---- state ----------------------------------------------------------------------------------
     def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
-        return {name: predictor.dump_state(json_mode=json_mode) for name, predictor in self.named_parameters()}
+        return {
+            name: predictor.dump_state(json_mode=json_mode) for name, predictor in self.named_parameters()
+        }
 
     def load_state(self, state: dict[str, Any], *, allow_unsafe_lm_state: bool = False) -> Module:
         """Apply a saved state (dspylite's or DSPy's JSON layout). All or nothing: a bad state leaves
@@ -322,7 +326,9 @@ class Module(metaclass=ProgramMeta):
         prepared = {}
         for name, predictor in predictors.items():
             try:
-                prepared[name] = predictor.parse_state(saved[name], allow_unsafe_lm_state=allow_unsafe_lm_state)
+                prepared[name] = predictor.parse_state(
+                    saved[name], allow_unsafe_lm_state=allow_unsafe_lm_state
+                )
             except ProgramStateError as exc:
                 raise type(exc)(f"predictor {name!r}: {exc}") from None
             except ValueError:
@@ -349,7 +355,9 @@ class Module(metaclass=ProgramMeta):
 
         path = Path(path)
         if save_program or modules_to_serialize or path.suffix == ".pkl":
-            what = "save(save_program=True)" if save_program or modules_to_serialize else f"save({path.name!r})"
+            what = (
+                "save(save_program=True)" if save_program or modules_to_serialize else f"save({path.name!r})"
+            )
             raise PickleNotSupportedError(
                 f"{type(self).__name__}.{what} would pickle the program, and dspylite never writes pickles "
                 "(loading one runs arbitrary code). Save the state as JSON instead: "
@@ -515,7 +523,9 @@ def set_attribute_by_name(obj: Any, name: str, value: Any) -> None:
         if match.start() != position:
             raise ValueError(f"cannot parse attribute path {name!r} at {name[position:]!r}")
         attr, index, key1, key2 = match.groups()
-        steps.append(("attr", attr) if attr else ("index", int(index)) if index is not None else ("key", key1 or key2))
+        steps.append(
+            ("attr", attr) if attr else ("index", int(index)) if index is not None else ("key", key1 or key2)
+        )
         position = match.end()
     if position != len(name) or not steps:
         raise ValueError(f"cannot parse attribute path {name!r}")

@@ -97,7 +97,9 @@ class Predict(Module):
         lm, config, signature, demos, inputs = self._forward_preprocess(**kwargs)
         adapter = self._adapter()
         with predictor_call(self):
-            completions = await adapter.acall(lm, lm_kwargs=config, signature=signature, demos=demos, inputs=inputs)
+            completions = await adapter.acall(
+                lm, lm_kwargs=config, signature=signature, demos=demos, inputs=inputs
+            )
         return self._forward_postprocess(completions, signature, **inputs)
 
     def _adapter(self) -> Any:
@@ -164,7 +166,9 @@ class Predict(Module):
         inputs = {k: v for k, v in kwargs.items() if k in signature.input_fields}
         return lm, config, signature, demos, inputs
 
-    def _forward_postprocess(self, completions: list[dict[str, Any]], signature: type[Signature], **inputs: Any):
+    def _forward_postprocess(
+        self, completions: list[dict[str, Any]], signature: type[Signature], **inputs: Any
+    ):
         prediction = Prediction.from_completions(completions, signature=signature)
         state = _settings.current()
         trace = state.trace
@@ -235,7 +239,9 @@ class Predict(Module):
         if not isinstance(demos, list) or not all(isinstance(d, (dict, Example)) for d in demos):
             raise ProgramStateError("'demos' must be a list of objects")
         lm_state = state.get("lm")
-        if lm_state is not None and (not isinstance(lm_state, dict) or not isinstance(lm_state.get("model"), str)):
+        if lm_state is not None and (
+            not isinstance(lm_state, dict) or not isinstance(lm_state.get("model"), str)
+        ):
             raise ProgramStateError("'lm' must be null or an object with a string 'model'")
         lm = _restore_lm(lm_state, allow_unsafe_lm_state) if lm_state else None
         return {
@@ -284,7 +290,9 @@ def _check_lm(lm: Any, name: str | None) -> None:
     from dspylite.clients.base_lm import BaseLM
 
     if not isinstance(lm, BaseLM) and not callable(getattr(lm, "generate", None)):
-        raise NoLMConfiguredError(f"LM must be an instance of `dspy.BaseLM`, not {type(lm)}. Received `lm={lm}`.")
+        raise NoLMConfiguredError(
+            f"LM must be an instance of `dspy.BaseLM`, not {type(lm)}. Received `lm={lm}`."
+        )
 
 
 def _sanitize_lm_state(lm_state: dict[str, Any], allow_unsafe_lm_state: bool) -> dict[str, Any]:
@@ -383,7 +391,9 @@ def _check_type(value: Any, expected: Any) -> bool:
             return True
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_check_type(item, args[0]) for item in value)
-        return len(value) == len(args) and all(_check_type(item, arg) for item, arg in zip(value, args, strict=False))
+        return len(value) == len(args) and all(
+            _check_type(item, arg) for item, arg in zip(value, args, strict=False)
+        )
     if origin in (set, frozenset):
         return isinstance(value, origin) and (not args or all(_check_type(item, args[0]) for item in value))
     if isinstance(expected, type):

@@ -44,7 +44,9 @@ class ReAct(Module):
     ``tools`` are functions, callable objects or ``dspy.Tool`` instances.
     """
 
-    def __init__(self, signature: str | type[Signature], tools: list[Callable[..., Any]], max_iters: int = 20):
+    def __init__(
+        self, signature: str | type[Signature], tools: list[Callable[..., Any]], max_iters: int = 20
+    ):
         from dspylite.adapters.types.tool import Tool
 
         super().__init__()
@@ -120,7 +122,8 @@ class ReAct(Module):
             except ValueError as err:
                 # An AdapterParseError among them: the failed call is in the traces; the agent answers with what it has.
                 logger.warning(
-                    "Ending the trajectory: Agent failed to select a valid tool: %s", format_error_for_lm(err, traceback_frames=5)
+                    "Ending the trajectory: Agent failed to select a valid tool: %s",
+                    format_error_for_lm(err, traceback_frames=5),
                 )
                 break
             trajectory[f"thought_{idx}"] = pred.next_thought
@@ -150,30 +153,39 @@ class ReAct(Module):
                 break
             except ValueError as err:
                 logger.warning(
-                    "Ending the trajectory: Agent failed to select a valid tool: %s", format_error_for_lm(err, traceback_frames=5)
+                    "Ending the trajectory: Agent failed to select a valid tool: %s",
+                    format_error_for_lm(err, traceback_frames=5),
                 )
                 break
             trajectory[f"thought_{idx}"] = pred.next_thought
             trajectory[f"tool_name_{idx}"] = pred.next_tool_name
             trajectory[f"tool_args_{idx}"] = pred.next_tool_args
             try:
-                trajectory[f"observation_{idx}"] = await self.tools[pred.next_tool_name].acall(**pred.next_tool_args)
+                trajectory[f"observation_{idx}"] = await self.tools[pred.next_tool_name].acall(
+                    **pred.next_tool_args
+                )
             except Exception as err:
                 trajectory[f"observation_{idx}"] = (
                     f"Execution error in {pred.next_tool_name}: {format_error_for_lm(err, traceback_frames=5)}"
                 )
             if pred.next_tool_name == FINISH:
                 break
-        extract = await self._async_call_with_potential_trajectory_truncation(self.extract, trajectory, **input_args)
+        extract = await self._async_call_with_potential_trajectory_truncation(
+            self.extract, trajectory, **input_args
+        )
         return Prediction(trajectory=trajectory, **extract)
 
-    def _call_with_potential_trajectory_truncation(self, module: Module, trajectory: dict[str, Any], **input_args):
+    def _call_with_potential_trajectory_truncation(
+        self, module: Module, trajectory: dict[str, Any], **input_args
+    ):
         last_error = None
         for _ in range(3):
             try:
                 return module(**input_args, trajectory=self._format_trajectory(trajectory))
             except ContextWindowExceededError as err:
-                logger.warning("Trajectory exceeded the context window, truncating the oldest tool call information.")
+                logger.warning(
+                    "Trajectory exceeded the context window, truncating the oldest tool call information."
+                )
                 last_error = err
                 trajectory = self.truncate_trajectory(trajectory)
         raise ContextWindowExceededError(
@@ -188,7 +200,9 @@ class ReAct(Module):
             try:
                 return await module.acall(**input_args, trajectory=self._format_trajectory(trajectory))
             except ContextWindowExceededError as err:
-                logger.warning("Trajectory exceeded the context window, truncating the oldest tool call information.")
+                logger.warning(
+                    "Trajectory exceeded the context window, truncating the oldest tool call information."
+                )
                 last_error = err
                 trajectory = self.truncate_trajectory(trajectory)
         raise ContextWindowExceededError(

@@ -226,7 +226,9 @@ class BootstrapFewShotWithRandomSearch:
                 )
             else:
                 program = attach_labeled(
-                    strip_demos(student.deepcopy()), trainset[: self.max_labeled_demos], self.max_labeled_demos
+                    strip_demos(student.deepcopy()),
+                    trainset[: self.max_labeled_demos],
+                    self.max_labeled_demos,
                 )
             return program, f"{self.max_labeled_demos} labeled", 0
         if seed == -1:

@@ -4,7 +4,7 @@ from typing import Any
 
 from dspylite.modules.react import ReAct
 
-__all__ = ["ReAct", "Tool"]
+__all__ = ["ReAct", "Tool"]  # noqa: F822 - Tool resolves through __getattr__
 
 
 def __getattr__(name: str) -> Any:

@@ -336,7 +336,9 @@ class Signature(metaclass=SignatureMeta):
         else:
             spec = _as_spec(field, name)
             annotation = type_ if type_ is not None else spec.annotation
-            new = spec.field(name, annotation if annotation is not None else str, annotated=annotation is not None)
+            new = spec.field(
+                name, annotation if annotation is not None else str, annotated=annotation is not None
+            )
         group = [f for f in cls._fields.values() if f.kind == new.kind]
         other = [f for f in cls._fields.values() if f.kind != new.kind]
         if index < 0:

@@ -55,7 +55,6 @@ class BetterTogether(Teleprompter):
     report.
     """
 
-
     STRAT_SEP = " -> "
 
     def __init__(
@@ -103,10 +102,7 @@ class BetterTogether(Teleprompter):
             }
         for key, optimizer in optimizers.items():
             if not isinstance(optimizer, Teleprompter):
-                raise TypeError(
-                    f"Optimizer '{key}' must be a Teleprompter, "
-                    f"got {type(optimizer).__name__}"
-                )
+                raise TypeError(f"Optimizer '{key}' must be a Teleprompter, got {type(optimizer).__name__}")
         self.optimizers: dict[str, Teleprompter] = optimizers
 
     def compile(
@@ -134,7 +130,7 @@ class BetterTogether(Teleprompter):
 
         Args:
             student: DSPy program to optimize. All predictors must have language models assigned.
-                program.set_lm(lm) can be used to assign a language model to all modules of a 
+                program.set_lm(lm) can be used to assign a language model to all modules of a
                 program.
             trainset: Training examples for optimization. Each optimizer receives the full trainset
                 (or a shuffled version if ``shuffle_trainset_between_steps=True``).
@@ -194,7 +190,9 @@ class BetterTogether(Teleprompter):
         logger.info(f"\n{BOLD}==> BETTERTOGETHER COMPILATION STARTED <=={ENDC}")
         logger.info(f"{BLUE}Strategy:{ENDC} {strategy}")
         logger.info(f"{BLUE}Trainset size:{ENDC} {len(trainset)}")
-        logger.info(f"{BLUE}Validation ratio:{ENDC} {valset_ratio if valset is None else 'using provided valset'}")
+        logger.info(
+            f"{BLUE}Validation ratio:{ENDC} {valset_ratio if valset is None else 'using provided valset'}"
+        )
 
         student, teacher = self._prepare_student_and_teacher(student, teacher)
         trainset, valset = self._prepare_trainset_and_valset(trainset, valset, valset_ratio)
@@ -218,7 +216,9 @@ class BetterTogether(Teleprompter):
 
         logger.info(f"\n{BOLD}{GREEN}==> BETTERTOGETHER COMPILATION COMPLETE <=={ENDC}")
         logger.info(f"{GREEN}Best score achieved:{ENDC} {student.candidate_programs[0]['score']}")
-        logger.info(f"{GREEN}Best strategy:{ENDC} {student.candidate_programs[0]['strategy'] or 'original (no optimization)'}")
+        logger.info(
+            f"{GREEN}Best strategy:{ENDC} {student.candidate_programs[0]['strategy'] or 'original (no optimization)'}"
+        )
 
         student._compiled = True
         return student
@@ -248,18 +248,24 @@ class BetterTogether(Teleprompter):
         trainset = trainset[:]  # shallow copy to avoid modifying the original
 
         if valset:
-            logger.info(f"{BLUE}Using provided validation set ({len(valset)} examples). Ignoring valset_ratio.{ENDC}")
+            logger.info(
+                f"{BLUE}Using provided validation set ({len(valset)} examples). Ignoring valset_ratio.{ENDC}"
+            )
             return trainset, valset
 
         if valset_ratio == 0:
-            logger.info(f"{YELLOW}No validation set provided and valset_ratio=0. No validation set created.{ENDC}")
+            logger.info(
+                f"{YELLOW}No validation set provided and valset_ratio=0. No validation set created.{ENDC}"
+            )
             return trainset, None
 
         logger.info(f"{BLUE}Sampling {valset_ratio:.1%} of trainset as validation set.{ENDC}")
         num_val_examples = int(valset_ratio * len(trainset))
         valset = trainset[:num_val_examples]
         trainset = trainset[num_val_examples:]
-        logger.info(f"{BLUE}Created validation set: {len(valset)} examples. Training set: {len(trainset)} examples.{ENDC}")
+        logger.info(
+            f"{BLUE}Created validation set: {len(valset)} examples. Training set: {len(trainset)} examples.{ENDC}"
+        )
 
         return trainset, valset
 
@@ -292,8 +298,7 @@ class BetterTogether(Teleprompter):
         for optimizer_key, compile_args in optimizer_compile_args.items():
             if optimizer_key not in self.optimizers:
                 raise ValueError(
-                    f"Invalid optimizer key '{optimizer_key}'. "
-                    f"Valid keys are: {list(self.optimizers.keys())}"
+                    f"Invalid optimizer key '{optimizer_key}'. Valid keys are: {list(self.optimizers.keys())}"
                 )
             optimizer = self.optimizers[optimizer_key]
             self._validate_compile_args(optimizer, optimizer_key, compile_args)
@@ -351,16 +356,20 @@ class BetterTogether(Teleprompter):
         launch_lms(student)
         flag_lms_launched = True
 
-        score = self._evaluate_on_valset(student, valset, rng, num_threads, effective_max_errors, provide_traceback)
+        score = self._evaluate_on_valset(
+            student, valset, rng, num_threads, effective_max_errors, provide_traceback
+        )
         self._add_candidate(candidate_programs, student, strategy="", score=score)
         logger.info(f"{YELLOW}Baseline score:{ENDC} {score}")
 
         # Apply each optimization step
         for ind, step_code in enumerate(parsed_strategy):
-            current_strategy = self.STRAT_SEP.join(parsed_strategy[:ind + 1])
+            current_strategy = self.STRAT_SEP.join(parsed_strategy[: ind + 1])
             optimizer = self.optimizers[step_code]
 
-            logger.info(f"\n{BOLD}==> STEP {ind + 1}/{len(parsed_strategy)}: {optimizer.__class__.__name__.upper()} <=={ENDC}")
+            logger.info(
+                f"\n{BOLD}==> STEP {ind + 1}/{len(parsed_strategy)}: {optimizer.__class__.__name__.upper()} <=={ENDC}"
+            )
             logger.info(f"{BLUE}Current strategy:{ENDC} '{current_strategy}'")
             logger.info(f"{BLUE}Optimizer:{ENDC} {optimizer.__class__.__name__}")
 
@@ -372,9 +381,18 @@ class BetterTogether(Teleprompter):
                 # Run optimizer, evaluate, and record results
                 compile_args = optimizer_args.get(step_code, {})
                 student, score, is_new_best, lms_relaunched = self._run_and_evaluate_step(
-                    optimizer, student, teacher, trainset, valset, compile_args,
-                    candidate_programs, current_strategy, rng,
-                    num_threads, effective_max_errors, provide_traceback
+                    optimizer,
+                    student,
+                    teacher,
+                    trainset,
+                    valset,
+                    compile_args,
+                    candidate_programs,
+                    current_strategy,
+                    rng,
+                    num_threads,
+                    effective_max_errors,
+                    provide_traceback,
                 )
 
                 if lms_relaunched:
@@ -404,8 +422,7 @@ class BetterTogether(Teleprompter):
         # Sort candidates by score (best first), with earlier programs winning ties
         candidate_programs_with_idx = [(i, cp) for i, cp in enumerate(candidate_programs)]
         candidate_programs_with_idx.sort(
-            key=lambda x: (x[1]["score"] if x[1]["score"] is not None else float("-inf"), -x[0]),
-            reverse=True
+            key=lambda x: (x[1]["score"] if x[1]["score"] is not None else float("-inf"), -x[0]), reverse=True
         )
         candidate_programs = [cp for _, cp in candidate_programs_with_idx]
 
@@ -424,7 +441,9 @@ class BetterTogether(Teleprompter):
 
         logger.info(f"\n{BOLD}==> OPTIMIZATION SUMMARY <=={ENDC}")
         logger.info(f"{GREEN}Best score:{ENDC} {best_program['score']}")
-        strategy_display = best_program["strategy"] if best_program["strategy"] else "original (no optimization)"
+        strategy_display = (
+            best_program["strategy"] if best_program["strategy"] else "original (no optimization)"
+        )
         logger.info(f"{GREEN}Best strategy:{ENDC} {strategy_display}")
         logger.info(f"{BLUE}Total candidates evaluated:{ENDC} {len(candidate_programs)}")
 
@@ -458,7 +477,9 @@ class BetterTogether(Teleprompter):
 
         # Run optimizer
         student._compiled = False
-        logger.info(f"{BLUE}Running {optimizer.__class__.__name__} with {len(trainset)} training examples...{ENDC}")
+        logger.info(
+            f"{BLUE}Running {optimizer.__class__.__name__} with {len(trainset)} training examples...{ENDC}"
+        )
 
         # Build compile args with standard parameters, filtering to only what the optimizer accepts
         potential_args = {"trainset": trainset, "teacher": teacher, "valset": valset, **compile_args}
@@ -492,7 +513,9 @@ class BetterTogether(Teleprompter):
             lms_relaunched = True
 
         # Evaluate optimized program
-        score = self._evaluate_on_valset(student, valset, rng, num_threads, effective_max_errors, provide_traceback)
+        score = self._evaluate_on_valset(
+            student, valset, rng, num_threads, effective_max_errors, provide_traceback
+        )
         self._add_candidate(candidate_programs, student, current_strategy, score)
 
         # Check if this is the best score so far
@@ -517,11 +540,13 @@ class BetterTogether(Teleprompter):
         score: float,
     ) -> None:
         """Add a candidate program to the list."""
-        candidate_programs.append({
-            "score": score,
-            "program": student.deepcopy(),
-            "strategy": strategy,
-        })
+        candidate_programs.append(
+            {
+                "score": score,
+                "program": student.deepcopy(),
+                "strategy": strategy,
+            }
+        )
 
     def _evaluate_on_valset(
         self,

@@ -11,14 +11,20 @@ from dspylite.example import Prediction
 logger = logging.getLogger(__name__)
 
 
-def create_minibatch(trainset: list[Any], batch_size: int = 50, rng: random.Random | None = None) -> list[Any]:
+def create_minibatch(
+    trainset: list[Any], batch_size: int = 50, rng: random.Random | None = None
+) -> list[Any]:
     """``batch_size`` examples drawn from ``trainset`` (without replacement)."""
     rng = rng or random
     return rng.sample(trainset, min(batch_size, len(trainset)))
 
 
 def eval_candidate_program(
-    batch_size: int, trainset: list[Any], candidate_program: Any, evaluate: Any, rng: random.Random | None = None
+    batch_size: int,
+    trainset: list[Any],
+    candidate_program: Any,
+    evaluate: Any,
+    rng: random.Random | None = None,
 ) -> Any:
     """Score ``candidate_program`` with ``evaluate`` on ``trainset`` (a random minibatch when it holds
     more than ``batch_size`` examples). An evaluation that raises scores 0.0 (logged with its traceback),

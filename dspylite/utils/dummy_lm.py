@@ -45,7 +45,9 @@ class DummyLM(BaseLM):
         self._script = _Script()
 
     @_calls_generate
-    def __call__(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
+    def __call__(
+        self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any
+    ):
         messages = messages or [{"role": "user", "content": prompt or ""}]
         return super().__call__(messages=messages, **kwargs)
 

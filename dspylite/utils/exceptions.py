@@ -15,6 +15,7 @@ from dspylite.errors import (
     NoLMConfiguredError,
 )
 
+
 def format_error_for_lm(error: BaseException, *, traceback_frames: int = 0) -> str:
     """An exception as text for an LM to read (ReAct's observations): its message, or with
     ``traceback_frames > 0`` a traceback limited to that many frames."""
@@ -22,9 +23,12 @@ def format_error_for_lm(error: BaseException, *, traceback_frames: int = 0) -> s
         return str(error)
     import traceback
 
-    return "\n" + "".join(
-        traceback.format_exception(type(error), error, error.__traceback__, limit=traceback_frames)
-    ).strip()
+    return (
+        "\n"
+        + "".join(
+            traceback.format_exception(type(error), error, error.__traceback__, limit=traceback_frames)
+        ).strip()
+    )
 
 
 # DSPy's names for the same failures.

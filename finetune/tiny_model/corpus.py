@@ -43,7 +43,11 @@ class ChatRenderer:
         completion: str | None = None,
     ) -> Messages:
         messages = list(self.adapter.format(signature, demos or [], inputs))
-        text = completion if completion is not None else self.adapter.format_assistant_message_content(signature, outputs)
+        text = (
+            completion
+            if completion is not None
+            else self.adapter.format_assistant_message_content(signature, outputs)
+        )
         return [*messages, {"role": "assistant", "content": text}]
 
     def completion(self, signature: Any, outputs: dict[str, Any]) -> str:

@@ -74,7 +74,10 @@ def test_chat_format_system_user_and_demos_as_turns():
     # DSPy's system message, word for word.
     assert system.startswith("Your input fields are:\n1. `question` (str): what is asked\n")
     assert "Your output fields are:\n1. `answer` (int): a number\n" in system
-    assert "[[ ## answer ## ]]\n{answer}        # note: the value you produce must be a single int value" in system
+    assert (
+        "[[ ## answer ## ]]\n{answer}        # note: the value you produce must be a single int value"
+        in system
+    )
     assert system.endswith("In adhering to this structure, your objective is: \n        Answer the question.")
     assert messages[1]["content"] == "[[ ## question ## ]]\n1+1?"
     assert messages[2]["content"] == "[[ ## answer ## ]]\n2\n\n[[ ## completed ## ]]\n"
@@ -117,7 +120,9 @@ def test_chat_parse_is_lenient_where_models_drift():
 
 def test_chat_parse_error_carries_raw_completion_and_names_the_field():
     adapter = ChatAdapter()
-    with pytest.raises(AdapterParseError, match=r"Expected to find output fields in the LM response: \[answer\]") as info:
+    with pytest.raises(
+        AdapterParseError, match=r"Expected to find output fields in the LM response: \[answer\]"
+    ) as info:
         adapter.parse(QA, "the answer is 4")
     assert info.value.completion == "the answer is 4" and info.value.lm_response == "the answer is 4"
     assert info.value.adapter == "chat" and info.value.adapter_name == "ChatAdapter"

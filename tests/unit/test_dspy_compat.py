@@ -359,7 +359,9 @@ def test_xml_adapter_formats_and_parses_tags():
         "answer": 3,
         "note": "fine",
     }
-    with pytest.raises(dspy.AdapterParseError, match=r"Expected to find output fields in the LM response: \[answer, note\]"):
+    with pytest.raises(
+        dspy.AdapterParseError, match=r"Expected to find output fields in the LM response: \[answer, note\]"
+    ):
         adapter.parse(sig, "<answer>3</answer>")
     lm = DummyLM([{"answer": 7, "note": "ok"}], adapter=adapter)
     assert dspy.Predict(sig, lm=lm, adapter=adapter)(question="q", context="c").answer == 7

@@ -233,7 +233,9 @@ def test_saved_endpoints_and_custom_lm_classes_need_a_trusted_file(tmp_path, cap
     state = fixture_state()
     state["answer"]["lm"]["api_base"] = "http://elsewhere:1/v1"
     program = FactQA().load(write(tmp_path, state))
-    assert "api_base" not in program.answer.lm.kwargs and program.answer.lm.api_base != "http://elsewhere:1/v1"
+    assert (
+        "api_base" not in program.answer.lm.kwargs and program.answer.lm.api_base != "http://elsewhere:1/v1"
+    )
     assert "Ignoring unsafe LM config key(s)" in caplog.text
     trusted = FactQA().load(write(tmp_path, state), allow_unsafe_lm_state=True)
     assert trusted.answer.lm.api_base == "http://elsewhere:1/v1"

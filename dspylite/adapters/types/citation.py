@@ -74,7 +74,8 @@ class Citations(Type):
                 if isinstance(citations_data, list):
                     return {
                         "citations": [
-                            cls.Citation(**item) if isinstance(item, dict) else item for item in citations_data
+                            cls.Citation(**item) if isinstance(item, dict) else item
+                            for item in citations_data
                         ]
                     }
             elif "cited_text" in data:

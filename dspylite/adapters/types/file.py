@@ -48,7 +48,9 @@ class File(Type):
         if isinstance(values, dict):
             if "file_data" in values or "file_id" in values or "filename" in values:
                 return values
-            raise ValueError("Value of `dspy.File` must contain at least one of: file_data, file_id, or filename")
+            raise ValueError(
+                "Value of `dspy.File` must contain at least one of: file_data, file_id, or filename"
+            )
         return encode_file_to_dict(values)
 
     def format(self) -> list[dict[str, Any]]:
@@ -69,7 +71,9 @@ class File(Type):
         if self.file_data is not None:
             if self.file_data.startswith("data:"):
                 mime_type = self.file_data.split(";")[0].split(":")[1]
-                payload = self.file_data.split("base64,")[1] if "base64," in self.file_data else self.file_data
+                payload = (
+                    self.file_data.split("base64,")[1] if "base64," in self.file_data else self.file_data
+                )
                 parts.append(f"file_data=<DATA_URI({mime_type}, {len(payload)} chars)>")
             else:
                 parts.append(f"file_data=<DATA({len(self.file_data)} chars)>")

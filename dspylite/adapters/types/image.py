@@ -133,7 +133,9 @@ def encode_image(image: Any) -> str:
     if isinstance(image, str):
         if image.startswith("data:") or is_url(image):
             return image
-        raise ValueError(f"Unrecognized image string: {image}. Local files must be loaded with Image.from_path().")
+        raise ValueError(
+            f"Unrecognized image string: {image}. Local files must be loaded with Image.from_path()."
+        )
     if isinstance(image, bytes):
         mime_type = _sniff(image)
         if mime_type is None:

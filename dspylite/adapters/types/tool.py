@@ -21,7 +21,14 @@ from dspylite.errors import ToolError
 from dspylite.utils import lenient_json
 from dspylite.utils.callback import with_callbacks
 
-_TYPE_MAPPING = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict}
+_TYPE_MAPPING = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+}
 
 
 class Tool(Type):
@@ -254,7 +261,9 @@ class ToolCalls(Type):
     def validate_input(cls, data: Any):
         if isinstance(data, cls):
             return data
-        if isinstance(data, list) and all(isinstance(item, dict) and _is_tool_call_dict(item) for item in data):
+        if isinstance(data, list) and all(
+            isinstance(item, dict) and _is_tool_call_dict(item) for item in data
+        ):
             return {"tool_calls": [cls.ToolCall(**_normalize_tool_call_dict(item)) for item in data]}
         if isinstance(data, dict):
             if "tool_calls" in data:
@@ -262,7 +271,9 @@ class ToolCalls(Type):
                 if isinstance(tool_calls_data, list):
                     normalized = {
                         "tool_calls": [
-                            cls.ToolCall(**_normalize_tool_call_dict(item)) if isinstance(item, dict) else item
+                            cls.ToolCall(**_normalize_tool_call_dict(item))
+                            if isinstance(item, dict)
+                            else item
                             for item in tool_calls_data
                         ]
                     }
