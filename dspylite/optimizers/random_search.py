@@ -110,7 +110,6 @@ class BootstrapFewShotWithRandomSearch:
                     f"restrict={sorted(wanted)} matches none of the candidate seeds "
                     f"-3..{self.num_candidate_programs - 1} (num_candidate_programs={self.num_candidate_programs})"
                 )
-        self._labeled_sample = labeled_sample
         if not student.predictors():
             raise OptimizerError(f"the student program {type(student).__name__} has no predictors")
         run = start_compile_run(
@@ -140,7 +139,9 @@ class BootstrapFewShotWithRandomSearch:
                         f"{len(seeds) - len(scored)} candidate(s) were not scored"
                     )
                     break
-                program, label, n_boot = self._candidate(seed, student, teacher, trainset, scorer, run)
+                program, label, n_boot = self._candidate(
+                    seed, student, teacher, trainset, scorer, run, labeled_sample=labeled_sample
+                )
                 outcome = scorer.evaluate(program, valset, desc=f"Candidate {seed}")
                 if not outcome.complete:
                     run.warn(f"the LM-call budget ran out while scoring candidate {seed}; it is not counted")
@@ -213,6 +214,7 @@ class BootstrapFewShotWithRandomSearch:
         trainset: list[Example],
         scorer: ProgramScorer,
         run: OptimizerRun,
+        labeled_sample: bool = True,
     ) -> tuple[Any, str, int]:
         """(program, label, number of examples whose teacher run passed)."""
         if seed == -3:
@@ -220,7 +222,7 @@ class BootstrapFewShotWithRandomSearch:
         if seed == -2:
             if self.max_labeled_demos == 0:
                 return strip_demos(student.deepcopy()), "labeled only (max_labeled_demos=0)", 0
-            if getattr(self, "_labeled_sample", True):
+            if labeled_sample:
                 program = attach_labeled(
                     strip_demos(student.deepcopy()), trainset, self.max_labeled_demos, seed=self.seed
                 )
