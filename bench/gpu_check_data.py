@@ -34,11 +34,13 @@ def main() -> None:
         if len(lines) == ROWS:
             break
         messages = adapter.format(ExtractFact, [], {"context": item.context, "question": item.question})
-        gold = adapter.format_completion(ExtractFact, {"fact": item.fact})
+        gold = adapter.format_assistant_message_content(ExtractFact, {"fact": item.fact})
         others = [s for s in item.context.split("\n") if s.strip() and s.strip() != item.fact]
         completions = [(gold, 1.0)]
         for other in rng.sample(others, min(GROUP - 1, len(others))):
-            completions.append((adapter.format_completion(ExtractFact, {"fact": other.strip()}), 0.0))
+            completions.append(
+                (adapter.format_assistant_message_content(ExtractFact, {"fact": other.strip()}), 0.0)
+            )
         rng.shuffle(completions)
         lines.append(
             {

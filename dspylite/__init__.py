@@ -24,6 +24,13 @@ _EXPORTS: dict[str, str] = {
     "SignatureMeta": "dspylite.signatures",
     "History": "dspylite.adapters.types",
     "Image": "dspylite.adapters.types",
+    "Audio": "dspylite.adapters.types",
+    "File": "dspylite.adapters.types",
+    "Code": "dspylite.adapters.types",
+    "Reasoning": "dspylite.adapters.types",
+    "Type": "dspylite.adapters.types",
+    "ToolCalls": "dspylite.adapters.types",
+    "ToolCallResults": "dspylite.adapters.types",
     "Completions": "dspylite.example",
     "Example": "dspylite.example",
     "Prediction": "dspylite.example",
@@ -31,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Predict": "dspylite.modules.predict",
     "ChainOfThought": "dspylite.modules.chain_of_thought",
     "ReAct": "dspylite.modules.react",
-    "Tool": "dspylite.modules.react",
+    "Tool": "dspylite.adapters.types",
     "BestOfN": "dspylite.modules.best_of_n",
     "Refine": "dspylite.modules.best_of_n",
     "Parallel": "dspylite.modules.parallel",
@@ -53,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "configure": "dspylite.settings",
     "context": "dspylite.settings",
     "settings": "dspylite.settings",
+    "load_settings": "dspylite.settings",
     "TraceRecord": "dspylite.trace",
     "capture_traces": "dspylite.trace",
     # evaluation
@@ -71,6 +79,7 @@ _EXPORTS: dict[str, str] = {
     "ProgramStateError": "dspylite.errors",
     "EvaluationError": "dspylite.errors",
     "ToolError": "dspylite.errors",
+    "ContextWindowExceededError": "dspylite.errors",
     **{spec.name: spec.module for spec in OPTIMIZERS},
 }
 
@@ -89,6 +98,7 @@ _SUBMODULES = {
     "primitives",
     "clients",
     "signatures",
+    "experimental",
 }
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)

@@ -23,9 +23,38 @@ class Completion:
     logprobs: list[float] | None = None
     usage: dict[str, int] = field(default_factory=dict)
     cached: bool = False
+    # What native LM features return next to the text: OpenAI-shaped tool calls, the reasoning of a
+    # reasoning model, provider citations.
+    tool_calls: list[Any] | None = None
+    reasoning_content: str | None = None
+    citations: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def as_output(self) -> str | dict[str, Any]:
+        """The choice as DSPy's ``lm(...)`` returns it: the text, or a dict when more came with it."""
+        output: dict[str, Any] = {"text": self.text}
+        if self.logprobs is not None:
+            output["logprobs"] = self.logprobs
+        for name in ("tool_calls", "reasoning_content", "citations"):
+            if getattr(self, name):
+                output[name] = getattr(self, name)
+        return output["text"] if len(output) == 1 else output
+
+    @classmethod
+    def from_output(cls, output: Any, model: str = "") -> Completion:
+        """One element of what an LM's ``__call__`` returned (a string or DSPy's output dict)."""
+        if isinstance(output, dict):
+            return cls(
+                text=output.get("text"),
+                model=model,
+                logprobs=output.get("logprobs"),
+                tool_calls=output.get("tool_calls"),
+                reasoning_content=output.get("reasoning_content"),
+                citations=output.get("citations"),
+            )
+        return cls(text=output, model=model)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Completion:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DSPyLiteError(Exception):
     """Base class for every error raised by dspylite."""
@@ -29,26 +31,72 @@ class DemoError(DSPyLiteError, ValueError):
 class AdapterParseError(DSPyLiteError, ValueError):
     """The LM's completion could not be parsed into the signature's output fields.
 
-    ``completion`` holds the raw text the model produced, so nothing is lost.
+    ``completion`` holds the raw text the model produced, so nothing is lost. DSPy's keyword form,
+    ``AdapterParseError(adapter_name=..., signature=..., lm_response=..., message=..., parsed_result=...)``,
+    builds DSPy's message; ``adapter_name``, ``lm_response`` and ``parsed_result`` name the same values
+    as ``completion`` and ``parsed``; ``adapter`` is dspylite's short name ("chat", "json").
     """
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
-        completion: str,
-        adapter: str,
-        signature: str | None = None,
+        completion: str | None = None,
+        adapter: str | None = None,
+        signature: Any = None,
         parsed: dict | None = None,
+        adapter_name: str | None = None,
+        lm_response: str | None = None,
+        parsed_result: dict | None = None,
     ):
-        super().__init__(message)
+        self.adapter_name = adapter_name or adapter or ""
+        adapter = adapter or adapter_name or ""
+        completion = completion if completion is not None else (lm_response or "")
+        parsed = parsed if parsed is not None else parsed_result
+        if adapter_name is not None:
+            message = _dspy_parse_message(
+                adapter_name, signature, completion, message and bounded_text(message, 600), parsed
+            )
+        super().__init__(message or f"{adapter} adapter could not parse the completion: {completion[:300]!r}")
         self.completion = completion
         self.adapter = adapter
         self.signature = signature
         self.parsed = parsed or {}
 
+    @property
+    def lm_response(self) -> str:
+        return self.completion
+
+    @property
+    def parsed_result(self) -> dict:
+        return self.parsed
+
     def __reduce__(self):  # keep picklable across process pools
-        return (_rebuild_parse_error, (str(self), self.completion, self.adapter, self.signature, self.parsed))
+        signature = self.signature if isinstance(self.signature, (str, type(None))) else str(self.signature)
+        return (_rebuild_parse_error, (str(self), self.completion, self.adapter, signature, self.parsed))
+
+
+def _dspy_parse_message(adapter_name, signature, lm_response, message, parsed_result) -> str:
+    """DSPy's wording, which DSPy code matches on ("Adapter ChatAdapter failed to parse ...")."""
+    expected = ", ".join(getattr(signature, "output_fields", {}) or {})
+    text = f"{message}\n\n" if message else ""
+    text += (
+        f"Adapter {adapter_name} failed to parse the LM response. \n\n"
+        f"LM Response: {bounded_text(lm_response, 1000)} \n\n"
+        f"Expected to find output fields in the LM response: [{expected}] \n\n"
+    )
+    if parsed_result is not None:
+        text += f"Actual output fields parsed from the LM response: [{', '.join(parsed_result)}] \n\n"
+    return text
+
+
+def bounded_text(text: Any, limit: int) -> str:
+    """Model text in a message, cut to ``limit`` characters (the error keeps the whole text)."""
+    try:
+        text = str(text)
+    except ValueError:  # e.g. an int over Python's 4300-digit str() limit
+        return f"<{type(text).__name__} too large to show>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _rebuild_parse_error(msg, completion, adapter, signature, parsed):
@@ -70,6 +118,24 @@ class LMRequestError(LMError):
         super().__init__(message)
         self.status_code = status_code
         self.body = body
+
+
+class ContextWindowExceededError(LMRequestError):
+    """The prompt does not fit the model's context window (the server rejected it as too long).
+
+    Modules that can shorten their prompt (ReAct drops the oldest trajectory steps) catch this one.
+    """
+
+    def __init__(
+        self,
+        message: str = "Context window exceeded",
+        *,
+        model: str | None = None,
+        status_code: int = 400,
+        body: str = "",
+    ):
+        super().__init__(f"[{model}] {message}" if model else message, status_code=status_code, body=body)
+        self.model = model
 
 
 class LMServerError(LMError):
@@ -106,12 +172,20 @@ def _rebuild_unavailable(msg, api_base, failures):
     return LMUnavailableError(msg, api_base=api_base, failures=failures)
 
 
-class NoLMConfiguredError(DSPyLiteError, RuntimeError):
-    """A predictor ran with no LM bound and none configured via dspylite.configure(lm=...)."""
+class NoLMConfiguredError(DSPyLiteError, ValueError, RuntimeError):
+    """A predictor ran with no usable LM: none bound and none configured via dspylite.configure(lm=...),
+    or the configured one is not an LM. A ``ValueError``, as DSPy raises."""
 
 
 class ProgramStateError(DSPyLiteError, ValueError):
     """A saved program file is missing, corrupt, or does not match the program it is loaded into."""
+
+
+class MissingPredictorStateError(ProgramStateError, KeyError):
+    """A saved program has no state for one of the program's predictors (a ``KeyError`` too, as in DSPy)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class MetricError(DSPyLiteError, ValueError):

@@ -156,7 +156,7 @@ class Prediction(Example):
         object.__setattr__(self, "_lm_usage", value)
 
     @classmethod
-    def from_completions(cls, outputs: list[dict[str, Any]]) -> Prediction:
+    def from_completions(cls, outputs: list[dict[str, Any]], signature: Any = None) -> Prediction:
         pred = cls(**(outputs[0] if outputs else {}))
         object.__setattr__(pred, "_completions", Completions(outputs))
         return pred

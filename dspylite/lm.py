@@ -24,21 +24,23 @@ import httpx
 
 from dspylite.cache import LMCache, cache_key, shared_cache
 from dspylite.circuit_breaker import CircuitBreaker
+from dspylite.clients.base_lm import LM_CLASS_STATE_KEY, BaseLM, lm_class_path, record_history
 from dspylite.completion import Completion
 from dspylite.errors import (
     ConfigError,
+    ContextWindowExceededError,
     LMConnectionError,
     LMRequestError,
     LMResponseError,
     LMServerError,
 )
 from dspylite.utils.callback import with_callbacks
-from dspylite.utils.inspect_history import GLOBAL_HISTORY
 from dspylite.utils.usage_tracker import record_usage
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "http://127.0.0.1:8000/v1"
+DEFAULT_TIMEOUT = 60.0
 # litellm-style provider prefixes that name the protocol, not the model; stripped before sending.
 KNOWN_PROVIDER_PREFIXES = ("openai/", "hosted_vllm/", "vllm/", "text-completion-openai/", "custom_openai/")
 MODEL_TYPES = ("chat", "text")
@@ -120,15 +122,16 @@ class Usage:
             self._totals = dict.fromkeys(self.FIELDS, 0)
 
 
-class LM:
+class LM(BaseLM):
     """A language model served over the OpenAI protocol (chat or text completions).
 
     ``model`` may carry a litellm-style provider prefix (``"openai/NAME"``, ``"hosted_vllm/NAME"``),
-    which is stripped before it is sent. ``api_base`` may be a list of URLs: requests then go
-    round-robin over them (and a retry moves on to the next one). Extra keyword arguments are
-    sampling parameters sent with every request (``top_p``, ``stop``, ``seed``, ...); per-call
-    keyword arguments override them. Pass ``return_token_ids=False`` for providers that reject vLLM's
-    extra request field.
+    which is stripped before it is sent. ``api_base`` (or DSPy's ``base_url``) may be a list of URLs:
+    requests then go round-robin over them (and a retry moves on to the next one). Extra keyword
+    arguments are sampling parameters sent with every request (``top_p``, ``stop``, ``seed``, ...);
+    per-call keyword arguments override them. Pass ``return_token_ids=False`` for providers that
+    reject vLLM's extra request field. DSPy's ``provider``, ``finetuning_model``, ``launch_kwargs``,
+    ``train_kwargs`` and ``use_developer_role`` are kept (and saved) but do not change requests.
 
     Usage counts and history belong to this object; ``copy()`` shares the HTTP client and the cache
     but starts its own counts.
@@ -145,11 +148,11 @@ class LM:
         api_base: str | list[str] | None = None,
         api_key: str | None = None,
         model_type: str = "chat",
-        temperature: float = 0.0,
-        max_tokens: int = 512,
+        temperature: float | None = 0.0,
+        max_tokens: int | None = 512,
         cache: bool = True,
         num_retries: int = 3,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
         logprobs: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
         *,
@@ -157,6 +160,12 @@ class LM:
         backoff_max: float = 8.0,
         history_size: int = 100,
         max_consecutive_failures: int | None = 3,
+        callbacks: list | None = None,
+        provider: Any = None,
+        finetuning_model: str | None = None,
+        launch_kwargs: dict[str, Any] | None = None,
+        train_kwargs: dict[str, Any] | None = None,
+        use_developer_role: bool = False,
         **kwargs: Any,
     ):
         if not isinstance(model, str) or not model:
@@ -173,6 +182,10 @@ class LM:
         )
         self.model = model
         self.model_type = model_type
+        if api_base is None:
+            api_base = kwargs.get("base_url")
+        elif "base_url" in kwargs:
+            raise ConfigError("LM: give 'api_base' or its alias 'base_url', not both")
         self.api_bases = _normalize_api_bases(api_base)
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "EMPTY")
         self.cache = cache
@@ -183,12 +196,19 @@ class LM:
         self.backoff_max = backoff_max
         self.history_size = history_size
         self.max_consecutive_failures = max_consecutive_failures
-        self.kwargs: dict[str, Any] = {
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "logprobs": logprobs,
-            **kwargs,
-        }
+        self.callbacks = list(callbacks or [])
+        self.provider = provider
+        self.finetuning_model = finetuning_model
+        self.launch_kwargs = dict(launch_kwargs or {})
+        self.train_kwargs = dict(train_kwargs or {})
+        self.use_developer_role = use_developer_role
+        # As DSPy's LM.kwargs: the sampling parameters, plus any endpoint given explicitly (which is
+        # saved with the program, and never sent as a request field).
+        self.kwargs: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens, **kwargs}
+        if api_base is not None and "base_url" not in kwargs:
+            self.kwargs["api_base"] = api_base
+        if logprobs:
+            self.kwargs["logprobs"] = True
         self.history: deque[dict[str, Any]] = deque(maxlen=history_size)
         self._usage = Usage()
         self._transport = _Transport()
@@ -214,6 +234,15 @@ class LM:
     @property
     def max_tokens(self) -> int:
         return self.kwargs.get("max_tokens", 512)
+
+    @property
+    def supports_response_schema(self) -> bool:
+        """vLLM (and OpenAI) enforce a JSON schema given as ``response_format``."""
+        return True
+
+    @property
+    def supported_params(self) -> set[str]:
+        return {"response_format", "n", "logprobs", "seed", "stop", "top_p", "temperature", "max_tokens"}
 
     @property
     def usage(self) -> dict[str, int]:
@@ -294,14 +323,6 @@ class LM:
         )
         return completions
 
-    def __call__(
-        self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any
-    ) -> list[str]:
-        """DSPy-style call: returns the texts of the choices."""
-        if prompt is None and messages is None:
-            raise ValueError("LM call needs 'prompt' or 'messages'")
-        return [c.text for c in self.generate(messages, prompt=prompt, **kwargs)]
-
     def inspect_history(self, n: int = 1) -> str:
         """The last ``n`` calls, rendered as text (nothing is printed)."""
         entries = list(self.history)[-n:] if n > 0 else []
@@ -332,11 +353,14 @@ class LM:
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.kwargs = dict(self.kwargs)
+        new.callbacks = list(self.callbacks)
         new.history = deque(maxlen=self.history_size)
         new._usage = Usage()
         for name, value in overrides.items():
-            if name == "api_base":
+            if name in ("api_base", "base_url"):
                 new.api_bases = _normalize_api_bases(value)
+                if name in new.kwargs or "api_base" in new.kwargs:
+                    new.kwargs[name] = value
             elif name in _INSTANCE_SETTINGS:
                 if name in _CHECKED_SETTINGS:
                     _check_settings("LM.copy", **{name: value})
@@ -359,27 +383,42 @@ class LM:
         return self.copy()
 
     def dump_state(self) -> dict[str, Any]:
-        """Settings as JSON-ready data; the api_key is never included."""
-        return {
+        """DSPy's LM state (the same keys, so DSPy loads it too), plus dspylite's client settings
+        that differ from their defaults. The api_key is never included; the endpoint only when it was
+        given explicitly (and loading ignores it unless the file is trusted)."""
+        state: dict[str, Any] = {
+            LM_CLASS_STATE_KEY: lm_class_path(type(self)),
             "model": self.model,
             "model_type": self.model_type,
-            "api_base": self.api_base,
             "cache": self.cache,
             "num_retries": self.num_retries,
-            "timeout": self.timeout,
-            **self.kwargs,
+            "finetuning_model": self.finetuning_model,
+            "launch_kwargs": self.launch_kwargs,
+            "train_kwargs": self.train_kwargs,
+            **{k: v for k, v in self.kwargs.items() if k not in ("api_key", LM_CLASS_STATE_KEY)},
         }
+        for name, default in _CLIENT_DEFAULTS.items():
+            if getattr(self, name) != default:
+                state[name] = getattr(self, name)
+        return state
 
     @classmethod
     def load_state(
-        cls, state: dict[str, Any], api_base: str | list[str] | None = None, api_key: str | None = None
+        cls,
+        state: dict[str, Any],
+        api_base: str | list[str] | None = None,
+        api_key: str | None = None,
+        *,
+        allow_custom_lm_class: bool = False,
     ) -> LM:
-        """Rebuild an LM from ``dump_state()`` output; ``api_base`` overrides the saved one."""
+        """Rebuild an LM from ``dump_state()`` output (dspylite's or DSPy's); ``api_base`` overrides
+        the saved one."""
         if "model" not in state:
             raise ConfigError("LM.load_state: the state has no 'model' field")
         # Keys DSPy's LM.dump_state writes that are not request parameters; sending them would be a 400.
         config = {k: v for k, v in state.items() if k not in _DSPY_ONLY_STATE_KEYS}
         if api_base is not None:
+            config.pop("base_url", None)
             config["api_base"] = api_base
         return cls(**config, api_key=api_key)
 
@@ -398,6 +437,12 @@ class LM:
         body: dict[str, Any] = {"model": self.served_model}
         want_logprobs = bool(params.pop("logprobs", False))
         return_token_ids = params.pop("return_token_ids", True)
+        for name in _CLIENT_KWARGS:
+            params.pop(name, None)
+        if "response_format" in params:
+            from dspylite.adapters.json_adapter import response_format_body
+
+            params["response_format"] = response_format_body(params["response_format"])
         if self.model_type == "chat":
             if messages is None:
                 if prompt is None:
@@ -531,7 +576,10 @@ class LM:
                     reason = f"HTTP {status}: {message}"
                     retry_after = _retry_after_seconds(response.headers.get("retry-after"))
                 else:
-                    raise LMRequestError(
+                    error_class = (
+                        ContextWindowExceededError if _is_context_overflow(message) else LMRequestError
+                    )
+                    raise error_class(
                         f"{url} rejected the request for model {self.served_model!r} with HTTP {status}: "
                         f"{message}",
                         status_code=status,
@@ -586,34 +634,48 @@ class LM:
         entry = {
             "timestamp": time.time(),
             "model": self.served_model,
+            "model_type": self.model_type,
             "messages": body.get("messages"),
             "prompt": body.get("prompt"),
+            "kwargs": {k: v for k, v in body.items() if k not in ("model", "messages", "prompt")},
             "rollout_id": rollout_id,
             "outputs": [c.text for c in completions],
+            "usage": {
+                "prompt_tokens": sum(c.usage.get("prompt_tokens", 0) for c in completions[:1]),
+                "completion_tokens": sum(c.usage.get("completion_tokens", 0) for c in completions),
+            },
             "cached": cached,
             "duration_s": duration,
             "api_base": api_base,
         }
-        self.history.append(entry)
-        GLOBAL_HISTORY.append(entry)
+        record_history(self, entry)
 
     def _where(self) -> str:
         return f"{', '.join(self.api_bases)} (model {self.served_model!r})"
 
 
 _DSPY_ONLY_STATE_KEYS = frozenset(
-    {
-        "api_key",
-        "finetuning_model",
-        "launch_kwargs",
-        "train_kwargs",
-        "provider",
-        "callbacks",
-        "use_developer_role",
-        "cache_in_memory",
-        "rollout_id",
-    }
+    {"api_key", "callbacks", "cache_in_memory", "rollout_id", LM_CLASS_STATE_KEY}
 )
+
+# Client settings saved only when they differ from these defaults.
+_CLIENT_DEFAULTS: dict[str, Any] = {
+    "timeout": DEFAULT_TIMEOUT,
+    "backoff_base": 0.5,
+    "backoff_max": 8.0,
+    "history_size": 100,
+    "max_consecutive_failures": 3,
+    "cache_dir": None,
+}
+# Keys of LM.kwargs that configure the client, never sent in a request body.
+_CLIENT_KWARGS = ("api_base", "base_url", "api_key", "api_version", "model_list", "n_retries")
+_CONTEXT_OVERFLOW_WORDS = ("maximum context length", "context length", "context window", "too long")
+
+
+def _is_context_overflow(message: str) -> bool:
+    text = message.lower()
+    return any(words in text for words in _CONTEXT_OVERFLOW_WORDS)
+
 
 # Settings that copy(**overrides) sets as attributes; anything else is a sampling parameter.
 _INSTANCE_SETTINGS = frozenset(
@@ -623,6 +685,12 @@ _INSTANCE_SETTINGS = frozenset(
         "api_key",
         "cache",
         "cache_dir",
+        "callbacks",
+        "provider",
+        "finetuning_model",
+        "launch_kwargs",
+        "train_kwargs",
+        "use_developer_role",
         "num_retries",
         "timeout",
         "backoff_base",

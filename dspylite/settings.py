@@ -6,8 +6,10 @@ Worker threads started by dspylite copy the caller's context (see ``dspylite.uti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -46,6 +48,11 @@ class Settings:
 
 _GLOBAL = Settings()
 _CURRENT: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("dspylite_settings", default=None)
+# configure() changes process-wide defaults: only the thread (and, under asyncio, the task) that
+# called it first may call it again, as in DSPy; everyone else uses context(...).
+_OWNER_THREAD: int | None = None
+_OWNER_TASK: Any = None
+_OWNER_LOCK = threading.Lock()
 
 
 def current() -> Settings:
@@ -54,13 +61,75 @@ def current() -> Settings:
 
 
 def configure(**kwargs: Any) -> None:
-    """Set process-wide defaults, e.g. ``configure(lm=LM(...), adapter=ChatAdapter())``."""
+    """Set process-wide defaults, e.g. ``configure(lm=LM(...), adapter=ChatAdapter())``.
+
+    Only the thread that first called ``configure`` may call it again (and under asyncio, only the
+    task that first called it): a ``RuntimeError`` says to use ``context(...)`` elsewhere.
+    """
     global _GLOBAL
     _check_keys(kwargs)
+    _ensure_configure_allowed()
     _GLOBAL = replace(_GLOBAL, **kwargs)
     # A configure() inside a context must be visible to that context too.
     if _CURRENT.get() is not None:
         _CURRENT.set(replace(_CURRENT.get(), **kwargs))
+
+
+def reset() -> None:
+    """Back to the defaults, process-wide, with no owner yet (tests call it between cases)."""
+    global _GLOBAL, _OWNER_THREAD, _OWNER_TASK
+    _GLOBAL = Settings()
+    _CURRENT.set(None)
+    with _OWNER_LOCK:
+        _OWNER_THREAD = None
+        _OWNER_TASK = None
+
+
+def _ensure_configure_allowed() -> None:
+    global _OWNER_THREAD, _OWNER_TASK
+    thread = threading.get_ident()
+    with _OWNER_LOCK:
+        if _OWNER_THREAD is None:
+            _OWNER_THREAD = thread
+        if _OWNER_THREAD != thread:
+            raise RuntimeError(
+                "dspy.settings can only be changed by the thread that initially configured it; use "
+                "dspylite.context(...) in other threads."
+            )
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running event loop in this thread
+            task = None
+        if task is None:
+            return
+        if _OWNER_TASK is None:
+            _OWNER_TASK = task
+        elif _OWNER_TASK is not task:
+            raise RuntimeError(
+                "dspy.configure(...) can only be called from the same async task that called it first. Please "
+                "use `dspy.context(...)` in other async tasks instead."
+            )
+
+
+def save(path: Any, modules_to_serialize: list | None = None, exclude_keys: list | None = None) -> None:
+    """DSPy's ``dspy.settings.save``: refused, it writes a pickle (loading one runs arbitrary code)."""
+    from dspylite.errors import PickleNotSupportedError
+
+    raise PickleNotSupportedError(
+        f"dspylite.settings.save({path!r}) would pickle the settings (LMs, adapters, callbacks), and dspylite "
+        "never writes pickles. Configure the settings in code (dspylite.configure(lm=..., adapter=...)); "
+        "a program's own state saves as JSON with program.save('program.json')."
+    )
+
+
+def load(path: Any, allow_pickle: bool = False) -> dict[str, Any]:
+    """DSPy's ``dspy.load_settings``: refused, settings files are pickles."""
+    from dspylite.errors import PickleNotSupportedError
+
+    raise PickleNotSupportedError(
+        f"dspylite.load_settings({path!r}): settings files are pickles, which dspylite never loads (loading "
+        "one runs arbitrary code). Configure the settings in code with dspylite.configure(...)."
+    )
 
 
 @contextlib.contextmanager
@@ -111,5 +180,17 @@ class _SettingsProxy:
     def context(self, **kwargs: Any):
         return context(**kwargs)
 
+    def save(
+        self, path: Any, modules_to_serialize: list | None = None, exclude_keys: list | None = None
+    ) -> None:
+        save(path, modules_to_serialize, exclude_keys)
+
+    @staticmethod
+    def load(path: Any, allow_pickle: bool = False) -> dict[str, Any]:
+        return load(path, allow_pickle)
+
 
 settings = _SettingsProxy()
+
+
+load_settings = load  # DSPy's top-level name, ``dspy.load_settings``

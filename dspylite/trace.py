@@ -7,6 +7,7 @@ SFT reads ``messages`` + ``completion`` (+ token ids), GRPO reads token ids and 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,24 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "value"):  # Enum
         return value.value
     return str(value)
+
+
+# The predictor whose adapter call is running in this context: adapters name it in trace records.
+_PREDICTOR: contextvars.ContextVar[Any] = contextvars.ContextVar("dspylite_predictor", default=None)
+
+
+@contextlib.contextmanager
+def predictor_call(predictor: Any) -> Iterator[None]:
+    """Mark ``predictor`` as the caller of the adapter calls made inside the block."""
+    token = _PREDICTOR.set(predictor)
+    try:
+        yield
+    finally:
+        _PREDICTOR.reset(token)
+
+
+def current_predictor() -> Any:
+    return _PREDICTOR.get()
 
 
 def record(rec: TraceRecord) -> None:

@@ -1,19 +1,30 @@
-"""Chat adapter: fields delimited by DSPy's ``[[ ## name ## ]]`` markers.
+"""Chat adapter: DSPy's ``ChatAdapter`` format, fields delimited by ``[[ ## name ## ]]`` markers.
 
-Using the same markers as DSPy's ChatAdapter means demos, traces and fine-tuning data written by
-either tool look alike to the model.
+Ported from DSPy 3.3.1 (MIT License, Copyright (c) 2023 Stanford Future Data Systems); see
+THIRD_PARTY_NOTICES.md. The prompts are DSPy's, word for word, so a program optimized with DSPy
+sends the same messages here, and demos, traces and fine-tuning data look alike to the model.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+import textwrap
+from typing import Any, NamedTuple
 
-from dspylite.adapters.base import Adapter, field_description
-from dspylite.coerce import format_value
+from dspylite.adapters.base import Adapter
+from dspylite.adapters.utils import (
+    apply_output_field_defaults,
+    format_field_value,
+    get_annotation_name,
+    get_field_description_string,
+    is_type,
+    parse_value,
+    translate_field_type,
+)
+from dspylite.errors import AdapterParseError, bounded_text
 from dspylite.signatures import Signature
 
-_MARKER = re.compile(r"\[\[ ## (\w+) ## \]\]")
+field_header_pattern = re.compile(r"\[\[ ## (\w+) ## \]\]")
 COMPLETED = "[[ ## completed ## ]]"
 
 
@@ -21,12 +32,15 @@ def marker(name: str) -> str:
     return f"[[ ## {name} ## ]]"
 
 
-class ChatAdapter(Adapter):
-    """DSPy's constructor: ``ChatAdapter(callbacks=None, use_native_function_calling=False)``.
+class FieldInfoWithName(NamedTuple):
+    name: str
+    info: Any
 
-    ``use_native_function_calling`` is kept for DSPy code; in DSPy it only changes how ``ToolCalls``
-    output fields travel, a type dspylite does not have (ReAct calls tools through text fields).
-    """
+
+class ChatAdapter(Adapter):
+    """DSPy's constructor. ``use_json_adapter_fallback=True`` retries a completion that does not parse
+    with a ``JSONAdapter`` (off by default here, unlike DSPy: a fallback is opt-in and counted, so a
+    model that ignores the format shows up in the metrics); ``fallback=`` names any other adapter."""
 
     name = "chat"
 
@@ -34,62 +48,157 @@ class ChatAdapter(Adapter):
         self,
         callbacks: list | None = None,
         use_native_function_calling: bool = False,
+        native_response_types: list[type] | None = None,
+        use_json_adapter_fallback: bool = False,
+        parallel_tool_calls: bool | None = None,
         *,
         fallback: Adapter | None = None,
     ):
-        super().__init__(fallback, callbacks=callbacks)
-        self.use_native_function_calling = use_native_function_calling
+        if fallback is None and use_json_adapter_fallback:
+            from dspylite.adapters.json_adapter import JSONAdapter
 
-    def format_system(self, signature: type[Signature]) -> str:
-        lines = ["Input fields:"]
-        lines += [field_description(f) for f in signature.input_fields.values()]
-        lines.append("Output fields:")
-        lines += [field_description(f) for f in signature.output_fields.values()]
-        lines.append("")
-        lines.append(
-            "Each field starts with a line `[[ ## name ## ]]` followed by its value. Reply with the output "
-            f"fields in order, then `{COMPLETED}`."
+            fallback = JSONAdapter(
+                use_native_function_calling=use_native_function_calling,
+                parallel_tool_calls=parallel_tool_calls,
+            )
+        super().__init__(
+            callbacks=callbacks,
+            use_native_function_calling=use_native_function_calling,
+            native_response_types=native_response_types,
+            parallel_tool_calls=parallel_tool_calls,
+            fallback=fallback,
         )
-        lines.append("")
-        lines.append(f"Task: {signature.instructions}")
-        return "\n".join(lines)
+        self.use_json_adapter_fallback = use_json_adapter_fallback
 
-    def format_user(
-        self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False
+    def format_field_description(self, signature: type[Signature]) -> str:
+        return (
+            f"Your input fields are:\n{get_field_description_string(signature.input_fields)}\n"
+            f"Your output fields are:\n{get_field_description_string(signature.output_fields)}"
+        )
+
+    def format_field_structure(self, signature: type[Signature]) -> str:
+        """Inputs and outputs each in their own section under a ``[[ ## name ## ]]`` header, the
+        outputs closed by ``[[ ## completed ## ]]``."""
+        parts = [
+            "All interactions will be structured in the following way, with the appropriate values filled in."
+        ]
+
+        def format_signature_fields_for_instructions(fields):
+            return self.format_field_with_value(
+                fields_with_values={
+                    FieldInfoWithName(name=field_name, info=field_info): translate_field_type(
+                        field_name, field_info
+                    )
+                    for field_name, field_info in fields.items()
+                },
+            )
+
+        parts.append(format_signature_fields_for_instructions(signature.input_fields))
+        parts.append(format_signature_fields_for_instructions(signature.output_fields))
+        parts.append(COMPLETED + "\n")
+        return "\n\n".join(parts).strip()
+
+    def format_task_description(self, signature: type[Signature]) -> str:
+        instructions = textwrap.dedent(signature.instructions)
+        objective = ("\n" + " " * 8).join([""] + instructions.splitlines())
+        return f"In adhering to this structure, your objective is: {objective}"
+
+    def format_user_message_content(
+        self,
+        signature: type[Signature],
+        inputs: dict[str, Any],
+        prefix: str = "",
+        suffix: str = "",
+        main_request: bool = False,
     ) -> str:
-        parts = [
-            f"{marker(name)}\n{format_value(inputs[name])}"
-            for name in signature.input_fields
-            if name in inputs
-        ]
-        if not is_demo:
-            parts.append(self.memo(signature, "respond", lambda: _respond_with(signature)))
-        return "\n\n".join(parts)
+        messages = [prefix]
+        for k, v in signature.input_fields.items():
+            if k in inputs:
+                formatted_field_value = format_field_value(field_info=v, value=inputs.get(k))
+                messages.append(f"[[ ## {k} ## ]]\n{formatted_field_value}")
+        if main_request:
+            output_requirements = self.memo(
+                signature, "output_requirements", lambda: self.user_message_output_requirements(signature)
+            )
+            if output_requirements is not None:
+                messages.append(output_requirements)
+        messages.append(suffix)
+        return "\n\n".join(messages).strip()
 
-    def format_completion(self, signature: type[Signature], outputs: dict[str, Any]) -> str:
-        parts = [
-            f"{marker(name)}\n{format_value(outputs[name])}"
-            for name in signature.output_fields
-            if name in outputs
-        ]
-        parts.append(COMPLETED)
-        return "\n\n".join(parts)
+    def user_message_output_requirements(self, signature: type[Signature]) -> str:
+        """The short reminder of the output format at the end of the current user message."""
+
+        def type_info(v):
+            if is_type(v.annotation, "ToolCalls"):
+                return ' (must be a JSON object like {"tool_calls": [{"name": "...", "args": {...}}]})'
+            if v.annotation is not str:
+                return f" (must be formatted as a valid Python {get_annotation_name(v.annotation)})"
+            return ""
+
+        message = "Respond with the corresponding output fields, starting with the field "
+        message += ", then ".join(
+            f"`[[ ## {f} ## ]]`{type_info(v)}" for f, v in signature.output_fields.items()
+        )
+        message += ", and then ending with the marker for `[[ ## completed ## ]]`."
+        return message
+
+    def format_assistant_message_content(
+        self,
+        signature: type[Signature],
+        outputs: dict[str, Any],
+        missing_field_message: str | None = None,
+    ) -> str:
+        assistant_message_content = self.format_field_with_value(
+            {
+                FieldInfoWithName(name=k, info=v): outputs.get(k, missing_field_message)
+                for k, v in signature.output_fields.items()
+            },
+        )
+        return assistant_message_content + "\n\n" + COMPLETED + "\n"
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
-        sections: dict[str, str] = {}
-        matches = list(_MARKER.finditer(completion))
-        for i, m in enumerate(matches):
-            name = m.group(1)
-            end = matches[i + 1].start() if i + 1 < len(matches) else len(completion)
-            if name in signature.output_fields and name not in sections:
-                sections[name] = completion[m.end() : end].strip()
-        return self.typed_outputs(signature, completion, sections, "output field(s)")
+        sections: list[tuple[str | None, list[str]]] = [(None, [])]
+        for line in completion.splitlines():
+            match = field_header_pattern.match(line.strip())
+            if match:
+                # The rest of a header line is the start of the field's content.
+                header = match.group(1)
+                remaining_content = line[match.end() :].strip()
+                sections.append((header, [remaining_content] if remaining_content else []))
+            else:
+                sections[-1][1].append(line)
+        joined = [(k, "\n".join(v).strip()) for k, v in sections]
+        fields: dict[str, Any] = {}
+        for k, v in joined:
+            if (k not in fields) and (k in signature.output_fields):
+                try:
+                    fields[k] = parse_value(v, signature.output_fields[k].annotation)
+                except Exception as e:
+                    raise AdapterParseError(
+                        adapter_name="ChatAdapter",
+                        adapter=self.name,
+                        signature=signature,
+                        lm_response=completion,
+                        message=f"Failed to parse field {k} with value {bounded_text(v, 200)} from the LM response. Error message: {bounded_text(e, 300)}",
+                    ) from None
+        fields = apply_output_field_defaults(signature, fields)
+        if fields.keys() != signature.output_fields.keys():
+            raise AdapterParseError(
+                adapter_name="ChatAdapter",
+                adapter=self.name,
+                signature=signature,
+                lm_response=completion,
+                parsed_result=fields,
+            )
+        return fields
+
+    def format_field_with_value(self, fields_with_values: dict[FieldInfoWithName, Any]) -> str:
+        """Each field under its ``[[ ## name ## ]]`` header, blank-line separated."""
+        output = []
+        for field, field_value in fields_with_values.items():
+            formatted_field_value = format_field_value(field_info=field.info, value=field_value)
+            output.append(f"[[ ## {field.name} ## ]]\n{formatted_field_value}")
+        return "\n\n".join(output).strip()
 
 
-def _respond_with(signature: type[Signature]) -> str:
-    wanted = ", then ".join(f"`{marker(n)}`{_type_hint(f)}" for n, f in signature.output_fields.items())
-    return f"Respond with {wanted}, then `{COMPLETED}`."
-
-
-def _type_hint(field) -> str:
-    return "" if field.annotation is str else f" (type: {field.type_name})"
+__all__ = ["COMPLETED", "ChatAdapter", "FieldInfoWithName", "field_header_pattern", "marker"]

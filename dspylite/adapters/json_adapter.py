@@ -1,141 +1,275 @@
-"""JSON adapter: the model answers with one JSON object; vLLM is asked to enforce its schema."""
+"""JSON adapter: DSPy's ``JSONAdapter``; the model answers with one JSON object of the output fields.
+
+Ported from DSPy 3.3.1 (MIT License, Copyright (c) 2023 Stanford Future Data Systems); see
+THIRD_PARTY_NOTICES.md. On an LM that takes a response schema (vLLM's guided decoding) the request
+carries the outputs' JSON schema (``response_format``), so the server enforces it; on one that only
+knows JSON mode it asks for ``{"type": "json_object"}``.
+"""
 
 from __future__ import annotations
 
 import json
-import re
-from typing import Any
+import logging
+from typing import Any, get_origin
 
-from dspylite.adapters.base import Adapter, field_description
-from dspylite.coerce import format_value, json_schema, to_jsonable
+from dspylite.adapters.chat import ChatAdapter, FieldInfoWithName
+from dspylite.adapters.utils import (
+    apply_output_field_defaults,
+    format_field_value,
+    get_annotation_name,
+    is_type,
+    parse_value,
+    serialize_for_json,
+    translate_field_type,
+)
+from dspylite.errors import AdapterParseError, LMError, bounded_text
 from dspylite.signatures import Signature
+from dspylite.utils import lenient_json
 
-_DECODER = json.JSONDecoder()
+logger = logging.getLogger(__name__)
 
 
-class JSONAdapter(Adapter):
-    """``structured=True`` sends ``response_format`` with the outputs' JSON schema (vLLM guided decoding)."""
+def _has_open_ended_mapping(signature: type[Signature]) -> bool:
+    """An output typed as an open mapping (``dict[str, Any]``): structured outputs need declared keys."""
+    return any(get_origin(field.annotation) is dict for field in signature.output_fields.values())
+
+
+class JSONAdapter(ChatAdapter):
+    """DSPy's constructor (native function calling on by default). ``structured=False`` never sends a
+    response schema, even to an LM that takes one."""
 
     name = "json"
 
     def __init__(
         self,
-        fallback: Adapter | None = None,
-        structured: bool = True,
-        *,
         callbacks: list | None = None,
         use_native_function_calling: bool = True,
+        parallel_tool_calls: bool | None = None,
+        *,
+        structured: bool = True,
+        fallback: Any = None,
     ):
-        super().__init__(fallback, callbacks=callbacks)
+        super().__init__(
+            callbacks=callbacks,
+            use_native_function_calling=use_native_function_calling,
+            parallel_tool_calls=parallel_tool_calls,
+            fallback=fallback,
+        )
         self.structured = structured
-        # DSPy's flag; it only concerns ToolCalls output fields, which dspylite does not have.
-        self.use_native_function_calling = use_native_function_calling
 
-    def format_system(self, signature: type[Signature]) -> str:
-        lines = ["Input fields:"]
-        lines += [field_description(f) for f in signature.input_fields.values()]
-        lines.append("Output fields:")
-        lines += [field_description(f) for f in signature.output_fields.values()]
-        lines.append("")
-        keys = ", ".join(f'"{k}"' for k in signature.output_fields)
-        lines.append(f"Reply with one JSON object with the keys {keys} and nothing else.")
-        lines.append("")
-        lines.append(f"Task: {signature.instructions}")
-        return "\n".join(lines)
-
-    def format_user(
-        self, signature: type[Signature], inputs: dict[str, Any], *, is_demo: bool = False
-    ) -> str:
-        return "\n\n".join(
-            f"{name}: {format_value(inputs[name])}" for name in signature.input_fields if name in inputs
+    def _json_mode(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[Signature]) -> bool | None:
+        """None: send no response format; True: JSON mode; False: the outputs' JSON schema."""
+        if "response_format" not in getattr(lm, "supported_params", set()):
+            return None
+        has_tool_calls = any(
+            is_type(field.annotation, "ToolCalls") for field in signature.output_fields.values()
+        )
+        return (
+            not self.structured
+            or _has_open_ended_mapping(signature)
+            or (not self.use_native_function_calling and has_tool_calls)
+            or not getattr(lm, "supports_response_schema", False)
         )
 
-    def format_completion(self, signature: type[Signature], outputs: dict[str, Any]) -> str:
-        ordered = {k: to_jsonable(outputs[k]) for k in signature.output_fields if k in outputs}
-        return json.dumps(ordered, ensure_ascii=False)
-
-    def output_schema(self, signature: type[Signature]) -> dict[str, Any]:
-        """One JSON schema for all output fields; nested model definitions are hoisted to the root so
-        every ``$ref`` (``#/$defs/...``) resolves."""
-        return self.memo(signature, "schema", lambda: _output_schema(signature))
-
-    def request_kwargs(self, signature: type[Signature]) -> dict[str, Any]:
-        """vLLM's structured output: ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``."""
-        if not self.structured:
-            return {}
-        return {
-            "response_format": self.memo(
-                signature,
-                "response_format",
-                lambda: {
-                    "type": "json_schema",
-                    "json_schema": {
-                        "name": _schema_name(signature),
-                        "schema": self.output_schema(signature),
-                        "strict": True,
-                    },
-                },
+    def __call__(self, lm, lm_kwargs, signature, demos, inputs):
+        json_mode = self._json_mode(lm, lm_kwargs, signature)
+        if json_mode is None:
+            return super().__call__(lm, lm_kwargs, signature, demos, inputs)
+        if json_mode:
+            lm_kwargs["response_format"] = {"type": "json_object"}
+            return super().__call__(lm, lm_kwargs, signature, demos, inputs)
+        try:
+            response_format = _get_structured_outputs_response_format(
+                signature, self.use_native_function_calling
             )
+        except (LMError, AdapterParseError):
+            raise
+        except Exception as exc:
+            logger.warning("Failed to use structured output format (%s), falling back to JSON mode.", exc)
+            lm_kwargs["response_format"] = {"type": "json_object"}
+            return super().__call__(lm, lm_kwargs, signature, demos, inputs)
+        lm_kwargs["response_format"] = response_format
+        return super().__call__(lm, lm_kwargs, signature, demos, inputs)
+
+    async def acall(self, lm, lm_kwargs, signature, demos, inputs):
+        json_mode = self._json_mode(lm, lm_kwargs, signature)
+        if json_mode is None:
+            return await super().acall(lm, lm_kwargs, signature, demos, inputs)
+        if json_mode:
+            lm_kwargs["response_format"] = {"type": "json_object"}
+            return await super().acall(lm, lm_kwargs, signature, demos, inputs)
+        try:
+            response_format = _get_structured_outputs_response_format(
+                signature, self.use_native_function_calling
+            )
+        except Exception as exc:
+            logger.warning("Failed to use structured output format (%s), falling back to JSON mode.", exc)
+            lm_kwargs["response_format"] = {"type": "json_object"}
+            return await super().acall(lm, lm_kwargs, signature, demos, inputs)
+        lm_kwargs["response_format"] = response_format
+        return await super().acall(lm, lm_kwargs, signature, demos, inputs)
+
+    def format_field_structure(self, signature: type[Signature]) -> str:
+        parts = [
+            "All interactions will be structured in the following way, with the appropriate values filled in."
+        ]
+
+        def format_signature_fields_for_instructions(fields, role: str):
+            return self.format_field_with_value(
+                fields_with_values={
+                    FieldInfoWithName(name=field_name, info=field_info): translate_field_type(
+                        field_name, field_info
+                    )
+                    for field_name, field_info in fields.items()
+                },
+                role=role,
+            )
+
+        parts.append("Inputs will have the following structure:")
+        parts.append(format_signature_fields_for_instructions(signature.input_fields, role="user"))
+        parts.append("Outputs will be a JSON object with the following fields.")
+        parts.append(format_signature_fields_for_instructions(signature.output_fields, role="assistant"))
+        return "\n\n".join(parts).strip()
+
+    def user_message_output_requirements(self, signature: type[Signature]) -> str:
+        def type_info(v):
+            if is_type(v.annotation, "ToolCalls"):
+                return ' (must be a JSON object like {"tool_calls": [{"name": "...", "args": {...}}]})'
+            return (
+                f" (must be formatted as a valid Python {get_annotation_name(v.annotation)})"
+                if v.annotation is not str
+                else ""
+            )
+
+        message = "Respond with a JSON object in the following order of fields: "
+        message += ", then ".join(f"`{f}`{type_info(v)}" for f, v in signature.output_fields.items())
+        return message + "."
+
+    def format_assistant_message_content(
+        self,
+        signature: type[Signature],
+        outputs: dict[str, Any],
+        missing_field_message: str | None = None,
+    ) -> str:
+        fields_with_values = {
+            FieldInfoWithName(name=k, info=v): outputs.get(k, missing_field_message)
+            for k, v in signature.output_fields.items()
         }
+        return self.format_field_with_value(fields_with_values, role="assistant")
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
-        data = self._decode_object(signature, completion)
-        return self.typed_outputs(signature, completion, data, "key(s)")
-
-    def _decode_object(self, signature: type[Signature], completion: str) -> dict[str, Any]:
-        """The JSON object in the completion, found in linear time.
-
-        First the object that starts at the first ``{`` (text after it is ignored), else the span
-        from the first ``{`` to the last ``}``. Both are single scans; a regex such as
-        ``\\{.*\\}`` tried from every ``{`` is quadratic on text with many ``{`` and no ``}``.
-        """
-        start = completion.find("{")
-        end = completion.rfind("}")
-        if start < 0 or end < start:
-            raise self.parse_error(signature, completion, "no JSON object found")
-        try:
-            data, _ = _DECODER.raw_decode(completion, start)
-        except json.JSONDecodeError:
+        fields = lenient_json.loads(completion)
+        if not isinstance(fields, dict):
+            raise AdapterParseError(
+                adapter_name="JSONAdapter",
+                adapter=self.name,
+                signature=signature,
+                lm_response=completion,
+                message="LM response cannot be serialized to a JSON object.",
+            )
+        fields = {k: v for k, v in fields.items() if k in signature.output_fields}
+        for k, v in fields.items():
             try:
-                data = json.loads(completion[start : end + 1])
-            except json.JSONDecodeError as exc:
-                raise self.parse_error(signature, completion, f"invalid JSON ({exc.msg})") from None
-            except (ValueError, RecursionError) as exc:  # ints over 4300 digits, deep nesting
-                raise self.parse_error(signature, completion, _unreadable(exc)) from None
-        except (ValueError, RecursionError) as exc:
-            raise self.parse_error(signature, completion, _unreadable(exc)) from None
-        if not isinstance(data, dict):
-            raise self.parse_error(signature, completion, "the JSON is not an object")
-        return data
+                fields[k] = parse_value(v, signature.output_fields[k].annotation)
+            except Exception as e:
+                raise AdapterParseError(
+                    adapter_name="JSONAdapter",
+                    adapter=self.name,
+                    signature=signature,
+                    lm_response=completion,
+                    message=f"Failed to parse field {k} with value {bounded_text(repr(v), 200)} from the LM response. Error message: {bounded_text(e, 300)}",
+                ) from None
+        fields = apply_output_field_defaults(signature, fields)
+        if fields.keys() != signature.output_fields.keys():
+            raise AdapterParseError(
+                adapter_name="JSONAdapter",
+                adapter=self.name,
+                signature=signature,
+                lm_response=completion,
+                parsed_result=fields,
+            )
+        return fields
+
+    def format_field_with_value(
+        self, fields_with_values: dict[FieldInfoWithName, Any], role: str = "user"
+    ) -> str:
+        """Inputs under ``[[ ## name ## ]]`` headers (``role="user"``); outputs as one JSON object."""
+        if role == "user":
+            output = []
+            for field, field_value in fields_with_values.items():
+                formatted_field_value = format_field_value(field_info=field.info, value=field_value)
+                output.append(f"[[ ## {field.name} ## ]]\n{formatted_field_value}")
+            return "\n\n".join(output).strip()
+        d = {k.name: v for k, v in fields_with_values.items()}
+        return json.dumps(serialize_for_json(d), indent=2, ensure_ascii=False)
+
+    def format_finetune_data(self, signature, demos, inputs, outputs):
+        raise NotImplementedError(
+            "JSONAdapter.format_finetune_data: fine-tune through the ChatAdapter format"
+        )
 
 
-def _unreadable(exc: BaseException) -> str:
-    if isinstance(exc, RecursionError):
-        return "invalid JSON (nested too deeply)"
-    return f"invalid JSON ({str(exc)[:120]})"
+def _get_structured_outputs_response_format(
+    signature: type[Signature], use_native_function_calling: bool = True
+) -> type:
+    """A pydantic model of the output fields whose JSON schema meets OpenAI's structured outputs
+    rules (every object lists all its properties as required, no additional properties). An open
+    mapping (``dict[str, Any]``) cannot meet them: that raises, and the caller uses JSON mode."""
+    import pydantic
 
-
-def _output_schema(signature: type[Signature]) -> dict[str, Any]:
-    definitions: dict[str, Any] = {}
-    properties: dict[str, Any] = {}
     for name, field in signature.output_fields.items():
-        schema = dict(json_schema(field.annotation))
-        definitions.update(schema.pop("$defs", {}))
-        if field.desc:
-            schema.setdefault("description", field.desc)
-        properties[name] = schema
-    schema = {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
+        if get_origin(field.annotation) is dict:
+            raise ValueError(
+                f"Field '{name}' has an open-ended mapping type which is not supported by Structured Outputs."
+            )
+    fields = {}
+    for name, field in signature.output_fields.items():
+        if use_native_function_calling and is_type(field.annotation, "ToolCalls"):
+            continue  # tool calls come natively, not in the JSON
+        default = ... if field.is_required() else field.get_default(call_default_factory=True)
+        fields[name] = (field.annotation, default)
+    pydantic_model = pydantic.create_model(
+        "DSPyProgramOutputs", __config__=pydantic.ConfigDict(extra="forbid"), **fields
+    )
+    schema = pydantic_model.model_json_schema()
+    for prop in schema.get("properties", {}).values():
+        prop.pop("json_schema_extra", None)
+
+    def enforce_required(schema_part: dict) -> None:
+        if schema_part.get("type") == "object":
+            props = schema_part.get("properties")
+            if props is not None:
+                schema_part["required"] = list(props.keys())
+                schema_part["additionalProperties"] = False
+                for sub_schema in props.values():
+                    if isinstance(sub_schema, dict):
+                        enforce_required(sub_schema)
+            else:
+                schema_part["properties"] = {}
+                schema_part["required"] = []
+                schema_part["additionalProperties"] = False
+        if schema_part.get("type") == "array" and isinstance(schema_part.get("items"), dict):
+            enforce_required(schema_part["items"])
+        for key in ("$defs", "definitions"):
+            if key in schema_part:
+                for def_schema in schema_part[key].values():
+                    enforce_required(def_schema)
+
+    enforce_required(schema)
+    pydantic_model.model_json_schema = lambda *args, **kwargs: schema
+    return pydantic_model
+
+
+def response_format_body(response_format: Any) -> Any:
+    """``response_format`` as an OpenAI-compatible server takes it: a pydantic model class (as DSPy
+    passes it, and LiteLLM converts it) becomes ``{"type": "json_schema", "json_schema": {...}}``."""
+    schema_of = getattr(response_format, "model_json_schema", None)
+    if not isinstance(response_format, type) or schema_of is None:
+        return response_format
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": response_format.__name__, "schema": schema_of(), "strict": True},
     }
-    if definitions:
-        schema["$defs"] = definitions
-    return schema
 
 
-def _schema_name(signature: type[Signature]) -> str:
-    # OpenAI-style servers want ^[a-zA-Z0-9_-]{1,64}$ here.
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", signature.__name__)[:64]
-    return name or "outputs"
+__all__ = ["JSONAdapter", "response_format_body"]

@@ -23,6 +23,7 @@ from dspylite.errors import (
 )
 from dspylite.example import Example, Prediction
 from dspylite.trace import TraceRecord, capture_traces
+from dspylite.utils.callback import with_callbacks
 from dspylite.utils.parallel import parallel_map
 from dspylite.utils.stats import mean_ci
 
@@ -43,14 +44,28 @@ class ExampleResult:
     def __iter__(self):  # DSPy-style unpacking: example, prediction, score
         return iter((self.example, self.prediction, self.score))
 
+    def __getitem__(self, index: int) -> Any:  # and indexing, as DSPy's (example, prediction, score) tuples
+        return (self.example, self.prediction, self.score)[index]
+
+    def __len__(self) -> int:
+        return 3
+
 
 @dataclass
 class EvaluationResult:
-    """``score`` is a percentage, as in DSPy. ``results`` has one row per example, in devset order."""
+    """``score`` is a percentage, as in DSPy. ``results`` has one row per example, in devset order:
+    an ``ExampleResult`` that unpacks as DSPy's ``(example, prediction, score)``. ``error_counts``
+    counts the failed examples by kind (``parse``, ``lm``, ``program``, ``metric``)."""
 
     score: float
     results: list[ExampleResult]
-    error_counts: dict[str, int]
+    error_counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.results = [r if isinstance(r, ExampleResult) else ExampleResult(*r) for r in self.results]
+
+    def __repr__(self) -> str:
+        return f"EvaluationResult(score={self.score}, results=<list of {len(self.results)} results>)"
 
     @property
     def scores(self) -> list[float]:
@@ -199,17 +214,32 @@ class Evaluate:
         *,
         devset: Sequence[Example],
         metric: Metric | None = None,
-        num_threads: int = 8,
+        num_threads: int | None = None,
         display_progress: bool = True,
-        max_errors: int | None = None,
-        return_traces: bool = False,
         display_table: bool | int = False,
+        max_errors: int | None = None,
+        provide_traceback: bool | None = None,
         failure_score: float = 0.0,
+        save_as_csv: str | None = None,
+        save_as_json: str | None = None,
+        return_traces: bool = False,
         raise_if_all_failed: bool = True,
+        **kwargs: Any,
     ):
+        if "return_outputs" in kwargs:
+            raise ConfigError(
+                "Evaluate: `return_outputs` is no longer supported; the per-example results are always in "
+                "the returned EvaluationResult's `results`"
+            )
+        if kwargs:
+            raise TypeError(f"Evaluate got unexpected keyword argument(s) {sorted(kwargs)}")
         self.devset = list(devset)
         self.metric = metric
-        self.num_threads = _check_threads(num_threads)
+        # None: the configured num_threads (dspylite.configure(num_threads=...)) at call time.
+        self.num_threads = None if num_threads is None else _check_threads(num_threads)
+        self.provide_traceback = provide_traceback
+        self.save_as_csv = save_as_csv
+        self.save_as_json = save_as_json
         self.display_progress = display_progress
         self.max_errors = max_errors
         self.return_traces = return_traces
@@ -219,23 +249,31 @@ class Evaluate:
         # that never follows the format yet); the failures stay in error_counts either way.
         self.raise_if_all_failed = raise_if_all_failed
 
+    @with_callbacks
     def __call__(
         self,
         program: Any,
         metric: Metric | None = None,
         devset: Sequence[Example] | None = None,
-        *,
         num_threads: int | None = None,
         display_progress: bool | None = None,
+        display_table: bool | int | None = None,
+        callback_metadata: dict[str, Any] | None = None,
+        save_as_csv: str | None = None,
+        save_as_json: str | None = None,
+        *,
         return_traces: bool | None = None,
     ) -> EvaluationResult:
+        """Score ``program`` on the dev set. Each argument overrides the constructor's for this call;
+        ``callback_metadata`` is for callback handlers (they see it among the call's inputs)."""
         metric = metric or self.metric
         devset = list(devset) if devset is not None else self.devset
         if metric is None:
             raise MetricError("Evaluate needs a metric: Evaluate(devset=..., metric=fn)")
         keep = self.return_traces if return_traces is None else return_traces
         show = self.display_progress if display_progress is None else display_progress
-        threads = self.num_threads if num_threads is None else _check_threads(num_threads)
+        threads = num_threads if num_threads is not None else self.num_threads
+        threads = _check_threads(threads if threads is not None else _settings.current().num_threads)
         stop = _Stopper(self.max_errors)
 
         def one(example: Example) -> ExampleResult | None:
@@ -307,10 +345,69 @@ class Evaluate:
             logger.warning("Evaluate: %d of %d examples failed: %s", failures, len(results), counts)
         logger.info("Evaluate: score %.2f on %d examples", score, len(results))
         result = EvaluationResult(score=round(score, 2), results=results, error_counts=counts)
-        if self.display_table:
-            limit = self.display_table if not isinstance(self.display_table, bool) else 20
+        display_table = self.display_table if display_table is None else display_table
+        if display_table:
+            limit = display_table if not isinstance(display_table, bool) else 20
             logger.info("Evaluate results:\n%s", result.table(limit))
+        save_as_csv = save_as_csv or self.save_as_csv
+        save_as_json = save_as_json or self.save_as_json
+        if save_as_csv or save_as_json:
+            rows = results_rows(results, _metric_name(metric))
+            if save_as_csv:
+                _write_csv(save_as_csv, rows)
+            if save_as_json:
+                with open(save_as_json, "w", encoding="utf-8") as f:
+                    json.dump(rows, f, default=_jsonable)
         return result
+
+
+def results_rows(results: list[ExampleResult], metric_name: str) -> list[dict[str, Any]]:
+    """One flat dict per example, as DSPy's ``save_as_json``/``save_as_csv`` write them: the example's
+    fields and the prediction's (a name in both is ``example_<name>`` / ``pred_<name>``), plus the score
+    under the metric's name."""
+    rows = []
+    for r in results:
+        example = r.example.toDict()
+        prediction = r.prediction
+        if prediction is not None and hasattr(prediction, "items"):
+            predicted = dict(prediction.items())
+            row = {(f"example_{k}" if k in predicted else k): v for k, v in example.items()}
+            row.update({(f"pred_{k}" if k in example else k): v for k, v in predicted.items()})
+        else:
+            row = {**example, "prediction": prediction}
+        row[metric_name] = r.score
+        rows.append(row)
+    return rows
+
+
+def _metric_name(metric: Any) -> str:
+    return getattr(metric, "__name__", None) or type(metric).__name__
+
+
+def _jsonable(value: Any) -> Any:
+    from dspylite.coerce import to_jsonable
+
+    converted = to_jsonable(value)
+    return str(value) if converted is value else converted
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    if not rows:
+        return
+    fieldnames = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return json.dumps(_jsonable(value), ensure_ascii=False, default=str)
 
 
 class _Stopper:

@@ -137,7 +137,7 @@ class PerStageWeights(PerStage, WeightOptimizer):
 def run_better_together_job(
     config: str | Path | None, overrides: list[str] | dict[str, Any] = (), *, say: Say = log_say
 ) -> BetterTogetherJobResult:
-    from dspylite.optimizers import BetterTogether
+    from dspylite.optimizers.better_together import BetterTogether
 
     cfg = load_config(BetterTogetherJobConfig, config, overrides)
     task = load_task(cfg.task)

@@ -251,7 +251,7 @@ class DemoPipeline:
         return program, dict(grpo.published)
 
     def _better_together(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
-        from dspylite.optimizers import BetterTogether
+        from dspylite.optimizers.better_together import BetterTogether
 
         bt = BetterTogether(
             self.task.metric,

@@ -11,6 +11,9 @@ from dspylite.signatures import OutputField, Signature, ensure_signature
 
 
 class ChainOfThought(Module):
+    """DSPy's ``ChainOfThought(signature, rationale_field=None, rationale_field_type=str, **config)``;
+    ``**config`` goes to the inner ``Predict``, named ``predict`` as in DSPy so saved states line up."""
+
     def __init__(
         self,
         signature: str | type[Signature],
@@ -18,11 +21,16 @@ class ChainOfThought(Module):
         rationale_field_type: Any = str,
         **config: Any,
     ):
+        super().__init__()
         signature = ensure_signature(signature)
-        # No description, as in DSPy: saved states then match DSPy's ("${reasoning}") field for field.
-        field = rationale_field or OutputField()
-        # The inner predictor is named "predict", as in DSPy, so saved states line up.
+        if rationale_field is not None and getattr(rationale_field, "annotation", None) is not None:
+            rationale_field_type = rationale_field.annotation
+        # "${reasoning}" is what DSPy saves for this field's description; states then match field for field.
+        field = rationale_field or OutputField(desc="${reasoning}")
         self.predict = Predict(signature.prepend("reasoning", field, rationale_field_type), **config)
 
     def forward(self, **kwargs: Any) -> Prediction:
         return self.predict(**kwargs)
+
+    async def aforward(self, **kwargs: Any) -> Prediction:
+        return await self.predict.acall(**kwargs)

@@ -26,8 +26,8 @@ class Parallel:
         return_failed_examples: bool = False,
         provide_traceback: bool | None = None,
         disable_progress_bar: bool = False,
-        timeout: int | None = None,
-        straggler_limit: int | None = None,
+        timeout: int = 120,
+        straggler_limit: int = 3,
     ):
         self.num_threads = num_threads
         self.max_errors = max_errors
@@ -35,6 +35,10 @@ class Parallel:
         self.return_failed_examples = return_failed_examples
         self.provide_traceback = provide_traceback
         self.disable_progress_bar = disable_progress_bar
+        # An example still running after `timeout` seconds, once at most `straggler_limit` are left,
+        # is started once more (the first run to finish counts); 0 turns this off.
+        self.timeout = timeout
+        self.straggler_limit = straggler_limit
         self.error_count = 0
 
     def __call__(self, exec_pairs: list[tuple[Any, Any]], num_threads: int | None = None) -> Any:
@@ -57,7 +61,14 @@ class Parallel:
 
             bar = tqdm(total=len(pairs), desc="Parallel", leave=False)
         try:
-            outcomes = parallel_map(self._run_pair, pairs, num_threads=threads, progress=bar)
+            outcomes = parallel_map(
+                self._run_pair,
+                pairs,
+                num_threads=threads,
+                progress=bar,
+                timeout=self.timeout,
+                straggler_limit=self.straggler_limit,
+            )
         finally:
             if bar is not None:
                 bar.close()

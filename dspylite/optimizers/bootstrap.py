@@ -261,7 +261,9 @@ class Bootstrapper:
                             error_total += len(row["errors"])
                             if row["passed"]:
                                 passed.add(i)
-                            if self.max_errors is not None and error_total > self.max_errors:
+                            # DSPy's rule: the max_errors-th failed teacher run stops bootstrapping
+                            # (None: never; DSPy would use settings.max_errors).
+                            if self.max_errors is not None and error_total >= self.max_errors:
                                 raise OptimizerError(
                                     f"bootstrapping: {error_total} teacher runs failed (max_errors={self.max_errors}); "
                                     f"last error: {row.get('error')}"
@@ -323,10 +325,11 @@ class Bootstrapper:
 class BootstrapFewShot(PromptOptimizer):
     """DSPy's BootstrapFewShot: demos from the teacher's passing traces, labeled examples fill the rest.
 
-    ``compile(student, trainset=..., valset=None, teacher=None)`` returns a new program; the student
-    is untouched. With a ``valset`` the student and the result are both scored there (the report
-    shows before and after). When no teacher run passes, the student is returned unchanged, with a
-    warning in the log and the report.
+    ``compile(student, trainset=..., valset=None, teacher=None)`` returns a new program, marked
+    ``_compiled``; the student is untouched. With a ``valset`` the student and the result are both
+    scored there (the report shows before and after). When no teacher run passes, the program gets
+    labeled demos only (as in DSPy), with a warning in the log and the report. ``max_errors``: the
+    max_errors-th failed teacher run stops compiling (as in DSPy); None never stops.
     """
 
     def __init__(
@@ -402,25 +405,23 @@ class BootstrapFewShot(PromptOptimizer):
             run=run,
         )
         outcome = bootstrapper.bootstrap(student, teacher, opened.trainset, tag="main")
+        compiled = outcome.program  # as DSPy: labeled demos fill whatever bootstrapping did not
         if self.max_bootstrapped_demos > 0 and outcome.n_passed == 0:
             if outcome.budget_hit:
                 run.warn(
                     f"the LM-call budget (max_lm_calls={self.max_lm_calls}) ran out after {outcome.n_tried} "
-                    "teacher runs, before any passed; returning the student unchanged"
+                    "teacher runs, before any passed; the program has labeled demos only"
                 )
             else:
                 run.warn(
                     f"the teacher never passed the metric: 0 of {outcome.n_tried} trainset examples "
-                    f"(errors: {outcome.errors or 'none'}); returning the student unchanged"
+                    f"(errors: {outcome.errors or 'none'}); the program has labeled demos only"
                 )
-            compiled = student.deepcopy()
-        else:
-            compiled = outcome.program
-            if outcome.budget_hit:
-                run.warn(
-                    f"the LM-call budget ran out while bootstrapping: {outcome.n_passed} of "
-                    f"{self.max_bootstrapped_demos} demos found"
-                )
+        elif outcome.budget_hit:
+            run.warn(
+                f"the LM-call budget ran out while bootstrapping: {outcome.n_passed} of "
+                f"{self.max_bootstrapped_demos} demos found"
+            )
         after = scorer.evaluate(compiled, opened.valset, desc="Evaluate compiled") if score_valset else None
         return self._finish(opened, compiled, outcome, before, after)
 

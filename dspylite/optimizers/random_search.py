@@ -86,12 +86,25 @@ class BootstrapFewShotWithRandomSearch(PromptOptimizer):
         trainset: list[Example],
         valset: list[Example] | None = None,
         teacher: Any = None,
+        restrict: Any = None,
+        labeled_sample: bool = True,
     ) -> Any:
+        """``restrict``: only these candidate seeds (as DSPy numbers them: -3 zero-shot, -2 labeled demos
+        only, -1 bootstrapped in trainset order, 0.. shuffled); ``labeled_sample=False`` gives the labeled
+        candidate the first trainset examples instead of a random draw."""
+        seeds = list(range(-3, self.num_candidate_programs))
+        if restrict is not None:
+            wanted = set(restrict)  # read once: restrict may be a single-use iterator
+            seeds = [seed for seed in seeds if seed in wanted]
+            if not seeds:
+                raise ValueError(
+                    f"restrict={sorted(wanted)} matches none of the candidate seeds "
+                    f"-3..{self.num_candidate_programs - 1} (num_candidate_programs={self.num_candidate_programs})"
+                )
         opened = self.open_compile(student, trainset, valset, teacher, valset_from_trainset=True)
         run, scorer, trainset, valset = opened.run, opened.scorer, opened.trainset, opened.valset
         done = {r["seed"]: r for r in run.done("candidate")}
         scored: list[tuple[float, int, Any]] = []
-        seeds = list(range(-3, self.num_candidate_programs))
         bar = trial_bar(len(seeds), "Random search", show=self.progress, initial=len(done))
         try:
             for seed in seeds:
@@ -106,7 +119,9 @@ class BootstrapFewShotWithRandomSearch(PromptOptimizer):
                         f"{len(seeds) - len(scored)} candidate(s) were not scored"
                     )
                     break
-                program, label, n_boot = self._candidate(seed, student, teacher, trainset, scorer, run)
+                program, label, n_boot = self._candidate(
+                    seed, student, teacher, trainset, scorer, run, labeled_sample=labeled_sample
+                )
                 outcome = scorer.evaluate(program, valset, desc=f"Candidate {seed}")
                 if not outcome.complete:
                     run.warn(f"the LM-call budget ran out while scoring candidate {seed}; it is not counted")
@@ -174,6 +189,7 @@ class BootstrapFewShotWithRandomSearch(PromptOptimizer):
         trainset: list[Example],
         scorer: ProgramScorer,
         run: OptimizerRun,
+        labeled_sample: bool = True,
     ) -> tuple[Any, str, int]:
         """(program, label, number of examples whose teacher run passed)."""
         if seed == -3:
@@ -181,9 +197,16 @@ class BootstrapFewShotWithRandomSearch(PromptOptimizer):
         if seed == -2:
             if self.max_labeled_demos == 0:
                 return strip_demos(student.deepcopy()), "labeled only (max_labeled_demos=0)", 0
-            program = attach_labeled(
-                strip_demos(student.deepcopy()), trainset, self.max_labeled_demos, seed=self.seed
-            )
+            if labeled_sample:
+                program = attach_labeled(
+                    strip_demos(student.deepcopy()), trainset, self.max_labeled_demos, seed=self.seed
+                )
+            else:
+                program = attach_labeled(
+                    strip_demos(student.deepcopy()),
+                    trainset[: self.max_labeled_demos],
+                    self.max_labeled_demos,
+                )
             return program, f"{self.max_labeled_demos} labeled", 0
         if seed == -1:
             shuffled, size = list(trainset), self.max_bootstrapped_demos

@@ -77,7 +77,7 @@ OPTIMIZERS: tuple[OptimizerSpec, ...] = (
     ),
     OptimizerSpec("BootstrapFinetune", "dspylite.optimizers.bootstrap_finetune"),
     OptimizerSpec("GRPO", "dspylite.optimizers.grpo"),
-    OptimizerSpec("BetterTogether", "dspylite.optimizers.better_together"),
+    OptimizerSpec("BetterTogether", "dspylite.teleprompt.bettertogether"),  # DSPy's in-memory form
 )
 
 BY_NAME: dict[str, OptimizerSpec] = {spec.name: spec for spec in OPTIMIZERS}

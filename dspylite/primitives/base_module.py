@@ -1,7 +1,5 @@
-"""DSPy path ``dspy.primitives.base_module``."""
+"""DSPy path ``dspy.primitives.base_module``: ``BaseModule`` (dspylite has one class, ``Module``)."""
 
-from dspylite.modules.module import Module
+from dspylite.modules.module import BaseModule, logger
 
-BaseModule = Module
-
-__all__ = ["BaseModule"]
+__all__ = ["BaseModule", "logger"]

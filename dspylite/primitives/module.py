@@ -1,5 +1,5 @@
 """DSPy path ``dspy.primitives.module``."""
 
-from dspylite.modules.module import Module
+from dspylite.modules.module import Module, ProgramMeta, logger, set_attribute_by_name
 
-__all__ = ["Module"]
+__all__ = ["Module", "ProgramMeta", "logger", "set_attribute_by_name"]

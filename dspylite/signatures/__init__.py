@@ -1,6 +1,8 @@
 """Signatures, as ``dspy.signatures``: the implementation lives in ``dspylite.signatures.signature``."""
 
 from dspylite.signatures.signature import (
+    IS_TYPE_UNDEFINED,
+    UNDEFINED,
     Field,
     InputField,
     OutputField,
@@ -13,6 +15,8 @@ from dspylite.signatures.signature import (
 )
 
 __all__ = [
+    "IS_TYPE_UNDEFINED",
+    "UNDEFINED",
     "Field",
     "InputField",
     "OutputField",

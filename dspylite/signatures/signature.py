@@ -31,9 +31,37 @@ from dspylite.errors import InputError, SignatureError, UndeclaredFieldError
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class _Undefined:
+    """The "no default" marker of a field (pydantic's ``PydanticUndefined`` in DSPy)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNDEFINED"
+
+    def __reduce__(self):
+        return (_Undefined, ())
+
+
+UNDEFINED = _Undefined()
+# The key DSPy's fields carry in ``json_schema_extra`` when the signature gave the field no type.
+IS_TYPE_UNDEFINED = "is_type_undefined"
+
+
 @dataclass(frozen=True)
 class Field:
-    """One named field of a signature."""
+    """One named field of a signature.
+
+    ``default`` / ``default_factory`` make a field optional, as pydantic's options do on DSPy's
+    fields: a missing input takes the default, and so does an output the model left out.
+    ``annotated`` is False when the signature gave no type (the field is then ``str``, and callers
+    are not warned about the type of the value they pass).
+    """
 
     name: str
     kind: Literal["input", "output"]
@@ -41,10 +69,25 @@ class Field:
     desc: str = ""
     prefix: str = ""
     constraints: str = ""
+    default: Any = UNDEFINED
+    default_factory: Any = None
+    annotated: bool = True
 
     @property
     def type_name(self) -> str:
         return type_name(self.annotation)
+
+    def is_required(self) -> bool:
+        return self.default is UNDEFINED and self.default_factory is None
+
+    def get_default(self, call_default_factory: bool = False) -> Any:
+        if self.default_factory is not None:
+            return self.default_factory() if call_default_factory else None
+        return None if self.default is UNDEFINED else self.default
+
+    @property
+    def description(self) -> str:
+        return self.desc
 
     @property
     def json_schema_extra(self) -> dict[str, Any]:
@@ -60,6 +103,8 @@ class Field:
         }
         if self.constraints:
             extra["constraints"] = self.constraints
+        if not self.annotated:
+            extra[IS_TYPE_UNDEFINED] = True
         return extra
 
 
@@ -72,6 +117,29 @@ class _FieldSpec:
     prefix: str = ""
     annotation: Any = None
     constraints: str = ""
+    default: Any = UNDEFINED
+    default_factory: Any = None
+
+    @property
+    def json_schema_extra(self) -> dict[str, Any]:
+        """As a DSPy ``FieldInfo`` made by ``InputField()``/``OutputField()`` carries it, before it is named."""
+        extra = {"__dspy_field_type": self.kind, "desc": self.desc, "prefix": self.prefix}
+        if self.constraints:
+            extra["constraints"] = self.constraints
+        return extra
+
+    def field(self, name: str, annotation: Any = str, annotated: bool = True) -> Field:
+        return Field(
+            name,
+            self.kind,
+            annotation,
+            self.desc,
+            self.prefix or _label(name),
+            self.constraints,
+            self.default,
+            self.default_factory,
+            annotated,
+        )
 
 
 # pydantic's value constraints and the words DSPy uses for them in a field's description.
@@ -93,14 +161,25 @@ def _constraints_text(kwargs: dict[str, Any]) -> str:
 
 
 def InputField(desc: str = "", *, prefix: str = "", **kwargs: Any) -> Any:  # noqa: N802 - DSPy's name
-    # pydantic's ``description=`` stands in for ``desc`` as in DSPy; other pydantic options are ignored.
-    desc = desc or kwargs.get("description") or ""
-    return _FieldSpec("input", desc, prefix or "", constraints=_constraints_text(kwargs))
+    """A signature's input field. As DSPy's, it takes pydantic's options: ``description=`` (for
+    ``desc``), ``default=`` / ``default_factory=`` and the value constraints (``ge=``, ``max_length=``, ...),
+    which the prompt states."""
+    return _spec("input", desc, prefix, kwargs)
 
 
 def OutputField(desc: str = "", *, prefix: str = "", **kwargs: Any) -> Any:  # noqa: N802 - DSPy's name
-    desc = desc or kwargs.get("description") or ""
-    return _FieldSpec("output", desc, prefix or "", constraints=_constraints_text(kwargs))
+    return _spec("output", desc, prefix, kwargs)
+
+
+def _spec(kind: Literal["input", "output"], desc: str, prefix: str, kwargs: dict[str, Any]) -> _FieldSpec:
+    return _FieldSpec(
+        kind,
+        desc or kwargs.get("description") or "",
+        prefix or "",
+        constraints=_constraints_text(kwargs),
+        default=kwargs.get("default", UNDEFINED),
+        default_factory=kwargs.get("default_factory"),
+    )
 
 
 def infer_prefix(name: str) -> str:
@@ -146,8 +225,8 @@ def _set_fields(cls: type, fields: dict[str, Field]) -> None:
     inputs = {k: f for k, f in fields.items() if f.kind == "input"}
     outputs = {k: f for k, f in fields.items() if f.kind == "output"}
     type.__setattr__(cls, "_fields", fields)
-    type.__setattr__(cls, "_inputs", MappingProxyType(inputs))
-    type.__setattr__(cls, "_outputs", MappingProxyType(outputs))
+    type.__setattr__(cls, "_inputs", inputs)
+    type.__setattr__(cls, "_outputs", outputs)
     type.__setattr__(cls, "_spec", ", ".join(inputs) + " -> " + ", ".join(outputs))
 
 
@@ -165,9 +244,7 @@ class SignatureMeta(type):
                 ann = annotations.get(attr, str)
                 if isinstance(ann, str):  # `from __future__ import annotations`
                     ann = _resolve_annotation(ann, module, attr)
-                fields[attr] = Field(
-                    attr, value.kind, ann, value.desc, value.prefix or _label(attr), value.constraints
-                )
+                fields[attr] = value.field(attr, ann, annotated=attr in annotations)
                 del namespace[attr]
         for attr in annotations:
             if attr not in fields and not attr.startswith("_"):
@@ -197,6 +274,11 @@ class SignatureMeta(type):
         return _instance(cls, kwargs)
 
     def __setattr__(cls, name: str, value: Any) -> None:
+        # Private and dunder names are the class's own machinery (set when a pickled class is rebuilt);
+        # the signature itself (fields, instructions) is immutable.
+        if name.startswith("_"):
+            type.__setattr__(cls, name, value)
+            return
         raise AttributeError(f"signatures are immutable; use {cls.__name__}.with_updated_fields/... instead")
 
     def __repr__(cls) -> str:
@@ -208,12 +290,12 @@ class SignatureMeta(type):
 
     @property
     def input_fields(cls) -> Mapping[str, Field]:
-        """Read-only view, computed once: predictors consult it on every call."""
-        return cls._inputs
+        """A read-only view (predictors consult it on every call)."""
+        return MappingProxyType(cls._inputs)
 
     @property
     def output_fields(cls) -> Mapping[str, Field]:
-        return cls._outputs
+        return MappingProxyType(cls._outputs)
 
     @property
     def instructions(cls) -> str:
@@ -233,18 +315,30 @@ class Signature(metaclass=SignatureMeta):
         return _build(cls.__name__, list(cls._fields.values()), instructions)
 
     @classmethod
+    def append_instructions(cls, instructions: str) -> type[Signature]:
+        """A new signature whose instructions are these ones, a blank line, then ``instructions``."""
+        return cls.with_instructions(f"{cls.instructions}\n\n{instructions}")
+
+    @classmethod
     def with_updated_fields(cls, name: str, type_: Any = None, **updates: Any) -> type[Signature]:
         if name not in cls._fields:
             raise SignatureError(f"{cls.__name__} has no field {name!r}; fields: {list(cls._fields)}")
         if type_ is not None:
             updates["annotation"] = type_
+            updates["annotated"] = True
         fields = [replace(f, **updates) if f.name == name else f for f in cls._fields.values()]
         return _build(cls.__name__, fields, cls._instructions)
 
     @classmethod
     def insert(cls, index: int, name: str, field: Any, type_: Any = None) -> type[Signature]:
-        spec = _as_spec(field, name)
-        new = Field(name, spec.kind, type_ or str, spec.desc, spec.prefix or _label(name), spec.constraints)
+        if isinstance(field, Field):
+            new = replace(field, name=name, annotation=type_ or field.annotation)
+        else:
+            spec = _as_spec(field, name)
+            annotation = type_ if type_ is not None else spec.annotation
+            new = spec.field(
+                name, annotation if annotation is not None else str, annotated=annotation is not None
+            )
         group = [f for f in cls._fields.values() if f.kind == new.kind]
         other = [f for f in cls._fields.values() if f.kind != new.kind]
         if index < 0:
@@ -325,10 +419,10 @@ def _default_instructions(fields: dict[str, Field]) -> str | None:
 
 
 def _desc_from_state(desc: str | None, field: Field) -> str:
-    # DSPy stores "${name}" placeholders for fields with no description.
-    if not desc or desc == f"${{{field.name}}}":
+    # DSPy stores "${name}" for a field with no description: the loaded field has none either.
+    if desc is None:
         return field.desc
-    return desc
+    return "" if desc == f"${{{field.name}}}" else desc
 
 
 def _as_spec(field: Any, name: str) -> _FieldSpec:
@@ -394,11 +488,14 @@ def make_signature(
     if isinstance(spec, dict):
         fields = []
         for name, value in spec.items():
+            if isinstance(value, Field):  # another signature's field, as DSPy code passes FieldInfo
+                fields.append(replace(value, name=name))
+                continue
             ann, fspec = value if isinstance(value, tuple) else (str, value)
-            fspec = _as_spec(fspec, name)
-            fields.append(
-                Field(name, fspec.kind, ann, fspec.desc, fspec.prefix or _label(name), fspec.constraints)
-            )
+            if isinstance(fspec, Field):
+                fields.append(replace(fspec, name=name, annotation=ann, annotated=True))
+                continue
+            fields.append(_as_spec(fspec, name).field(name, ann, annotated=isinstance(value, tuple)))
         return _build(signature_name, fields, instructions)
     if not isinstance(spec, str) or spec.count("->") != 1:
         raise SignatureError(f"signature string must contain exactly one '->': {spec!r}")
@@ -465,8 +562,9 @@ def _parse_side(text: str, kind: Literal["input", "output"], names: dict[str, An
             _check_name(name)
         except SignatureError as exc:
             raise SignatureError(f"{exc} (in signature {spec!r})") from None
-        ann = _eval_type(type_text.strip(), names, spec, name) if type_text.strip() else str
-        fields.append(Field(name, kind, ann, "", _label(name)))
+        typed = bool(type_text.strip())
+        ann = _eval_type(type_text.strip(), names, spec, name) if typed else str
+        fields.append(Field(name, kind, ann, "", _label(name), annotated=typed))
     return fields
 
 

@@ -59,13 +59,14 @@ class BaseCallback:
 def _kind(instance: Any, fn: Callable) -> str:
     """Which handler pair a call maps to, decided by the instance's type (imports are local: cycles)."""
     from dspylite.adapters.base import Adapter
+    from dspylite.adapters.utils import loaded_type
     from dspylite.evaluate.evaluate import Evaluate
     from dspylite.modules.module import Module
-    from dspylite.modules.react import Tool
 
     if isinstance(instance, Adapter):
         return "adapter_format" if fn.__name__ == "format" else "adapter_parse"
-    if isinstance(instance, Tool):
+    tool = loaded_type("Tool")  # no Tool class loaded: no tool can be calling
+    if tool is not None and isinstance(instance, tool):
         return "tool"
     if isinstance(instance, Evaluate):
         return "evaluate"

@@ -62,7 +62,7 @@ def test_dspy_style_program_runs_on_vllm(task_lm: Any) -> None:
 
     # The answer step is the one whose signature has the history field (listed in its system prompt).
     answer_requests = [
-        e for e in task_lm.history if e["messages"] and "- history" in e["messages"][0]["content"]
+        e for e in task_lm.history if e["messages"] and "`history` (History)" in e["messages"][0]["content"]
     ]
     assert answer_requests, "no answer-step request reached the server"
     for entry in answer_requests:  # the History turn sits between the system prompt and the new question

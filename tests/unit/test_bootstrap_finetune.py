@@ -77,7 +77,10 @@ def oracle_lm(examples, model: str = "base", wrong_every: int = 0) -> DummyLM:
     """Answers every Fact QA example right (or every ``wrong_every``-th one wrong)."""
     answers = {}
     for i, ex in enumerate(examples):
-        answers[ex.question + "\n\nRespond with `[[ ## fact"] = {"fact": ex.fact}
+        answers[
+            ex.question
+            + "\n\nRespond with the corresponding output fields, starting with the field `[[ ## fact"
+        ] = {"fact": ex.fact}
         wrong = wrong_every and i % wrong_every == 0
         answers[ex.fact + "\n\n[[ ## question ## ]]\n" + ex.question] = {
             "answer": "nope" if wrong else ex.answer

@@ -10,7 +10,7 @@ from typing import Optional, Union
 import pytest
 
 import dspylite as dspy
-from dspylite.adapters.base import field_description
+from dspylite.adapters import ChatAdapter
 from dspylite.errors import InputError, SignatureError, UndeclaredFieldError
 
 
@@ -42,7 +42,8 @@ def test_constraints_use_dspy_wording_and_reach_the_prompt():
     )
     assert Review.output_fields["summary"].constraints == "minimum length: 3"
     assert "constraints" not in Review.input_fields["text"].json_schema_extra
-    assert "greater than or equal to: 1" in field_description(Review.output_fields["stars"])
+    system = ChatAdapter().format_system_message(Review)
+    assert "1. `stars` (int): \nConstraints: greater than or equal to: 1, less than or equal to: 5" in system
     # append/prepend keep a new field's constraints too.
     extended = Review.append("score", dspy.OutputField(lt=10), float)
     assert extended.output_fields["score"].constraints == "less than: 10"

@@ -254,19 +254,21 @@ def test_bootstrap_later_rounds_sample_with_new_rollout_ids(data):
     assert all(r["kwargs"].get("temperature") != 1.0 for r in lm.requests if not r["rollout_id"])
 
 
-def test_bootstrap_with_a_teacher_that_never_passes_returns_the_student_unchanged(data, tmp_path, caplog):
+def test_bootstrap_with_a_teacher_that_never_passes_gives_labeled_demos_only(data, tmp_path, caplog):
     lm = ScriptedLM(min_demos=99)
     student = dspy.Predict("question -> answer", demos=[data[0]])
     with dspy.context(lm=lm), caplog.at_level("WARNING"):
         opt = BootstrapFewShot(
             metric=exact,
             max_bootstrapped_demos=2,
-            max_labeled_demos=0,
+            max_labeled_demos=2,
             run_dir=tmp_path / "run",
             progress=False,
         )
         compiled = opt.compile(student, trainset=data[1:6])
-    assert compiled is not student and compiled.dump_state() == student.dump_state()
+    # As in DSPy: the compiled program holds labeled demos drawn from the trainset, and is marked compiled.
+    assert compiled is not student and compiled._compiled and student.demos == [data[0]]
+    assert len(compiled.demos) == 2 and all(d in data[1:6] for d in compiled.demos)
     assert any("never passed" in w for w in opt.summary["warnings"])
     assert "never passed" in caplog.text
     assert "**warning:** the teacher never passed" in (tmp_path / "run" / "report.md").read_text()

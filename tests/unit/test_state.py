@@ -57,10 +57,9 @@ def test_save_load_round_trip(tmp_path):
     path = program.save(tmp_path / "program.json")
     loaded = FactQA().load(path)
     assert loaded.extract.predict.signature.instructions == "Copy facts."
-    assert [d.toDict() for d in loaded.extract.predict.demos] == [
-        d.toDict() for d in program.extract.predict.demos
-    ]
-    assert loaded.answer.demos[0].answer == 1
+    # As in DSPy, loaded demos are plain dicts (equal to what was saved).
+    assert loaded.extract.predict.demos == [d.toDict() for d in program.extract.predict.demos]
+    assert loaded.answer.demos[0]["answer"] == 1
     assert loaded.answer.signature.output_fields["answer"].annotation is int  # types come from the code
     assert loaded.dump_state() == program.dump_state()
 
@@ -99,8 +98,8 @@ def test_dspy_saved_state_loads_into_the_equivalent_program():
     assert extract.signature.fields["facts"].desc == "only sentences copied from the context"
     assert extract.signature.fields["context"].desc == ""  # DSPy's "${context}" placeholder means none
     assert extract.signature.fields["reasoning"].prefix == "Reasoning: Let's think step by step in order to"
-    assert len(extract.demos) == 2 and extract.demos[0].augmented is True
-    assert extract.demos[1].facts == "Tomas is 41 years old."
+    assert len(extract.demos) == 2 and extract.demos[0]["augmented"] is True
+    assert extract.demos[1]["facts"] == "Tomas is 41 years old."
     assert answer.signature.instructions == "Answer with a single integer taken from the facts."
     # The bound LM is restored against the configured one, with the saved model and sampling settings.
     assert answer.lm.model == "openai/factqa-sft-3" and answer.lm.kwargs["max_tokens"] == 256
@@ -113,7 +112,10 @@ def test_dspy_saved_state_loads_into_the_equivalent_program():
         assert program(context="Ann has 2 dogs.", question="How many dogs?").answer == 2
     system = traces[0].messages[0]["content"]
     assert "Copy the sentences from the context" in system
-    assert traces[0].messages[1]["content"].startswith("[[ ## context ## ]]\nMira owns 3 cats.")
+    users = [m["content"] for m in traces[0].messages if m["role"] == "user"]
+    # As DSPy orders them: the demo missing a field (no reasoning) first, marked incomplete.
+    assert users[0].startswith("This is an example of the task, though some input or output fields are not")
+    assert users[1].startswith("[[ ## context ## ]]\nMira owns 3 cats.")
     # Re-saving keeps the file in the same layout with the same content.
     resaved = program.dump_state()
     fixture = json.loads(DSPY_FIXTURE.read_text())
@@ -197,14 +199,9 @@ def test_missing_and_corrupt_files(tmp_path):
     ("mutate", "message"),
     [
         (lambda s: s.pop("answer"), r"in the program but not in the file: \['answer'\]"),
-        (lambda s: s.update(extra={}), r"in the file but not in the program: \['extra'\]"),
         (lambda s: s["answer"]["signature"]["fields"].pop(), "'answer'.*saved signature has 2 fields but"),
         (lambda s: s["answer"].update(demos={"a": 1}), "'answer'.*'demos' must be a list"),
-        (lambda s: s["answer"]["demos"].append([1]), r"'answer'.*demo #1 must be an object"),
-        (
-            lambda s: s["answer"]["demos"][0].update(answer="three"),
-            "'answer'.*demo #0: field 'answer': expected int",
-        ),
+        (lambda s: s["answer"]["demos"].append([1]), r"'answer'.*'demos' must be a list of objects"),
         (lambda s: s["answer"].update(lm={"temperature": 1}), "'answer'.*'lm' must be null or an object"),
         (lambda s: s["answer"].pop("signature"), "'answer'.*no 'signature' entry"),
         (
@@ -222,6 +219,31 @@ def test_mismatched_state_is_rejected_and_leaves_the_program_untouched(tmp_path,
     with pytest.raises(ProgramStateError, match=message):
         program.load(write(tmp_path, state))
     assert program.dump_state() == before
+
+
+def test_unknown_predictors_in_a_file_are_ignored_with_a_warning(tmp_path, caplog):
+    state = fixture_state()
+    state["extra"] = {}
+    program = FactQA().load(write(tmp_path, state))
+    assert program.answer.signature.instructions == "Answer with a single integer taken from the facts."
+    assert "['extra']" in caplog.text and "ignored" in caplog.text
+
+
+def test_saved_endpoints_and_custom_lm_classes_need_a_trusted_file(tmp_path, caplog):
+    state = fixture_state()
+    state["answer"]["lm"]["api_base"] = "http://elsewhere:1/v1"
+    program = FactQA().load(write(tmp_path, state))
+    assert (
+        "api_base" not in program.answer.lm.kwargs and program.answer.lm.api_base != "http://elsewhere:1/v1"
+    )
+    assert "Ignoring unsafe LM config key(s)" in caplog.text
+    trusted = FactQA().load(write(tmp_path, state), allow_unsafe_lm_state=True)
+    assert trusted.answer.lm.api_base == "http://elsewhere:1/v1"
+
+    state = fixture_state()
+    state["answer"]["lm"]["_dspy_lm_class"] = "dspylite.utils.dummy_lm.DummyLM"
+    with pytest.raises(ValueError, match="Refusing to import custom serialized LM class"):
+        FactQA().load(write(tmp_path, state))
 
 
 def test_save_is_atomic_when_the_write_fails(tmp_path, monkeypatch):

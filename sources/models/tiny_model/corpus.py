@@ -43,11 +43,15 @@ class ChatRenderer:
         completion: str | None = None,
     ) -> Messages:
         messages = list(self.adapter.format(signature, demos or [], inputs))
-        text = completion if completion is not None else self.adapter.format_completion(signature, outputs)
+        text = (
+            completion
+            if completion is not None
+            else self.adapter.format_assistant_message_content(signature, outputs)
+        )
         return [*messages, {"role": "assistant", "content": text}]
 
     def completion(self, signature: Any, outputs: dict[str, Any]) -> str:
-        return self.adapter.format_completion(signature, outputs)
+        return self.adapter.format_assistant_message_content(signature, outputs)
 
     def fingerprint(self) -> str:
         """Changes whenever the adapter renders these signatures differently (invalidates the cache)."""
