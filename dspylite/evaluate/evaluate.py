@@ -198,6 +198,20 @@ def _kept(traces: list[TraceRecord], keep: bool) -> list[TraceRecord]:
     return list(traces) if keep else []
 
 
+def _format_hint(counts: dict[str, int]) -> str:
+    """What to try when no answer parsed: small models (SmolLM2-135M among them) often ignore the chat
+    format's field markers but follow a JSON schema."""
+    if set(counts) != {"parse"}:
+        return ""
+    adapter = _settings.current().adapter
+    if adapter is None or type(adapter).__name__ == "ChatAdapter":
+        return (
+            "\nNo answer parsed: if the model ignores the chat format's [[ ## field ## ]] markers, "
+            "try the JSON adapter (jobs: lm.adapter=json; Python: dspy.configure(adapter=dspy.JSONAdapter()))"
+        )
+    return ""
+
+
 class Evaluate:
     """``Evaluate(devset=..., metric=..., num_threads=8, display_progress=True)(program)``.
 
@@ -337,7 +351,7 @@ class Evaluate:
             first = next(r.error for r in results if r.error)
             raise AllExamplesFailedError(
                 f"Evaluate: all {failures} examples failed ({_kinds(counts)}), so there is no score; "
-                f"first error: {first}",
+                f"first error: {first}{_format_hint(counts)}",
                 error_counts=counts,
             )
         score = 100.0 * sum(r.score for r in results) / max(1, len(results))

@@ -174,3 +174,23 @@ def test_example_ids_are_stable_without_an_id_field():
     b = Example(question="x", answer="2").with_inputs("question")
     assert example_id(a) == example_id(b) and len(example_id(a)) == 16
     assert example_id(Example(id=5, question="x")) == "5"
+
+
+def test_every_answer_unparsed_under_the_chat_adapter_suggests_the_json_adapter() -> None:
+    """SmolLM2-135M never writes the chat markers; the error then names the setting that fixes it."""
+    import dspylite as dspy
+    from dspylite.errors import AllExamplesFailedError
+    from dspylite.utils.dummy_lm import DummyLM
+
+    lm = DummyLM({"no such input": {"answer": "x"}})  # answers plain text: no field markers
+    devset = [dspy.Example(question=f"q{i}", answer="a").with_inputs("question") for i in range(3)]
+    evaluate = dspy.Evaluate(devset=devset, metric=lambda e, p, t=None: 1.0, num_threads=1)
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        with pytest.raises(
+            AllExamplesFailedError, match=r"(?s)all 3 examples failed \(3 parse\).*lm\.adapter=json"
+        ):
+            evaluate(dspy.Predict("question -> answer"))
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        with pytest.raises(AllExamplesFailedError) as failed:
+            evaluate(dspy.Predict("question -> answer"))
+    assert "lm.adapter=json" not in str(failed.value)

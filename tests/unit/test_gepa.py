@@ -291,7 +291,9 @@ def test_gepa_is_better_togethers_prompt_step(tmp_path):
         use_merge=False,
         progress=False,
     )
-    bt = dspy.BetterTogether(exact_metric, prompt_optimizer=gepa, run_dir=tmp_path / "bt")
+    from dspylite.optimizers.better_together import BetterTogether
+
+    bt = BetterTogether(exact_metric, prompt_optimizer=gepa, run_dir=tmp_path / "bt")
     student = TwoPart()
     with dspy.context(lm=RuleLM(gold)):
         best = bt.compile(student, trainset=train, valset=val, strategy="p")
