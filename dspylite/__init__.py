@@ -63,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "load_settings": "dspylite.settings",
     "TraceRecord": "dspylite.trace",
     "capture_traces": "dspylite.trace",
+    "install_dspy_alias": "dspylite.dspy_alias",
     # evaluation
     "Evaluate": "dspylite.evaluate",
     "EvaluationResult": "dspylite.evaluate",

@@ -82,7 +82,7 @@ class BootstrapSettings:
         metadata=_help(
             "Teacher runs per training example: the first at lm.temperature (greedy), the rest at "
             "sample_temperature with distinct rollout ids. The tiny model's samples mostly repeat its "
-            "greedy passes, so 1 (README)."
+            "greedy passes, so 1 (docs/results_tiny.md)."
         ),
     )
     sample_temperature: float = field(
