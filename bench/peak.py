@@ -21,6 +21,10 @@ through, excluding the embedding lookup and the LM head, which are counted on th
   query width (heads x head_dim).
 * Serving one call (P prompt, C completion tokens; vLLM computes logits for sampled positions only):
   (2N + 2R) (P + C) + 2VH C + causal attention 2 L d T(T+1) with T = P + C.
+* A GRPO update as ``rl.policy`` runs it (each distinct prompt once, its KV cache shared by its K
+  completions; T = distinct prompt tokens + completion tokens): the reference pass (adapter off, no
+  gradient) 2N T + 2VH C + attention, the policy pass forward + activation gradient 4N T + 6R T + 4VH C
+  + 3 x attention; attention counts the prompts once and each completion against its prompt.
 """
 
 from __future__ import annotations
@@ -233,6 +237,25 @@ def serving_call_flops(shape: ModelShape, prompt: int, completion: int, lora_par
         + 2.0 * shape.head_params * completion
         + shape.attention_forward(prompt + completion)
     )
+
+
+def grpo_update_flops(
+    shape: ModelShape, prompts: list[int], rows: list[tuple[int, int]], lora_params: int
+) -> float:
+    """FLOPs of one GRPO update: ``prompts`` = distinct prompt lengths, ``rows`` = (prompt length,
+    completion length) per sample (the docstring's formula)."""
+    tokens = sum(prompts) + sum(c for _, c in rows)
+    completions = sum(c for _, c in rows)
+    attention = sum(shape.attention_forward(p) for p in prompts) + sum(
+        shape.attention_forward(p + c) - shape.attention_forward(p) for p, c in rows
+    )
+    reference = 2.0 * shape.body_params * tokens + 2.0 * shape.head_params * completions + attention
+    policy = (
+        (4.0 * shape.body_params + 6.0 * lora_params) * tokens
+        + 4.0 * shape.head_params * completions
+        + 3.0 * attention
+    )
+    return reference + policy
 
 
 def main(argv: list[str] | None = None) -> int:

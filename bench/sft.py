@@ -48,22 +48,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def resolve_model(name: str | None) -> str:
-    """The model directory for ``name`` (a named source or a directory; empty: the tiny model).
-
-    The one place this bench resolves model names (serving.models today; sources.models once the
-    model sources move there)."""
-    from serving.models import resolve_model as resolve
-
-    return resolve(name or "")
-
-
-def is_tiny(model_dir: str) -> bool:
-    from serving.dtype import approx_parameters
-
-    return (approx_parameters(model_dir) or 0) < 30_000_000
-
-
 def make_data(rows: int, out: Path, adapter: str = "chat") -> Path:
     """Fact QA traces from an oracle scripted LM (gold outputs through the real adapter) -> SFT rows."""
     import datasets
@@ -273,7 +257,9 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
-    args.model = resolve_model(args.model)
+    from bench.model_ref import is_tiny, resolve
+
+    args.model = resolve(args.model)
     tiny = is_tiny(args.model)
     args.rows = args.rows or (320 if tiny else 64)
     args.steps = args.steps or (24 if tiny else 12)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.activity import activity
 from dspylite.config_io import to_dict
 from dspylite.errors import TrainingError
 from dspylite.run_dir import RunDir
@@ -135,9 +136,10 @@ def train_lora(
     if resume:
         logger.info("resuming from %s", resume)
     started = time.perf_counter()
-    with _disk_errors(output_dir):
-        train_output = trainer.train(resume_from_checkpoint=resume)
-    metrics = _collect_metrics(trainer, train_output, setup.val_rows, time.perf_counter() - started)
+    with activity("training"):
+        with _disk_errors(output_dir):
+            train_output = trainer.train(resume_from_checkpoint=resume)
+        metrics = _collect_metrics(trainer, train_output, setup.val_rows, time.perf_counter() - started)
     accelerator = getattr(trainer, "accelerator", None)
     main_process = accelerator is None or accelerator.is_main_process
     if main_process:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dspylite.activity import activity
 from dspylite.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,21 @@ def parallel_map(
     """Apply ``fn`` to every item; errors are captured per item, not raised.
 
     ``progress`` is any object with ``update(n)`` (a tqdm bar) or None. When more than ``max_errors``
-    items fail, the remaining ones are cancelled and a RuntimeError names the count.
+    items fail, the remaining ones are cancelled and a RuntimeError names the count. The time counts
+    as "program runs" (``dspylite.activity``) unless the caller opened a more specific activity.
     """
+    with activity("program runs", default=True):
+        return _parallel_map(fn, items, num_threads=num_threads, progress=progress, max_errors=max_errors)
+
+
+def _parallel_map(
+    fn: Callable[[T], Any],
+    items: Iterable[T],
+    *,
+    num_threads: int,
+    progress: Any,
+    max_errors: int | None,
+) -> list[Outcome]:
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         # A negative count used to mean "one thread" silently; say what is wrong instead.
         raise ConfigError(f"'num_threads' must be an integer >= 1, got {num_threads!r}")
