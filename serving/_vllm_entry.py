@@ -182,8 +182,9 @@ def grouped_add_lora_linear(original: Any) -> Any:
     rank-16 matmuls themselves on SmolLM2 decode steps. This one groups the rows once per step
     (``slot_groups`` of ``token_lora_indices``, cached until ``update_metadata`` runs again), skips the
     layer when no row has an adapter, and per slice does the shrink and an in-place ``addmm_`` into the
-    slice. Same arithmetic as the ops: the shrink in fp32 (vLLM's buffer precision), scaled, then cast
-    to the output's precision for the expand. Calls it does not cover (a caller-given buffer,
+    slice. Same arithmetic as the ops: the shrink accumulated in fp32 (vLLM's buffer precision), scaled,
+    then rounded to the output's precision for the expand (in one matmul when the scale is 1, as vLLM's
+    linear layers pass it, and input, weights and output share a precision). Calls it does not cover (a caller-given buffer,
     ``add_inputs=False``, rows that do not match the step's indices) go to ``original``.
     """
     import functools
@@ -229,10 +230,15 @@ def grouped_add_lora_linear(original: Any) -> Any:
                 a = lora_a[slot].reshape(lora_a.shape[-2], lora_a.shape[-1])
                 b = lora_b[slot].reshape(lora_b.shape[-2], lora_b.shape[-1])
                 xs = x2 if rows is None else x2.index_select(0, rows)
-                shrunk = xs.to(torch.float32) @ a.to(torch.float32).t()
-                if scale != 1.0:
-                    shrunk.mul_(scale)
-                shrunk = shrunk.to(y2.dtype)
+                if scale == 1.0 and xs.dtype == a.dtype == y2.dtype:
+                    # One rounding of the fp32-accumulated product to the output precision, as the fp32
+                    # buffer's cast before the expand does; without the three casts per slice.
+                    shrunk = xs @ a.t()
+                else:
+                    shrunk = xs.to(torch.float32) @ a.to(torch.float32).t()
+                    if scale != 1.0:
+                        shrunk.mul_(scale)
+                    shrunk = shrunk.to(y2.dtype)
                 if rows is None:
                     target.addmm_(shrunk, b.to(y2.dtype).t())
                 else:
@@ -297,12 +303,19 @@ def apply_fix() -> bool:
         for name, function in _FIXED.items():
             if hasattr(module, name):
                 setattr(module, name, function)
-    if not _PER_OP and not apply_grouped_linear(punica_cpu):
-        print(
-            "dspylite: vLLM's CPU punica wrapper has another layout; LoRA linear layers use the fixed ops",
-            file=sys.stderr,
-            flush=True,
-        )
+    if _PER_OP:
+        return True
+    grouped = apply_grouped_linear(punica_cpu)
+    print(
+        f"dspylite: LoRA linear layers (pid {os.getpid()}): "
+        + (
+            "add_lora_linear grouped once per step"
+            if grouped
+            else "vLLM's punica wrapper has another layout; per-op"
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
     return True
 
 

@@ -136,8 +136,14 @@ def _linear_case(rows: int, dtype: torch.dtype):  # noqa: ANN202
     [[1, 1, 1, 1, 1], [-1, -1, -1, -1, -1], [2, -1, 0, 2, 3], [3, 3, -1, -1, 0]],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1.0, 0.5])  # vLLM's linear layers pass 1.0 (the scaling is in B)
 def test_grouped_add_lora_linear_equals_vllms_with_the_fixed_ops(
-    punica_cpu, monkeypatch: pytest.MonkeyPatch, indices: list[int], prefill: bool, dtype: torch.dtype
+    punica_cpu,
+    monkeypatch: pytest.MonkeyPatch,
+    indices: list[int],
+    prefill: bool,
+    dtype: torch.dtype,
+    scale: float,
 ) -> None:
     import importlib
 
@@ -149,8 +155,8 @@ def test_grouped_add_lora_linear_equals_vllms_with_the_fixed_ops(
     grouped = _vllm_entry.grouped_add_lora_linear(original)
     x, a, b, slices, y = _linear_case(len(indices), dtype)
     expected, actual = y.clone(), y.clone()
-    original(_wrapper(punica_cpu, indices, prefill), expected, x, a, b, 0.5, slices)
-    grouped(_wrapper(punica_cpu, indices, prefill), actual, x, a, b, 0.5, slices)
+    original(_wrapper(punica_cpu, indices, prefill), expected, x, a, b, scale, slices)
+    grouped(_wrapper(punica_cpu, indices, prefill), actual, x, a, b, scale, slices)
     tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
     torch.testing.assert_close(actual, expected, **tolerance)
     assert torch.equal(actual[:, sum(slices) :], y[:, sum(slices) :])  # columns past the slices untouched
