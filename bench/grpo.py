@@ -28,7 +28,9 @@ completion), its rollout slice against the calls/s the peak allows for the calls
 What decides the ratio (printed with the figures): the load on the machine (TRL's generation is
 thousands of small torch ops, each a barrier across its threads, so on oversubscribed cores it slows
 down several-fold while vLLM's batched decode does not: the README's 0.27x was measured at load 5-27,
-a Zen 4 read 0.85x idle), the torch thread count, the completion lengths each side produced (vLLM
+a Zen 4 read 0.85x idle; at load ~5 on 2 AVX2 cores TRL's tiny-model step took 40.6-46.0 s on 2 torch
+threads and 5.7-7.1 s on 1, its generation 26.5-31.9 s vs 1.9-2.7 s, same completions), the torch
+thread count, the completion lengths each side produced (vLLM
 stops at the end of the JSON object under structured outputs; TRL's free generation often runs to
 the limit), and the precision.
 
@@ -193,7 +195,7 @@ def run_dspylite(model: str, args: argparse.Namespace, out: Path) -> dict:
     }
 
 
-def run_trl(model: str, args: argparse.Namespace, out: Path) -> dict:
+def run_trl(model: str, args: argparse.Namespace, out: Path, *, use_vllm: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -247,7 +249,10 @@ def run_trl(model: str, args: argparse.Namespace, out: Path) -> dict:
         learning_rate=args.lr,
         beta=BETA,
         temperature=args.temperature,
-        use_vllm=False,
+        # use_vllm: TRL's colocate mode (an in-process vLLM engine, LoRA merged into it each step); its
+        # server mode needs CUDA for the NCCL weight transfer.
+        use_vllm=use_vllm,
+        **({"vllm_mode": "colocate", "vllm_enable_sleep_mode": False} if use_vllm else {}),
         bf16=False,
         fp16=False,
         use_cpu=True,
@@ -305,7 +310,7 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _child(kind: str, model: str, args: argparse.Namespace, out: Path) -> dict:
+def _child(kind: str, model: str, args: argparse.Namespace, out: Path, *, check: bool = True) -> dict | None:
     cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--out", str(out)]
     for name in ("steps", "warmup", "group_size", "prompts", "max_tokens", "threads", "temperature", "lr"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
@@ -314,6 +319,10 @@ def _child(kind: str, model: str, args: argparse.Namespace, out: Path) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
+        if not check:  # an optional side: say why it did not run, keep the others
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"{kind}: did not run (exit {proc.returncode}): {last[:300]}")
+            return None
         raise SystemExit(f"{kind} run failed with code {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -333,6 +342,9 @@ def main() -> int:
     parser.add_argument("--adapter", choices=("chat", "json"), default=None, help="tiny: chat, real: json")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training (both sides)")
     parser.add_argument("--only", choices=("dspylite", "trl"), help="run one side (investigations)")
+    parser.add_argument(
+        "--trl-vllm", action="store_true", help="also run TRL with vLLM (colocate mode), where it starts"
+    )
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="seconds per precision for the peak")
     parser.add_argument("--out", default=None, help="work directory (default: a temporary one)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -340,11 +352,12 @@ def main() -> int:
 
     if args.child:
         out = Path(args.out)
-        result = (
-            run_dspylite(args.model, args, out)
-            if args.child == "dspylite"
-            else run_trl(args.model, args, out)
-        )
+        runners = {
+            "dspylite": lambda: run_dspylite(args.model, args, out),
+            "trl": lambda: run_trl(args.model, args, out),
+            "trl-vllm": lambda: run_trl(args.model, args, out, use_vllm=True),
+        }
+        result = runners[args.child]()
         print(json.dumps(result))
         return 0
 
@@ -360,6 +373,7 @@ def main() -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-grpo-"))
     ours = _child("dspylite", args.model, args, out / "dspylite") if args.only != "trl" else None
     trl = _child("trl", args.model, args, out / "trl") if args.only != "dspylite" else None
+    trl_vllm = _child("trl-vllm", args.model, args, out / "trl-vllm", check=False) if args.trl_vllm else None
 
     print(f"model: {args.model}")
     for line in peak.lines():
@@ -386,6 +400,14 @@ def main() -> int:
             f"| TRL GRPOTrainer (use_vllm=False) | {trl['step_s']:.2f} | {trl['rollout_s']:.2f} | "
             f"{trl['train_s']:.2f} | - | {length} | {reward} | {trl['train_dtype']} |"
         )
+    if trl_vllm is not None:
+        length = (
+            "?" if trl_vllm["completion_tokens_mean"] is None else f"{trl_vllm['completion_tokens_mean']:.1f}"
+        )
+        print(
+            f"| TRL GRPOTrainer (vLLM colocate) | {trl_vllm['step_s']:.2f} | {trl_vllm['rollout_s']:.2f} | "
+            f"{trl_vllm['train_s']:.2f} | - | {length} | - | {trl_vllm['train_dtype']} |"
+        )
     if ours is not None:
         train_rate = ours["train_flops"] / ours["train_s"] if ours["train_s"] else 0.0
         rollout_rate = ours["rollout_flops"] / ours["rollout_s"] if ours["rollout_s"] else 0.0
@@ -405,12 +427,15 @@ def main() -> int:
     print(
         f"conditions: load average {min(loads):.1f}-{max(loads):.1f} on {cores} cores; torch threads "
         + ", ".join(f"{n} {side['threads']}" for n, side in (("dspylite", ours), ("TRL", trl)) if side)
-        + f"; flags {' '.join(peak.cpu.get('flags', [])) or '-'}"
+        + f"; flags {' '.join(peak.cpu.get('flags', [])) or '-'}; OMP_WAIT_POLICY "
+        + os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP threads spin between parallel regions)")
     )
     if max(loads) > cores:
         print(
             "the machine was busy: TRL's generation (small torch ops, each a barrier across its threads) slows "
-            "down several-fold on oversubscribed cores, vLLM's batched decode much less; the ratio flatters dspylite"
+            "down several-fold on oversubscribed cores, vLLM's batched decode much less; the ratio flatters "
+            "dspylite (measured here at load ~5 on 2 cores: TRL 40.6-46.0 s/step on 2 threads, 5.7-7.1 s on 1); "
+            "rerun on an idle machine, with --threads 1, or with OMP_WAIT_POLICY=PASSIVE"
         )
     if ours is None or trl is None:
         print("one side only (--only): no ratio")

@@ -270,6 +270,7 @@ def main() -> int:
     from bench.peak import measure_peaks
     from finetune.config import resolve_precision
 
+    load = os.getloadavg()
     threads = len(os.sched_getaffinity(0))  # what both trainers use by default
     peak = measure_peaks(threads, seconds=args.peak_seconds)
     ours_precision = resolve_precision("auto", model_path=args.model)
@@ -288,6 +289,11 @@ def main() -> int:
     print(f"model: {args.model}")
     for line in peak.lines():
         print(line)
+    print(
+        f"conditions: load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
+        f"{peak.cpu.get('cores', '?')} cores; OMP_WAIT_POLICY "
+        + os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP threads spin between parallel regions)")
+    )
     print(
         "trl = SFTTrainer with TRL's defaults (bf16 off on CPU); trl-1thread = the same pinned to 1 torch thread; "
         f"dspylite trains in {ours_precision} (resolve_precision auto on this machine)"
