@@ -374,6 +374,7 @@ def main() -> int:
     ours = _child("dspylite", args.model, args, out / "dspylite") if args.only != "trl" else None
     trl = _child("trl", args.model, args, out / "trl") if args.only != "dspylite" else None
     trl_vllm = _child("trl-vllm", args.model, args, out / "trl-vllm", check=False) if args.trl_vllm else None
+    peak = peak.best_of(measure_peaks(args.threads, seconds=args.peak_seconds))
 
     print(f"model: {args.model}")
     for line in peak.lines():

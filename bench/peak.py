@@ -123,6 +123,14 @@ class Peak:
         """Utilization of the reference peak (or of ``dtype``'s peak when given)."""
         return achieved_flops_per_s / self.flops[dtype or self.reference]
 
+    def best_of(self, other: Peak) -> Peak:
+        """The higher figure per precision: benches measure before and after their runs, because a
+        peak taken while other work shares the cores reads low (and an MFU against it high)."""
+        flops = {
+            d: max(self.flops.get(d, 0.0), other.flops.get(d, 0.0)) for d in {**self.flops, **other.flops}
+        }
+        return Peak(self.threads, self.size, flops, self.native, self.cpu, self.device)
+
     def lines(self) -> list[str]:
         cpu = self.cpu
         figures = ", ".join(
