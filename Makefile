@@ -71,7 +71,7 @@ bench: setup
 	$(BIN)/python bench/optimizers.py
 	$(BIN)/python bench/gepa.py
 
-# The real-model benches (SmolLM2-135M-Instruct; ~25-30 min on an idle 2-core CPU): peak, MFU, TRL.
+# The real-model benches (SmolLM2-135M-Instruct; ~35-45 min on an idle 2-core CPU): peak, MFU, TRL.
 bench-real: setup
 	$(BIN)/python bench/peak.py
 	$(BIN)/python bench/sft.py --model smollm2-135m-instruct
