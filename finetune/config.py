@@ -112,7 +112,8 @@ class FinetuneConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         default="auto",
         metadata=_help(
-            "auto: bf16 on a GPU that supports it, else fp32 (bf16 autocast fails or crawls on CPU)."
+            "auto: the precision the server samples this model in here: bf16 on a GPU that supports it and on "
+            "CPUs with native bf16 (AVX512-BF16/AMX; models of 30M+ parameters), else fp32."
         ),
     )
     # ---- data
@@ -175,22 +176,37 @@ def resolve_threads(threads: int, *, share_with_server: bool = False) -> int:
     return max(1, cpus // 2 if share_with_server else cpus)
 
 
-def resolve_precision(choice: str, *, setting: str = "precision") -> str:
+def resolve_precision(
+    choice: str, *, setting: str = "precision", model_path: str | Path | None = None
+) -> str:
     """``auto`` | ``fp32`` | ``bf16`` | ``fp16`` -> the torch dtype name training runs in on this machine.
 
-    auto: bf16 on a CUDA GPU that supports it, else fp32 (bf16 autocast fails or crawls on CPU).
-    Half precision without a GPU is refused, naming ``setting``.
+    auto: the precision the server would sample ``model_path`` in on this hardware
+    (``serving.dtype.hardware_dtype``): bf16 on a CUDA GPU that supports it; on a CPU, bf16 where it is
+    native (AVX512-BF16 or AMX) and the model large enough for it to pay, else fp32. Half precision
+    the hardware lacks is refused, naming ``setting``: fp16 needs a GPU, bf16 a GPU or a CPU with
+    native bf16 (elsewhere torch emulates it, several times slower than fp32).
     """
     import torch
 
+    from serving.dtype import cpu_has_native_bf16, hardware_dtype
+
     cuda = torch.cuda.is_available()
     if choice == "auto":
-        choice = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if cuda:
+            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            choice = "bf16" if hardware_dtype(model_path, device="cpu") == "bfloat16" else "fp32"
     names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     if choice not in names:
         raise TrainingError(f"{setting}={choice!r}: expected one of auto, {', '.join(names)}")
-    if choice != "fp32" and not cuda:
+    if choice == "fp16" and not cuda:
         raise TrainingError(f"{setting}={choice!r} needs a GPU; on CPU use {setting}=fp32 (or auto)")
+    if choice == "bf16" and not cuda and not cpu_has_native_bf16():
+        raise TrainingError(
+            f"{setting}={choice!r} needs a GPU or a CPU with native bf16 (avx512_bf16 or amx_bf16 in "
+            f"/proc/cpuinfo), which this one lacks; use {setting}=fp32 (or auto)"
+        )
     return names[choice]
 
 

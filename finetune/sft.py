@@ -1,5 +1,8 @@
 """LoRA SFT with TRL's SFTTrainer and a PEFT LoraConfig, loss on completion tokens only.
 
+The trainer is TRL's with one change (``finetune.sft_loss``): the LM head projects completion positions
+only, where TRL's CPU path projects every position of the padded batch.
+
 ``train_lora(data, cfg, run_dir)`` trains one adapter and writes it, with its metadata, to
 ``run_dir/adapters/<name>``: first into a temporary sibling directory, renamed only once complete,
 so a killed or failed run never leaves a directory that looks like an adapter.
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.activity import activity
 from dspylite.config_io import to_dict
 from dspylite.errors import TrainingError
 from dspylite.run_dir import RunDir
@@ -128,9 +132,10 @@ def train_lora(
     if resume:
         logger.info("resuming from %s", resume)
     started = time.perf_counter()
-    with _disk_errors(output_dir):
-        train_output = trainer.train(resume_from_checkpoint=resume)
-    metrics = _collect_metrics(trainer, train_output, setup.val_rows, time.perf_counter() - started)
+    with activity("training"):
+        with _disk_errors(output_dir):
+            train_output = trainer.train(resume_from_checkpoint=resume)
+        metrics = _collect_metrics(trainer, train_output, setup.val_rows, time.perf_counter() - started)
     accelerator = getattr(trainer, "accelerator", None)
     main_process = accelerator is None or accelerator.is_main_process
     if main_process:
@@ -147,7 +152,7 @@ def train_lora(
         "world_size": accelerator.num_processes if accelerator is not None else 1,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
-        "precision": precision_record(train_dtype(cfg), serving_dtype),
+        "precision": precision_record(train_dtype(cfg, base), serving_dtype),
         **(extra_metadata or {}),
     }
     path = _save_from_every_process(trainer, run.adapters_dir / name, metadata)
@@ -432,28 +437,29 @@ def epochs_for(cfg: FinetuneConfig, rows: int) -> float:
     return max(cfg.num_train_epochs, math.ceil(cfg.min_steps / steps_per_epoch))
 
 
-def _precision(cfg: FinetuneConfig) -> tuple[Any, bool, bool, bool]:
-    """(torch dtype to load, bf16 flag, fp16 flag, use_cpu) for TRL's config."""
+def _precision(cfg: FinetuneConfig, base: str | None) -> tuple[Any, bool, bool, bool]:
+    """(torch dtype to load, bf16 flag, fp16 flag, use_cpu) for TRL's config, for base model ``base``."""
     import torch
 
-    name = resolve_precision(cfg.precision)
-    if name == "bfloat16":
-        return torch.bfloat16, True, False, False
+    name = resolve_precision(cfg.precision, model_path=base)
+    if name == "bfloat16":  # frozen base weights in bf16; PEFT keeps the LoRA weights in fp32
+        return torch.bfloat16, True, False, not torch.cuda.is_available()
     if name == "float16":
         return torch.float32, False, True, False  # fp16 autocast with fp32 master weights
     return torch.float32, False, False, not torch.cuda.is_available()
 
 
-def train_dtype(cfg: FinetuneConfig) -> str:
-    """The precision the LoRA is trained in under ``cfg`` on this machine (fp16 mixes into fp32 weights)."""
-    dtype, bf16, fp16, _ = _precision(cfg)
+def train_dtype(cfg: FinetuneConfig, base: str | None = None) -> str:
+    """The precision the LoRA on ``base`` trains in under ``cfg`` on this machine (fp16 mixes into fp32
+    weights)."""
+    dtype, bf16, fp16, _ = _precision(cfg, base or cfg.model_path or None)
     return "bfloat16" if bf16 else "float16" if fp16 else str(dtype).removeprefix("torch.")
 
 
 def _load_model(base: str, cfg: FinetuneConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype, *_ = _precision(cfg)
+    dtype, *_ = _precision(cfg, base)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
@@ -476,9 +482,11 @@ def _build_trainer(
     extra_callbacks: list[Any],
 ) -> Any:
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    _, bf16, fp16, use_cpu = _precision(cfg)
+    from finetune.sft_loss import completion_loss_trainer_class
+
+    _, bf16, fp16, use_cpu = _precision(cfg, model.name_or_path)
     has_val = val_ds is not None and len(val_ds) > 0
     args = SFTConfig(
         output_dir=str(output_dir),
@@ -532,7 +540,7 @@ def _build_trainer(
         if tensorboard is not None:
             callbacks.append(tensorboard)
     try:
-        trainer = SFTTrainer(
+        trainer = completion_loss_trainer_class()(
             model=model,
             args=args,
             train_dataset=train_ds,

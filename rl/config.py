@@ -169,8 +169,9 @@ class GRPOConfig:
     precision: Literal["auto", "fp32", "bf16"] = field(
         default="auto",
         metadata=_help(
-            "The policy's weights and update. auto: bf16 on a GPU that supports it, else fp32. Log-probs "
-            "and the loss are always computed in fp32."
+            "The policy's weights and update. auto: the precision the server samples this model in here (bf16 "
+            "on a GPU that supports it and on CPUs with native bf16, AVX512-BF16/AMX, for models of 30M+ "
+            "parameters), else fp32. Log-probs and the loss are always computed in fp32."
         ),
     )
     device: str = field(

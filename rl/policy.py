@@ -98,7 +98,7 @@ class Policy:
         model_path = str(Path(model_path).expanduser().resolve())
         if not Path(model_path, "config.json").is_file():
             raise TrainingError(f"model_path {model_path!r} is not a model directory (no config.json)")
-        dtype = resolve_precision(cfg.precision, setting="grpo.precision")
+        dtype = resolve_precision(cfg.precision, setting="grpo.precision", model_path=model_path)
         device = resolve_device(cfg.device)
         logger.info("policy: %s on %s", dtype, device)
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)

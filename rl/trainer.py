@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspylite import settings as _settings
+from dspylite.activity import activity
 from dspylite.errors import OptimizerError, TrainingError
 from dspylite.evaluate import Evaluate
 from dspylite.example import Example
@@ -319,11 +320,12 @@ class GRPOTrainer:
         examples = self._next_examples(trainset)
         version = self.state["version"]
         rollout_prog = rollout_program(program, version, self.rollout_lm, cfg.train_predictors)
-        batch = self._rollouts(rollout_prog, examples, step, 0)
-        rounds, with_signal = 1, batch.examples_with_signal()
-        while rounds <= cfg.dynamic_sampling_rounds and with_signal < cfg.examples_per_step:
-            batch.extend(self._rollouts(rollout_prog, self._next_examples(trainset), step, rounds))
-            rounds, with_signal = rounds + 1, batch.examples_with_signal()
+        with activity("rollouts"):
+            batch = self._rollouts(rollout_prog, examples, step, 0)
+            rounds, with_signal = 1, batch.examples_with_signal()
+            while rounds <= cfg.dynamic_sampling_rounds and with_signal < cfg.examples_per_step:
+                batch.extend(self._rollouts(rollout_prog, self._next_examples(trainset), step, rounds))
+                rounds, with_signal = rounds + 1, batch.examples_with_signal()
         rollout_s = time.perf_counter() - started
 
         grouping = build_groups(
@@ -335,7 +337,7 @@ class GRPOTrainer:
         t_train = time.perf_counter()
         if grouping.samples:
             # On a GPU shared with vLLM (server.colocate=sleep) the server sleeps while the policy trains.
-            with self.backend.training_phase(f"GRPO step {step}"):
+            with self.backend.training_phase(f"GRPO step {step}"), activity("training"):
                 train_stats = self.policy.update(
                     grouping.samples, temperature=cfg.temperature, learning_rate=learning_rate_at(cfg, step)
                 )
@@ -348,7 +350,8 @@ class GRPOTrainer:
 
         t_sync = time.perf_counter()
         if updated:
-            self._sync(step)
+            with activity("adapter sync"):
+                self._sync(step)
         sync_s = time.perf_counter() - t_sync
 
         row: dict[str, Any] = {

@@ -26,6 +26,11 @@ delta, then runs vLLM's server. The replacements also drop the gather itself: th
 adapter slot and run one matmul per slot in use. The gather copied a (tokens x out x in) weight
 tensor per layer and op, which on prefill chunks of thousands of tokens made adapter requests on
 SmolLM2 run at 0.13x the base model's calls/s; grouped, 0.70x (``bench/serving.py --part lora``).
+What was left was the fixed cost of 14 op calls per decoder layer (one shrink and one expand per
+q/k/v/o/gate/up/down slice, each finding the batch's slots again through zero-filled buffers), paid
+by base-model requests too: ``grouped_add_lora_linear`` replaces vLLM's ``add_lora_linear`` on the
+CPU punica wrapper with one grouping per step and two matmuls per slice (``bench/serving.py --part
+smollm2`` compares it with the per-op version in the same run).
 It patches only when a probe shows the installed ops are affected, so a fixed vLLM runs untouched. The patch lives in every server process: forked workers inherit
 it, and spawned ones re-import this module as their ``__main__``.
 """
@@ -43,10 +48,12 @@ import time
 from typing import Any
 
 ENABLE_ENV = "DSPYLITE_VLLM_CPU_LORA_FIX"
-# "gather": the per-token weight gather vLLM ships (fixed for index -1), kept for bench/serving.py's
-# comparison; anything else: rows grouped by adapter slot (the default).
+# Which CPU LoRA implementation a server runs, for bench/serving.py's comparisons: "gather": the
+# per-token weight gather vLLM ships (fixed for index -1); "ops": rows grouped by adapter slot inside
+# each op; anything else (the default): also the grouped add_lora_linear (one grouping per step).
 OPS_ENV = "DSPYLITE_VLLM_CPU_LORA_OPS"
 _GATHER = os.environ.get(OPS_ENV) == "gather"
+_PER_OP = os.environ.get(OPS_ENV) in ("gather", "ops")
 TARGET_ENV = "DSPYLITE_VLLM_TARGET"  # JSON list: ["-m", "module"] or ["/path/script.py", args...]
 OWNER_ENV = "DSPYLITE_VLLM_OWNER_PID"
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
@@ -96,18 +103,34 @@ def _lora_delta(inputs: Any, weights: Any, indices: Any, dtype: Any) -> Any:
         selected = weights[indices.clamp(min=0)].to(dtype=dtype)
         delta = torch.einsum("bi, boi -> bo", x, selected)
         return delta.masked_fill(~(indices >= 0).unsqueeze(-1), 0)
-    slots = torch.unique(indices).tolist()
-    if len(slots) == 1:  # the common batch: every row on one adapter, or none
-        if slots[0] < 0:
-            return x.new_zeros(x.shape[0], weights.shape[1])
-        return x @ weights[slots[0]].to(dtype=dtype).t()
+    groups = slot_groups(indices)
+    if len(groups) == 1 and groups[0][1] is None:  # the common batch: every row on one adapter
+        return x @ weights[groups[0][0]].to(dtype=dtype).t()
     delta = x.new_zeros(x.shape[0], weights.shape[1])
-    for slot in slots:
-        if slot < 0:
-            continue
-        rows = (indices == slot).nonzero(as_tuple=True)[0]
+    for slot, rows in groups:
         delta.index_copy_(0, rows, x.index_select(0, rows) @ weights[slot].to(dtype=dtype).t())
     return delta
+
+
+def slot_groups(indices: Any) -> list[tuple[int, Any]]:
+    """The adapter slots ``indices`` uses, each with its rows: ``[(slot, rows)]``, where ``rows`` is None
+    when the slot covers every row; rows with index -1 (no adapter) are in no group.
+
+    One ``aminmax`` answers the common batches (all rows on one adapter, or none) without the sort
+    behind ``torch.unique``: on a decode step that is ~4 us instead of ~17, per LoRA op.
+    """
+    import torch
+
+    if indices.numel() == 0:
+        return []
+    low, high = (int(v) for v in torch.aminmax(indices))
+    if low == high:
+        return [] if low < 0 else [(low, None)]
+    return [
+        (slot, (indices == slot).nonzero(as_tuple=True)[0])
+        for slot in torch.unique(indices).tolist()
+        if slot >= 0
+    ]
 
 
 def bgmv_shrink(
@@ -150,6 +173,112 @@ def bgmv_expand_slice(
 _FIXED = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
 
 
+def grouped_add_lora_linear(original: Any) -> Any:
+    """``PunicaWrapperCPU.add_lora_linear`` computed from one grouping of the step's rows by adapter slot.
+
+    vLLM's version runs, per LoRA linear layer, one shrink and one expand op per output slice (q, k, v;
+    gate, up), each finding the slots in the batch again and writing through zero-filled fp32 buffers:
+    14 op calls per decoder layer, whose fixed cost (tens of microseconds each on CPU) outweighed the
+    rank-16 matmuls themselves on SmolLM2 decode steps. This one groups the rows once per step
+    (``slot_groups`` of ``token_lora_indices``, cached until ``update_metadata`` runs again), skips the
+    layer when no row has an adapter, and per slice does the shrink and an in-place ``addmm_`` into the
+    slice. Same arithmetic as the ops: the shrink accumulated in fp32 (vLLM's buffer precision), scaled,
+    then rounded to the output's precision for the expand (in one matmul when the scale is 1, as vLLM's
+    linear layers pass it, and input, weights and output share a precision). Calls it does not cover (a caller-given buffer,
+    ``add_inputs=False``, rows that do not match the step's indices) go to ``original``.
+    """
+    import functools
+
+    import torch
+
+    @functools.wraps(original)
+    def add_lora_linear(
+        self: Any,
+        y: Any,
+        x: Any,
+        lora_a_stacked: Any,
+        lora_b_stacked: Any,
+        scale: float,
+        output_slices: Any,
+        *,
+        buffer: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        x2 = x.reshape(-1, x.shape[-1])
+        y2 = y.view(-1, y.shape[-1])
+        indices = self.token_lora_indices
+        fits = all(b.shape[-2] == size for b, size in zip(lora_b_stacked, output_slices, strict=False))
+        if (
+            buffer is not None
+            or not kwargs.get("add_inputs", True)
+            or indices.shape[0] != x2.shape[0]
+            or not fits
+            or len(lora_a_stacked) != len(output_slices)
+        ):
+            return original(
+                self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
+            )
+        groups = getattr(self, "_dspylite_slot_groups", None)
+        if groups is None:
+            groups = self._dspylite_slot_groups = slot_groups(indices)
+        if not groups:  # no row of this step has an adapter: the zero buffers would add nothing
+            return None
+        offset = 0
+        for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
+            target = y2[:, offset : offset + size]
+            for slot, rows in groups:
+                a = lora_a[slot].reshape(lora_a.shape[-2], lora_a.shape[-1])
+                b = lora_b[slot].reshape(lora_b.shape[-2], lora_b.shape[-1])
+                xs = x2 if rows is None else x2.index_select(0, rows)
+                if scale == 1.0 and xs.dtype == a.dtype == y2.dtype:
+                    # One rounding of the fp32-accumulated product to the output precision, as the fp32
+                    # buffer's cast before the expand does; without the three casts per slice.
+                    shrunk = xs @ a.t()
+                else:
+                    shrunk = xs.to(torch.float32) @ a.to(torch.float32).t()
+                    if scale != 1.0:
+                        shrunk.mul_(scale)
+                    shrunk = shrunk.to(y2.dtype)
+                if rows is None:
+                    target.addmm_(shrunk, b.to(y2.dtype).t())
+                else:
+                    target.index_add_(0, rows, shrunk @ b.to(y2.dtype).t())
+            offset += size
+        return None
+
+    return add_lora_linear
+
+
+def regroup_on_update(original: Any) -> Any:
+    """``update_metadata`` that also drops the cached slot grouping: the step's rows changed."""
+    import functools
+
+    @functools.wraps(original)
+    def update_metadata(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._dspylite_slot_groups = None
+        return original(self, *args, **kwargs)
+
+    return update_metadata
+
+
+def apply_grouped_linear(punica_cpu: Any) -> bool:
+    """Install ``grouped_add_lora_linear`` on vLLM's CPU punica wrapper; False where its layout differs."""
+    import inspect
+
+    wrapper = getattr(punica_cpu, "PunicaWrapperCPU", None)
+    if wrapper is None or getattr(wrapper.add_lora_linear, "_dspylite", False):
+        return False
+    parameters = list(inspect.signature(wrapper.add_lora_linear).parameters)
+    expected = ["self", "y", "x", "lora_a_stacked", "lora_b_stacked", "scale", "output_slices"]
+    if parameters[: len(expected)] != expected or not hasattr(wrapper, "update_metadata"):
+        return False
+    grouped = grouped_add_lora_linear(wrapper.add_lora_linear)
+    grouped._dspylite = True
+    wrapper.add_lora_linear = grouped
+    wrapper.update_metadata = regroup_on_update(wrapper.update_metadata)
+    return True
+
+
 def ops_are_affected(shrink: Any) -> bool:
     """Probe: does ``shrink`` give a nonzero result for a row whose adapter index is -1?"""
     import torch
@@ -174,6 +303,19 @@ def apply_fix() -> bool:
         for name, function in _FIXED.items():
             if hasattr(module, name):
                 setattr(module, name, function)
+    if _PER_OP:
+        return True
+    grouped = apply_grouped_linear(punica_cpu)
+    print(
+        f"dspylite: LoRA linear layers (pid {os.getpid()}): "
+        + (
+            "add_lora_linear grouped once per step"
+            if grouped
+            else "vLLM's punica wrapper has another layout; per-op"
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
     return True
 
 

@@ -14,6 +14,9 @@ than they learned in. So ``serving_dtype`` decides:
   which is also what it trains in.
 * any other CPU: fp32.
 
+Training follows the same rule (``hardware_dtype``, used by ``finetune.config.resolve_precision``): an
+adapter learns in the precision the server samples it in.
+
 ``requested`` (the ``server.dtype`` setting) overrides; ``auto`` or None asks for the rule above.
 """
 
@@ -113,13 +116,36 @@ def serving_dtype(
         from serving.server import vllm_flavor
 
         device = vllm_flavor()
+    return hardware_dtype(model_dir, device=device, cpuinfo=cpuinfo)
+
+
+def hardware_dtype(
+    model_dir: str | Path | None, *, device: str, cpuinfo: str | Path = "/proc/cpuinfo"
+) -> str:
+    """The precision this hardware runs ``model_dir`` fastest in natively: the rule in this module's
+    docstring, shared by serving (``serving_dtype``) and training (``finetune.config.resolve_precision``),
+    so an adapter trains in the precision the server samples in. ``device``: ``"cpu"`` or ``"gpu"``."""
     if device == "gpu":
-        own = checkpoint_dtype(model_dir)
+        own = checkpoint_dtype(model_dir) if model_dir else None
         return own if own in ("bfloat16", "float16") else "bfloat16"
     if not cpu_has_native_bf16(cpuinfo):
         return "float32"
-    size = approx_parameters(model_dir)
+    size = approx_parameters(model_dir) if model_dir else None
     return "bfloat16" if size is None or size >= CPU_BF16_MIN_PARAMS else "float32"
+
+
+def native_precisions(*, device: str = "cpu", cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The precisions this hardware computes natively (vLLM spelling), float32 first.
+
+    CPU: float32, plus bfloat16 with AVX512-BF16 or AMX (elsewhere torch emulates bf16 in software, several
+    times slower than fp32). GPU: float32 and float16, plus bfloat16 where CUDA reports it.
+    """
+    if device == "gpu":
+        import torch
+
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return ["float32", "float16", *(["bfloat16"] if bf16 else [])]
+    return ["float32", *(["bfloat16"] if cpu_has_native_bf16(cpuinfo) else [])]
 
 
 def torch_dtype_name(dtype: str) -> str:

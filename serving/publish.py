@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dspylite.activity import activity
 from serving.registry import AdapterEntry, AdapterRegistry
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ def publish_adapter(
 
     ``server`` may be None (train now, serve later): the version is only registered.
     """
-    entry = registry.register(name, path, base_model=base_model, metrics=metrics, metadata=metadata)
-    if server is not None:
-        server.load_adapter(name, entry.path)
-        logger.info("published adapter %s (%s)", name, entry.path)
+    with activity("adapter sync"):
+        entry = registry.register(name, path, base_model=base_model, metrics=metrics, metadata=metadata)
+        if server is not None:
+            server.load_adapter(name, entry.path)
+            logger.info("published adapter %s (%s)", name, entry.path)
     return entry

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from dspylite.activity import activity
 from dspylite.errors import ServingError
 from serving import _vllm_entry
 from serving.adapter_files import check_base_model, check_rank, read_adapter
@@ -214,7 +215,8 @@ class VLLMServer(VLLMConnection):
             if not wait:
                 return self
             try:
-                self.wait_healthy()
+                with activity("server start"):  # the wait for vLLM to load (dspylite.activity)
+                    self.wait_healthy()
                 return self
             except ServingError as exc:
                 # Another process may grab the port between free_port() and vLLM's bind.

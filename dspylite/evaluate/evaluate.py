@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dspylite import settings as _settings
+from dspylite.activity import activity
 from dspylite.errors import (
     AdapterParseError,
     AllExamplesFailedError,
@@ -304,7 +305,8 @@ class Evaluate:
 
         bar = _progress(len(devset), "Evaluate") if show else None
         try:
-            outcomes = parallel_map(one, devset, num_threads=threads, progress=bar)
+            with activity("evaluation"):
+                outcomes = parallel_map(one, devset, num_threads=threads, progress=bar)
         finally:
             if bar is not None:
                 bar.close()

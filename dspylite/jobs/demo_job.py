@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspylite.activity import stage as activity_stage
 from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
@@ -111,13 +112,20 @@ def run_demo(
     config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, say: Say = log_say
 ) -> Path:
     """Run the whole demo; returns the run directory."""
+    from dspylite import activity
+
     cfg = load_config(DemoConfig, config, list(overrides))
     task = load_task(cfg.task)
     started = time.time()
+    activity.reset()
     with open_session("demo", cfg, say=say, task=task) as session:
         pipeline = DemoPipeline(cfg, session)
         pipeline.run()
-        session.finish(stages=[r.name for r in pipeline.records], seconds=round(time.time() - started, 1))
+        session.finish(
+            stages=[r.name for r in pipeline.records],
+            seconds=round(time.time() - started, 1),
+            activity=activity.breakdown(),
+        )
     return session.run.path
 
 
@@ -160,18 +168,19 @@ class DemoPipeline:
         say(f"[{name}] {DEMO_STAGE_TITLES[name]} ...")
         stage_dir = self.session.run.path / "stages" / name
         start = time.time()
-        program, adapters = compile_fn(stage_dir)
         scores: dict[str, list[float]] = {}
         errors: dict[str, dict[str, int]] = {}
-        for split in ("dev", "test"):
-            # A stage whose every run failed (e.g. a model that never follows the format) is a measured
-            # result here: it scores 0 and the failures column says why.
-            result = self.session.evaluate(program, self.task.split(split), raise_if_all_failed=False)
-            scores[split] = list(result.scores)
-            errors[split] = dict(result.error_counts)
-            self.session.run.log_metrics(
-                stage=name, split=split, score=result.score, errors=result.error_counts
-            )
+        with activity_stage(name):  # the report's wall time by stage and activity
+            program, adapters = compile_fn(stage_dir)
+            for split in ("dev", "test"):
+                # A stage whose every run failed (e.g. a model that never follows the format) is a measured
+                # result here: it scores 0 and the failures column says why.
+                result = self.session.evaluate(program, self.task.split(split), raise_if_all_failed=False)
+                scores[split] = list(result.scores)
+                errors[split] = dict(result.error_counts)
+                self.session.run.log_metrics(
+                    stage=name, split=split, score=result.score, errors=result.error_counts
+                )
         program_path = program.save(stage_dir / "program.json")
         bound = {getattr(p.lm, "model", None) for _, p in program.named_predictors() if p.lm is not None}
         record = StageRecord(

@@ -266,6 +266,20 @@ def _demo(run: RunDir, job: dict[str, Any]) -> None:
         "not follow the output format). Dev picks (prompt candidates, GRPO versions, BetterTogether "
         f"stages); test never does. Total wall time {float(job.get('seconds') or 0) / 60:.1f} min."
     )
+    more = []
+    if job.get("activity"):
+        from dspylite.activity import table_rows
+
+        more.append(
+            (
+                "Wall time by stage and activity (minutes)",
+                markdown_table(table_rows(job["activity"]))
+                + "\n\nExclusive time on the main thread (dspylite.activity): program runs = the program on the "
+                "server outside evaluations (teacher traces, prompt candidates), evaluation = scoring dev/test/val, "
+                "rollouts = GRPO sampling, training = SFT/GRPO updates, adapter sync = save + register + load, "
+                "server start = waiting for vLLM, other = everything else (saving, loading, bookkeeping).",
+            )
+        )
     render_stage_report(
         run,
         records,
@@ -274,6 +288,7 @@ def _demo(run: RunDir, job: dict[str, Any]) -> None:
         titles=DEMO_STAGE_TITLES,
         labels=DEMO_STAGE_LABELS,
         notes=notes,
+        more_sections=more,
     )
 
 

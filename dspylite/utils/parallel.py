@@ -11,6 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dspylite.activity import activity
 from dspylite.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,32 @@ def parallel_map(
     Stragglers (DSPy's rule): once at most ``straggler_limit`` items are left, an item running longer
     than ``timeout`` seconds is started once more, and whichever run finishes first counts; a
     ``timeout`` of 0 or None never does this.
+
+    The time counts as "program runs" (``dspylite.activity``) unless the caller opened a more
+    specific activity.
     """
+    with activity("program runs", default=True):
+        return _parallel_map(
+            fn,
+            items,
+            num_threads=num_threads,
+            progress=progress,
+            max_errors=max_errors,
+            timeout=timeout,
+            straggler_limit=straggler_limit,
+        )
+
+
+def _parallel_map(
+    fn: Callable[[T], Any],
+    items: Iterable[T],
+    *,
+    num_threads: int,
+    progress: Any,
+    max_errors: int | None,
+    timeout: float | None,
+    straggler_limit: int,
+) -> list[Outcome]:
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         # A negative count used to mean "one thread" silently; say what is wrong instead.
         raise ConfigError(f"'num_threads' must be an integer >= 1, got {num_threads!r}")

@@ -249,6 +249,13 @@ def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
     assert (run_dir / "report.png").read_bytes().startswith(b"\x89PNG")
     job = json.loads((run_dir / "job.json").read_text())
     assert job["status"] == "done" and job["stages"] == DEMO_STAGES
+    # Wall time by stage and activity: every stage timed, with the activities its work went to.
+    activity = job["activity"]
+    assert set(DEMO_STAGES) <= set(activity)
+    assert activity["baseline"].keys() >= {"evaluation", "other"}
+    assert "program runs" in activity["prompt"] and "rollouts" in activity["grpo"]
+    assert "adapter sync" in activity["grpo"] and "program runs" in activity["sft"]
+    assert "Wall time by stage and activity" in report
 
     # ---- the rerun: everything from the records, adapters re-served to a fresh server ------------
     trained = (len(recorder.sft), len(recorder.policy_loads), recorder.updates, len(searches))

@@ -570,17 +570,19 @@ def test_a_version_published_after_the_last_checkpoint_is_dropped_on_resume(mode
     assert result.final.step == 2
 
 
-def test_policy_device_and_precision_resolve_on_a_cpu_machine(model_dir, tmp_path):
+def test_policy_device_and_precision_resolve_on_a_cpu_machine(model_dir, tmp_path, monkeypatch):
+    import serving.dtype
     from dspylite.errors import TrainingError
     from rl.policy import Policy, resolve_device
 
     assert not torch.cuda.is_available()  # this test states what a CPU-only machine gets
+    monkeypatch.setattr(serving.dtype, "cpu_has_native_bf16", lambda *a: False)  # an AVX2-only CPU
     policy = Policy.load(str(model_dir), _config())
     assert next(policy.model.parameters()).device.type == "cpu" and policy.train_dtype == "float32"
     assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
     with pytest.raises(TrainingError, match=r"grpo.device='cuda:1' but no CUDA GPU is visible"):
         Policy.load(str(model_dir), _config(device="cuda:1"))
-    with pytest.raises(TrainingError, match=r"grpo.precision='bf16' needs a GPU.*grpo.precision=fp32"):
+    with pytest.raises(TrainingError, match=r"grpo.precision='bf16' needs a GPU or a CPU with native bf16"):
         Policy.load(str(model_dir), _config(precision="bf16"))
     with pytest.raises(ValueError, match=r"device must be auto, cpu, cuda or cuda:N, got 'gpu0'"):
         _config(device="gpu0")

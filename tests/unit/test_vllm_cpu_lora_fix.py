@@ -86,3 +86,119 @@ def test_grouped_delta_casts_to_the_output_dtype() -> None:
     assert delta.dtype == torch.bfloat16
     expected = _reference(inputs, weights, torch.tensor([0, -1, 0]))
     assert torch.allclose(delta.float(), expected, atol=5e-2)
+
+
+def test_slot_groups_name_each_slot_once_and_leave_out_rows_without_an_adapter() -> None:
+    assert _vllm_entry.slot_groups(torch.tensor([3, 3, 3])) == [(3, None)]
+    assert _vllm_entry.slot_groups(torch.tensor([-1, -1])) == []
+    assert _vllm_entry.slot_groups(torch.tensor([], dtype=torch.long)) == []
+    groups = _vllm_entry.slot_groups(torch.tensor([2, -1, 0, 2]))
+    assert [(slot, rows.tolist()) for slot, rows in groups] == [(0, [2]), (2, [0, 3])]
+
+
+# ---- the grouped add_lora_linear against vLLM's own, on vLLM's CPU punica wrapper ---------------------------
+
+
+@pytest.fixture(scope="module")
+def punica_cpu():  # noqa: ANN201
+    return pytest.importorskip("vllm.lora.punica_wrapper.punica_cpu")
+
+
+def _wrapper(punica_cpu, indices: list[int], prefill: bool):  # noqa: ANN001, ANN202
+    wrapper = punica_cpu.PunicaWrapperCPU(max_num_batched_tokens=64, max_batches=16, device="cpu")
+    n = len(indices)
+    wrapper._token_lora_indices[:n].copy_(torch.tensor(indices))
+    wrapper.indices_len = [n, n, n, n]
+    if prefill:
+        wrapper._update_prefill_metadata(wrapper.token_lora_indices)
+    wrapper.is_prefill = prefill
+    return wrapper
+
+
+def _linear_case(rows: int, dtype: torch.dtype):  # noqa: ANN202
+    """A q/k/v-like layer: three slices of different widths, 4 adapter slots, rank 8."""
+    torch.manual_seed(1)
+    slices, width, rank = (12, 4, 4), 10, 8
+    a = tuple(torch.randn(4, 1, rank, width, dtype=dtype) for _ in slices)
+    b = tuple(torch.randn(4, 1, size, rank, dtype=dtype) for size in slices)
+    return (
+        torch.randn(rows, width, dtype=dtype),
+        a,
+        b,
+        slices,
+        torch.randn(rows, sum(slices) + 3, dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize("prefill", [False, True])
+@pytest.mark.parametrize(
+    "indices",
+    [[1, 1, 1, 1, 1], [-1, -1, -1, -1, -1], [2, -1, 0, 2, 3], [3, 3, -1, -1, 0]],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1.0, 0.5])  # vLLM's linear layers pass 1.0 (the scaling is in B)
+def test_grouped_add_lora_linear_equals_vllms_with_the_fixed_ops(
+    punica_cpu,
+    monkeypatch: pytest.MonkeyPatch,
+    indices: list[int],
+    prefill: bool,
+    dtype: torch.dtype,
+    scale: float,
+) -> None:
+    import importlib
+
+    ops = importlib.import_module("vllm.lora.ops.torch_ops.lora_ops")  # sgmv_* call bgmv_* from here
+    for name, function in _vllm_entry._FIXED.items():  # the reference: vLLM's wrapper on the fixed ops
+        monkeypatch.setattr(punica_cpu, name, function)
+        monkeypatch.setattr(ops, name, function)
+    original = punica_cpu.PunicaWrapperCPU.add_lora_linear
+    grouped = _vllm_entry.grouped_add_lora_linear(original)
+    x, a, b, slices, y = _linear_case(len(indices), dtype)
+    expected, actual = y.clone(), y.clone()
+    original(_wrapper(punica_cpu, indices, prefill), expected, x, a, b, scale, slices)
+    grouped(_wrapper(punica_cpu, indices, prefill), actual, x, a, b, scale, slices)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
+    torch.testing.assert_close(actual, expected, **tolerance)
+    assert torch.equal(actual[:, sum(slices) :], y[:, sum(slices) :])  # columns past the slices untouched
+    for row, index in enumerate(indices):
+        if index < 0:  # rows without an adapter keep the base output exactly
+            assert torch.equal(actual[row], y[row])
+
+
+def test_grouped_add_lora_linear_regroups_after_the_step_changes(punica_cpu) -> None:
+    original = punica_cpu.PunicaWrapperCPU.add_lora_linear
+    grouped = _vllm_entry.grouped_add_lora_linear(original)
+    wrapper = _wrapper(punica_cpu, [1, 1, 1], prefill=False)
+    x, a, b, slices, y = _linear_case(3, torch.float32)
+    grouped(wrapper, y.clone(), x, a, b, 1.0, slices)
+    assert wrapper._dspylite_slot_groups == [(1, None)]
+
+    def update(self, new):  # noqa: ANN001, ANN202 - stands in for vLLM's update_metadata
+        self._token_lora_indices[:3].copy_(torch.tensor(new))
+
+    _vllm_entry.regroup_on_update(update)(wrapper, [-1, -1, -1])
+    out = y.clone()
+    grouped(wrapper, out, x, a, b, 1.0, slices)
+    assert torch.equal(out, y)  # the new step has no adapter rows: nothing added
+
+
+def test_calls_the_grouping_does_not_cover_go_to_vllms_own(punica_cpu) -> None:
+    calls = []
+
+    def original(self, y, x, a, b, scale, slices, *, buffer=None, **kwargs):  # noqa: ANN001, ANN202
+        calls.append((buffer, kwargs))
+
+    grouped = _vllm_entry.grouped_add_lora_linear(original)
+    x, a, b, slices, y = _linear_case(3, torch.float32)
+    grouped(_wrapper(punica_cpu, [1, 1, 1], False), y, x, a, b, 1.0, slices, buffer=(1,))
+    grouped(_wrapper(punica_cpu, [1, 1, 1], False), y, x, a, b, 1.0, slices, add_inputs=False)
+    grouped(_wrapper(punica_cpu, [1, 1], False), y, x, a, b, 1.0, slices)  # rows != indices
+    assert len(calls) == 3
+
+
+def test_the_grouped_linear_installs_once_on_the_wrapper_class(punica_cpu, monkeypatch) -> None:
+    cls = punica_cpu.PunicaWrapperCPU
+    monkeypatch.setattr(cls, "add_lora_linear", cls.add_lora_linear)
+    monkeypatch.setattr(cls, "update_metadata", cls.update_metadata)
+    assert _vllm_entry.apply_grouped_linear(punica_cpu)
+    assert cls.add_lora_linear._dspylite and not _vllm_entry.apply_grouped_linear(punica_cpu)

@@ -1,0 +1,61 @@
+"""dspylite.activity: exclusive wall time per (stage, activity), recorded on the main thread only."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from dspylite import activity
+from dspylite.utils.parallel import parallel_map
+
+
+@pytest.fixture(autouse=True)
+def clean():
+    activity.reset()
+    yield
+    activity.reset()
+
+
+def test_nested_activities_take_their_time_out_of_the_enclosing_one() -> None:
+    with activity.stage("sft"):
+        with activity.activity("training"):
+            time.sleep(0.05)
+            with activity.activity("adapter sync"):
+                time.sleep(0.03)
+        time.sleep(0.02)
+    sft = activity.breakdown()["sft"]
+    assert sft["adapter sync"] == pytest.approx(0.03, abs=0.02)
+    assert sft["training"] == pytest.approx(0.05, abs=0.02)
+    assert sft["other"] == pytest.approx(0.02, abs=0.02)
+    assert sum(sft.values()) == pytest.approx(0.10, abs=0.03)  # the stage's wall time, exactly split
+
+
+def test_a_default_label_yields_to_a_specific_one_but_counts_on_its_own() -> None:
+    with activity.stage("prompt"):
+        parallel_map(lambda _: time.sleep(0.02), range(2), num_threads=2)  # "program runs"
+        with activity.activity("evaluation"):
+            parallel_map(lambda _: time.sleep(0.02), range(2), num_threads=2)
+    prompt = activity.breakdown()["prompt"]
+    assert prompt["program runs"] >= 0.015 and prompt["evaluation"] >= 0.015
+    assert prompt["program runs"] < 0.1
+
+
+def test_other_threads_record_nothing() -> None:
+    def work() -> None:
+        with activity.stage("thread"), activity.activity("training"):
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert activity.breakdown() == {}
+
+
+def test_table_rows_give_minutes_per_stage_a_total_and_shares() -> None:
+    rows = activity.table_rows({"": {"server start": 60.0}, "sft": {"training": 120.0, "other": 60.0}})
+    assert [r["stage"] for r in rows] == ["setup", "sft", "total", "share"]
+    assert rows[1]["training"] == "2.0" and rows[1]["total"] == "3.0"
+    assert rows[2]["total"] == "4.0" and rows[3]["training"] == "50%" and rows[3]["server start"] == "25%"
+    assert list(rows[0])[1:] == ["server start", "training", "other", "total"]  # the fixed column order
