@@ -449,10 +449,10 @@ def _precision(cfg: FinetuneConfig, base: str | None) -> tuple[Any, bool, bool, 
     return torch.float32, False, False, not torch.cuda.is_available()
 
 
-def train_dtype(cfg: FinetuneConfig, base: str | None = None) -> str:
+def train_dtype(cfg: FinetuneConfig, base: str | None) -> str:
     """The precision the LoRA on ``base`` trains in under ``cfg`` on this machine (fp16 mixes into fp32
     weights)."""
-    dtype, bf16, fp16, _ = _precision(cfg, base or cfg.model_path or None)
+    dtype, bf16, fp16, _ = _precision(cfg, base)
     return "bfloat16" if bf16 else "float16" if fp16 else str(dtype).removeprefix("torch.")
 
 

@@ -28,7 +28,6 @@ def micro_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _setup(model: Path, tmp_path: Path, **overrides):
     data = build_sft_data(qa_runs(24), val_fraction=0.0, seed=0)
     cfg = FinetuneConfig(
-        model_path=str(model),
         max_steps=1,
         per_device_train_batch_size=6,
         threads=1,
@@ -37,7 +36,7 @@ def _setup(model: Path, tmp_path: Path, **overrides):
         lora=LoraSettings(r=4, alpha=8),
         **overrides,
     )
-    setup = build_sft_trainer(data, cfg, tmp_path / "run")
+    setup = build_sft_trainer(data, cfg, tmp_path / "run", model_path=str(model))
     trainer = setup.trainer
     with torch.no_grad():  # a LoRA that is not zero, so its gradients and the loss depend on it
         for name, param in trainer.model.named_parameters():

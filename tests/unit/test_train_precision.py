@@ -84,7 +84,6 @@ def test_bf16_lora_sft_on_a_cpu_matches_fp32_loss(cpu, tmp_path: Path) -> None:
     losses = {}
     for precision in ("fp32", "bf16"):
         cfg = FinetuneConfig(
-            model_path=str(model),
             max_steps=4,
             per_device_train_batch_size=6,
             learning_rate=1e-2,
@@ -97,7 +96,7 @@ def test_bf16_lora_sft_on_a_cpu_matches_fp32_loss(cpu, tmp_path: Path) -> None:
             lora=LoraSettings(r=4, alpha=8),
         )
         assert train_dtype(cfg, str(model)) == {"fp32": "float32", "bf16": "bfloat16"}[precision]
-        trainer = build_sft_trainer(data, cfg, tmp_path / precision).trainer
+        trainer = build_sft_trainer(data, cfg, tmp_path / precision, model_path=str(model)).trainer
         if precision == "bf16":  # frozen base in bf16, the trained LoRA weights in fp32
             dtypes = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
             assert dtypes == {torch.float32} and trainer.args.bf16
