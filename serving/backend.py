@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from dspylite.errors import ConfigError
 from dspylite.run_dir import RunDir
 from serving.colocate import Colocation
+from serving.config import ServerConfig
 from serving.connection import VLLMConnection
 from serving.registry import AdapterEntry, AdapterRegistry
 
@@ -108,12 +109,12 @@ class Backend:
     def open(
         cls,
         model: str | None,
-        config: Any,
+        config: ServerConfig,
         run_dir: str | os.PathLike[str],
         *,
         lm_kwargs: dict[str, Any] | None = None,
         trains: bool = True,
-        say: Any = None,
+        say: Callable[[str], None] | None = None,
     ) -> Iterator[Backend]:
         """The backend a job trains through, opened from the server schema (``serving.config.ServerConfig``)
         and a run directory: vLLM started on ``model`` (a named source or a checkpoint directory, resolved
