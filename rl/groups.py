@@ -115,11 +115,14 @@ def build_groups(
     scale_by_std: bool = True,
     eps: float = 1e-4,
     predictors: Sequence[str] | None = None,
+    format_failure_reward: float = 0.0,
 ) -> GroupingResult:
     """Group the calls of ``rollouts`` and attach advantages (see the module docstring).
 
     ``rollouts`` need ``example_key``, ``rollout_id``, ``reward`` and ``traces`` (TraceRecords in
-    call order). ``predictors`` limits training to those predictor names (None: all).
+    call order). ``predictors`` limits training to those predictor names (None: all). A call whose
+    completion did not parse earns ``format_failure_reward`` even when its rollout went on to score
+    (ChatAdapter's JSON fallback retried it): the broken completion did not earn the answer.
     """
     wanted = set(predictors) if predictors is not None else None
     members: dict[tuple[str, str, int], list[Sample]] = defaultdict(list)
@@ -137,7 +140,11 @@ def build_groups(
                     example_key=rollout.example_key,
                     call_index=index,
                     rollout_id=rollout.rollout_id,
-                    reward=float(rollout.reward),
+                    reward=(
+                        float(rollout.reward)
+                        if getattr(trace, "error", None) is None
+                        else format_failure_reward
+                    ),
                     advantage=0.0,
                     prompt_token_ids=trace.prompt_token_ids,
                     completion_token_ids=trace.completion_token_ids,

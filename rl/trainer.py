@@ -333,6 +333,7 @@ class GRPOTrainer:
             scale_by_std=cfg.scale_rewards,
             eps=cfg.advantage_eps,
             predictors=cfg.train_predictors,
+            format_failure_reward=cfg.format_failure_reward,
         )
         t_train = time.perf_counter()
         if grouping.samples:

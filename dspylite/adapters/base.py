@@ -8,7 +8,7 @@ THIRD_PARTY_NOTICES.md. What dspylite adds:
 * every completion becomes a ``TraceRecord`` (exact messages, raw text, token ids, logprobs) when a
   trace capture is active, whether it parsed or not;
 * every parse failure is an ``AdapterParseError`` carrying the raw completion, and is counted in
-  ``adapter.usage``; a fallback adapter is opt-in (``ChatAdapter(fallback=JSONAdapter())``) and counted;
+  ``adapter.usage``; a fallback adapter (DSPy's ChatAdapter -> JSONAdapter retry by default) is counted;
 * dspylite's own LMs are called through ``lm.generate()`` (same request, richer result) unless a
   subclass overrides ``__call__``, which is then honoured as in DSPy.
 """

@@ -38,9 +38,9 @@ class FieldInfoWithName(NamedTuple):
 
 
 class ChatAdapter(Adapter):
-    """DSPy's constructor. ``use_json_adapter_fallback=True`` retries a completion that does not parse
-    with a ``JSONAdapter`` (off by default here, unlike DSPy: a fallback is opt-in and counted, so a
-    model that ignores the format shows up in the metrics); ``fallback=`` names any other adapter."""
+    """DSPy's constructor. ``use_json_adapter_fallback=True`` (DSPy's default) retries a completion
+    that does not parse with a ``JSONAdapter``; each retry is counted in ``usage["fallbacks"]`` so a
+    model that ignores the format still shows up in the metrics. ``fallback=`` names any other adapter."""
 
     name = "chat"
 
@@ -49,7 +49,7 @@ class ChatAdapter(Adapter):
         callbacks: list | None = None,
         use_native_function_calling: bool = False,
         native_response_types: list[type] | None = None,
-        use_json_adapter_fallback: bool = False,
+        use_json_adapter_fallback: bool = True,
         parallel_tool_calls: bool | None = None,
         *,
         fallback: Adapter | None = None,

@@ -53,6 +53,7 @@ class JSONAdapter(ChatAdapter):
             callbacks=callbacks,
             use_native_function_calling=use_native_function_calling,
             parallel_tool_calls=parallel_tool_calls,
+            use_json_adapter_fallback=False,  # it is the fallback
             fallback=fallback,
         )
         self.structured = structured

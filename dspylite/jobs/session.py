@@ -198,9 +198,19 @@ class JobSession:
         return GRPO(self.task.metric, self.backend.for_run(run_dir), config)
 
     # -- finishing ----------------------------------------------------------------------------------
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
+        """The LM's token and call counts, plus the adapter's parse failures and JSON fallbacks."""
+        from dspylite import settings
+
         usage = getattr(self.lm, "usage", None)
-        return dict(usage) if isinstance(usage, dict) else {}
+        usage = dict(usage) if isinstance(usage, dict) else {}
+        adapter = settings.current().adapter
+        if adapter is not None:
+            counts = dict(adapter.usage)
+            if adapter.fallback is not None:
+                counts["fallback_parse_failures"] = adapter.fallback.usage["parse_failures"]
+            usage["adapter"] = {"name": adapter.name, **counts}
+        return usage
 
     def describe_model(self) -> str:
         return self.info.get("api_base") or self.model_dir or "the built-in tiny model"
@@ -303,7 +313,9 @@ def lm_kwargs(settings: LMSettings, run: RunDir) -> dict[str, Any]:
 def make_adapter(settings: LMSettings) -> Any:
     from dspylite.adapters import ChatAdapter, JSONAdapter
 
-    return JSONAdapter() if settings.adapter == "json" else ChatAdapter()
+    if settings.adapter == "json":
+        return JSONAdapter()
+    return ChatAdapter(use_json_adapter_fallback=settings.json_fallback)
 
 
 # ---- optimizers and results ------------------------------------------------------------------------

@@ -43,6 +43,13 @@ class LMSettings:
         default="chat",
         metadata=_help("Prompt format: chat ([[ ## field ## ]] markers, DSPy's ChatAdapter) or json."),
     )
+    json_fallback: bool = field(
+        default=True,
+        metadata=_help(
+            "With adapter=chat, retry a completion that does not parse with the JSON adapter, as DSPy's "
+            "ChatAdapter does (counted as fallbacks in metrics.jsonl). false: a parse failure scores 0."
+        ),
+    )
     cache: bool = field(
         default=True, metadata=_help("Cache LM responses in <run_dir>/lm_cache (a rerun resumes cheaply).")
     )

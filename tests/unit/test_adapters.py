@@ -254,9 +254,10 @@ def test_fallback_is_explicit_and_counted():
     assert with_fallback.usage["fallbacks"] == 1 and with_fallback.usage["parse_failures"] == 1
     assert with_fallback.fallback.usage == {"calls": 1, "parse_failures": 0, "fallbacks": 0}
     assert len(lm.history) == 2  # the fallback made its own, visible LM call
-    # DSPy's switch turns on a JSON fallback for the chat adapter; it is off unless asked for.
-    assert ChatAdapter().fallback is None
-    assert isinstance(ChatAdapter(use_json_adapter_fallback=True).fallback, JSONAdapter)
+    # DSPy's default: the chat adapter retries with JSON; the switch turns it off. JSON has none.
+    assert isinstance(ChatAdapter().fallback, JSONAdapter)
+    assert ChatAdapter(use_json_adapter_fallback=False).fallback is None
+    assert JSONAdapter().fallback is None
 
 
 def test_fallback_attempt_is_traced_with_its_adapter_name():

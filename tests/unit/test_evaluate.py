@@ -96,8 +96,10 @@ def test_200_examples_in_parallel_with_errors_counted_and_traces():
     assert by_id["q9"].prediction.answer == 18  # the program ran; only the metric failed
     assert [r.example.id for r in result.results] == [f"q{i}" for i in range(200)]  # devset order
 
-    # Traces: one per LM call that returned, each tied to its example; the parse failure included.
-    assert len(result.traces) == 180
+    # Traces: one per LM call that returned, each tied to its example; the parse failures included,
+    # each twice (the chat completion, then ChatAdapter's JSON retry of it).
+    assert len(result.traces) == 200
+    assert [t.adapter for t in by_id["q3"].traces] == ["chat", "json"]
     t0 = by_id["q0"].traces[0]
     assert t0.example_id == "q0" and t0.completion_token_ids == [1, 2] and t0.prompt_token_ids == [3]
     assert t0.messages[-1]["content"].startswith("[[ ## question ## ]]\n0")

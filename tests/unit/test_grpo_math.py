@@ -98,6 +98,24 @@ def test_second_call_group_uses_only_its_members_rewards():
     assert [s.advantage for s in second.samples] == pytest.approx([-1.0, 1.0])
 
 
+def test_unparsed_call_rescued_by_json_fallback_earns_the_format_failure_reward():
+    broken = _trace("p")
+    broken.error = "Expected to find output fields"
+    broken_retry = _trace("p")
+    broken_retry.adapter = "json"
+    rollouts = [
+        # The chat completion did not parse; ChatAdapter's JSON retry answered and the rollout scored 1.
+        FakeRollout("a", 0, 1.0, [broken, broken_retry]),
+        FakeRollout("a", 1, 1.0, [_trace("p")]),
+    ]
+    result = build_groups(rollouts, eps=0.0, format_failure_reward=-0.5)
+    first = next(g for g in result.groups if g.call_index == 0)
+    # Without the rule both members would earn 1.0: a zero-variance group, the broken format unpunished.
+    assert first.rewards == [-0.5, 1.0]
+    assert [s.advantage for s in first.samples] == pytest.approx([-1.0, 1.0])
+    assert result.singleton_groups == 1  # the retry has no peer at call index 1
+
+
 def test_samples_without_token_ids_are_counted_not_trained():
     rollouts = [
         FakeRollout("a", 0, 1.0, [_trace("p", prompt=None, completion=None)]),

@@ -57,11 +57,19 @@ def test_predict_returns_typed_outputs_and_records_a_full_trace():
 
 
 def test_parse_failure_is_traced_then_raised():
-    lm = DummyLM([{"wrong": "x"}])
+    lm = DummyLM([{"wrong": "x"}, {"wrong": "y"}])
     with dspy.capture_traces() as traces, pytest.raises(AdapterParseError) as info:
         dspy.Predict("question -> answer", lm=lm)(question="q")
+    # DSPy's ChatAdapter retries with JSON; both attempts are traced, the last one's error is raised.
+    assert [t.adapter for t in traces] == ["chat", "json"]
     assert traces[0].outputs is None and "Expected to find output fields" in traces[0].error
-    assert info.value.completion == traces[0].completion
+    assert traces[1].outputs is None and info.value.completion == traces[1].completion
+
+    lm = DummyLM([{"wrong": "x"}])
+    no_retry = dspy.ChatAdapter(use_json_adapter_fallback=False)
+    with dspy.capture_traces() as traces, pytest.raises(AdapterParseError) as info:
+        dspy.Predict("question -> answer", lm=lm, adapter=no_retry)(question="q")
+    assert len(traces) == 1 and info.value.completion == traces[0].completion
 
 
 def test_bad_calls_name_what_is_wrong(caplog):
@@ -283,7 +291,8 @@ def test_react_rejects_unknown_tool_names_and_stops_at_max_iters():
     )
     agent = dspy.ReAct("question -> answer", tools=[add])
     agent.set_lm(lm)
-    pred = agent(question="q")
+    with dspy.context(adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
+        pred = agent(question="q")
     assert pred.trajectory == {} and pred.answer == "none"
 
     looping = DummyLM(
@@ -328,13 +337,20 @@ def test_best_of_n_returns_best_below_threshold_and_keeps_nonzero_temperature():
 
 
 def test_best_of_n_counts_failures_and_raises_after_fail_count():
+    no_retry = dspy.ChatAdapter(use_json_adapter_fallback=False)  # one scripted answer per attempt
     lm = DummyLM([{"wrong": "x"}, {"answer": "ok"}])
-    best = dspy.BestOfN(dspy.Predict("q -> answer", lm=lm), N=3, reward_fn=lambda a, p: 1.0, threshold=1.0)
+    best = dspy.BestOfN(
+        dspy.Predict("q -> answer", lm=lm, adapter=no_retry), N=3, reward_fn=lambda a, p: 1.0, threshold=1.0
+    )
     assert best(q="x").answer == "ok"  # one parse failure, then a success
 
     lm = DummyLM([{"wrong": "x"}, {"wrong": "y"}, {"answer": "never reached"}])
     best = dspy.BestOfN(
-        dspy.Predict("q -> answer", lm=lm), N=3, reward_fn=lambda a, p: 1.0, threshold=1.0, fail_count=1
+        dspy.Predict("q -> answer", lm=lm, adapter=no_retry),
+        N=3,
+        reward_fn=lambda a, p: 1.0,
+        threshold=1.0,
+        fail_count=1,
     )
     with pytest.raises(AdapterParseError):  # DSPy's budget: fail_count=1 tolerates one failure
         best(q="x")
