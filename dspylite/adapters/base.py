@@ -165,7 +165,8 @@ class Adapter:
 
     def _log_fallback(self) -> None:
         self.count("fallbacks")
-        logger.info("%s adapter failed to parse; falling back to %s", self.name, self.fallback.name)
+        # DEBUG: a model that ignores the format falls back on every call; the count is in usage.
+        logger.debug("%s adapter failed to parse; falling back to %s", self.name, self.fallback.name)
 
     @staticmethod
     def _finish_lm_kwargs(lm_kwargs: dict[str, Any]) -> None:
