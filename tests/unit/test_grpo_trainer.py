@@ -531,8 +531,13 @@ def test_dynamic_sampling_rolls_out_more_examples_until_enough_carry_signal(mode
     trainer = _trainer(cfg, FakeServer(model_dir, lm), lm, tmp_path / "noisy")
     trainer.fit(TwoStep(), _data(6), _data(2, offset=100))
     (row,) = [r for r in trainer.run.metrics() if r.get("step") == 1 and "rollouts" in r]
-    # extra rounds only while fewer than examples_per_step examples have reward variance
-    assert (row["sampling_rounds"] == 1) == (row["examples_with_signal"] >= 3)
+    # extra rounds only while fewer than examples_per_step examples have reward variance (the count
+    # accumulates over rounds): stopping before the last allowed round means enough had signal, and
+    # too few with signal means every allowed round ran
+    if row["sampling_rounds"] < 3:
+        assert row["examples_with_signal"] >= 3
+    if row["examples_with_signal"] < 3:
+        assert row["sampling_rounds"] == 3
     assert row["rollouts"] == 12 * row["sampling_rounds"]
 
 
