@@ -6,6 +6,7 @@ adapter version."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from fake_vllm_server import FakeVLLM
 from serving_helpers import make_adapter
 
 import dspylite as dspy
-from dspylite.errors import AdapterRegistryError, LMConnectionError, ServingError
+from dspylite.errors import AdapterRegistryError, ConfigError, LMConnectionError, ServingError
 from dspylite.lm import LM
 from dspylite.rotation import Rotation
 from dspylite.trace import TraceRecord, capture_traces
@@ -203,3 +204,132 @@ def test_trace_records_without_a_server_load_from_older_json() -> None:
     assert old.served_by is None
     again = TraceRecord.from_dict({**old.to_dict(), "served_by": "http://h:1/v1"})
     assert again.served_by == "http://h:1/v1" and again.to_dict()["served_by"] == "http://h:1/v1"
+
+
+# ---- the server schema: several servers, replicas, data parallelism -------------------------------------
+
+
+def test_api_base_takes_one_url_a_yaml_list_or_a_comma_separated_override(tmp_path: Path) -> None:
+    from dspylite.config_io import load_config
+    from serving.config import ServerConfig
+
+    a, b = "http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"
+    assert load_config(ServerConfig, None, [f"api_base={a}"]).api_bases == [a]
+    assert load_config(ServerConfig, None, [f"api_base={a},{b}"]).api_base == [a, b]
+    path = tmp_path / "s.yaml"
+    path.write_text(f"api_base:\n  - {a}\n  - {b}\n")
+    assert load_config(ServerConfig, path).api_bases == [a, b]
+    assert ServerConfig().api_bases == []
+    for bad, message in (
+        ("api_base=[]", "server.api_base=.*empty list"),
+        (f"api_base={a},", "empty entry"),
+        (f"api_base={a},{a}", "lists a server twice"),
+        ("api_base=10.0.0.1:8000,x", "must start with http"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(ServerConfig, None, [bad])
+
+
+def test_replicas_are_checked_with_the_key_named() -> None:
+    from serving.config import ServerConfig
+
+    with pytest.raises(ConfigError, match=r"server\.replicas must be >= 1"):
+        ServerConfig(replicas=0)
+    with pytest.raises(ConfigError, match=r"server\.replicas=2 starts servers here, but server\.api_base"):
+        ServerConfig(replicas=2, api_base="http://h:1/v1")
+    assert ServerConfig(replicas=3).replicas == 3
+
+
+def test_help_lists_replicas_and_several_api_bases() -> None:
+    from typer.testing import CliRunner
+
+    from dspylite.cli import app
+
+    result = CliRunner().invoke(app, ["grpo", "--help"], env={"COLUMNS": "400"}, terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert " server.replicas = 1: vLLM servers a job starts here" in result.output
+    assert "comma-separated" in result.output and "server.api_base = ''" in result.output
+
+
+@pytest.mark.parametrize(
+    ("settings", "where"),
+    [
+        ({"data_parallel_size": 2}, "server.data_parallel_size=2"),
+        ({"extra_args": ["--data-parallel-size", "4"]}, "server.extra_args --data-parallel-size=4"),
+        ({"extra_args": ["-dp=2"]}, "server.extra_args -dp=2"),
+    ],
+)
+def test_vllm_data_parallelism_is_refused_naming_replicas(settings: dict[str, Any], where: str) -> None:
+    from serving.config import ServerConfig
+
+    with pytest.raises(ConfigError, match=re.escape(where) + r".*runtime-loaded LoRA.*use server\.replicas="):
+        ServerConfig(**settings)
+
+
+def test_a_job_config_and_a_server_object_with_data_parallelism_are_refused(base_dir: Path) -> None:
+    from dspylite.config_io import load_config
+    from dspylite.jobs.grpo_job import GRPOJobConfig
+    from serving.server import VLLMServer
+
+    with pytest.raises(ConfigError, match=r"server\.data_parallel_size=2.*server\.replicas=2"):
+        load_config(GRPOJobConfig, None, ["server.data_parallel_size=2"])
+    with pytest.raises(ConfigError, match=r"server\.replicas=2"):
+        VLLMServer(base_dir, data_parallel_size=2).validate()
+    VLLMServer(base_dir, data_parallel_size=2, enable_lora=False).validate()  # no LoRA: vLLM's own DP
+
+
+def test_replicas_get_their_own_ports_gpus_and_logs(base_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from serving.config import ServerConfig
+    from serving.launch import build_server
+    from serving.replicas import LocalReplicas
+
+    monkeypatch.setattr("serving.placement.placement", lambda config, trains=True: (_NoPlan(), "off"))
+    config = ServerConfig(replicas=2, tensor_parallel_size=2, devices="4,5,6,7", port=9100)
+    group = build_server(str(base_dir), config, tmp_path / "run", trains=False)
+    assert isinstance(group, LocalReplicas) and len(group.servers) == 2
+    first, second = group.servers
+    assert (first.port, second.port) == (9100, 9101)
+    assert (first.devices, second.devices) == ((4, 5), (6, 7))
+    assert first.log_path == tmp_path / "run" / "replica-0" / "vllm.log"
+    assert "--tensor-parallel-size" in first.command() and first.child_env()["CUDA_VISIBLE_DEVICES"] == "4,5"
+    free = build_server(str(base_dir), ServerConfig(replicas=3), tmp_path / "run2", trains=False)
+    ports = [server.port for server in free.servers]
+    assert len(set(ports)) == 3 and all(ports)
+
+
+class _NoPlan:
+    train = None
+
+
+def test_replicas_need_replicas_x_tp_devices() -> None:
+    from serving.devices import plan_devices
+
+    with pytest.raises(
+        ConfigError, match=r"lists 2 GPU\(s\).*replicas x tensor_parallel_size.*2 x 2 x 1 = 4"
+    ):
+        plan_devices("0,1", None, tensor_parallel_size=2, replicas=2)
+    assert plan_devices("0,1,2,3", None, tensor_parallel_size=2, replicas=2).server == (0, 1, 2, 3)
+
+
+FAKE_SCRIPT = Path(__file__).resolve().parents[1] / "fake_vllm_server.py"
+
+
+def test_a_job_starts_replicas_as_one_backend_and_stops_them_all(
+    base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.config import ServerConfig
+    from serving.server import VLLMServer
+
+    monkeypatch.setattr(VLLMServer, "entrypoint_argv", (str(FAKE_SCRIPT),))  # the fake, as a process
+    config = ServerConfig(replicas=2, served_model_name="tiny", colocate="off", startup_timeout=30)
+    adapter = make_adapter(tmp_path / "v1", base_model=str(base_dir))
+    with Backend.open(str(base_dir), config, tmp_path / "run", trains=False) as backend:
+        servers = backend.server.servers
+        assert len(set(backend.server.api_bases)) == 2 and all(s.is_running() for s in servers)
+        assert all((tmp_path / "run" / f"replica-{i}" / "vllm.log").exists() for i in range(2))
+        backend.publish("v-1", adapter)
+        lm = backend.lm(model="v-1", cache=False)
+        outputs = [lm.generate([{"role": "user", "content": f"q{i}"}])[0] for i in range(4)]
+        assert {c.served_by for c in outputs} == set(backend.server.api_bases)
+        assert {c.model for c in outputs} == {"v-1"}
+    assert not any(s.is_running() for s in servers)
