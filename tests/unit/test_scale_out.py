@@ -333,3 +333,85 @@ def test_a_job_starts_replicas_as_one_backend_and_stops_them_all(
         assert {c.served_by for c in outputs} == set(backend.server.api_bases)
         assert {c.model for c in outputs} == {"v-1"}
     assert not any(s.is_running() for s in servers)
+
+
+# ---- GRPO: bounded staleness ---------------------------------------------------------------------------
+
+
+class VersionedLM:
+    """A scripted policy: answers in ChatAdapter's format; which version answers is scripted per rollout
+    (``answered_by``: rollout id -> model name), as a lagging server would."""
+
+    def __init__(self, model: str, answered_by: dict[int, str]):
+        self.model = model
+        self.answered_by = answered_by
+
+    def generate(self, messages, *, n=1, rollout_id=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        from dspylite.completion import Completion
+
+        text = f"[[ ## answer ## ]]\n{'right' if rollout_id % 2 else 'wrong'}\n\n[[ ## completed ## ]]"
+        model = self.answered_by.get(rollout_id, self.model)
+        return [
+            Completion(
+                text=text, model=model, token_ids=[5, 2], prompt_token_ids=[3, 4], served_by="http://s:1/v1"
+            )
+            for _ in range(n)
+        ]
+
+    def copy(self, **overrides):  # noqa: ANN003, ANN201
+        return VersionedLM(overrides.get("model", self.model), self.answered_by)
+
+    def dump_state(self):  # noqa: ANN201
+        return {"model": self.model}
+
+
+def _metric(example, prediction, trace=None):  # noqa: ANN001, ANN202
+    return float(prediction.answer == "right")
+
+
+@pytest.mark.parametrize(("max_staleness", "dropped"), [(0, {1, 2}), (1, {2}), (2, set())])
+def test_rollouts_from_versions_older_than_the_staleness_bound_are_dropped_and_counted(
+    max_staleness: int, dropped: set[int]
+) -> None:
+    from rl.rollouts import collect_rollouts
+    from rl.trainer import rollout_program
+
+    history = ["grpo-s-1", "grpo-s-2", "grpo-s-3"]  # oldest first; grpo-s-3 is current
+    lm = VersionedLM("grpo-s-3", answered_by={1: "grpo-s-2", 2: "grpo-s-1"})
+    program = rollout_program(dspy.Predict("question -> answer"), "grpo-s-3", lm)
+    examples = [dspy.Example(question=f"q{i}").with_inputs("question") for i in range(2)]
+    batch = collect_rollouts(
+        program,
+        examples,
+        _metric,
+        num_rollouts=4,
+        temperature=1.0,
+        num_threads=2,
+        versions=history[-(max_staleness + 1) :],
+    )
+    stale = [r for r in batch.excluded if r.error_kind == "stale"]
+    assert {r.rollout_id for r in stale} == dropped
+    assert len(stale) == 2 * len(dropped)  # both examples
+    assert batch.stats()["stale_rollouts"] == 2 * len(dropped)
+    assert all(t.model in history[-(max_staleness + 1) :] for r in batch.rollouts for t in r.traces)
+    assert all("grpo-s-" in r.error and "http://s:1/v1" in r.error for r in stale)
+    assert len(batch.rollouts) == 8 - 2 * len(dropped)
+
+
+def test_staleness_checks_only_the_trained_predictors() -> None:
+    from rl.rollouts import stale_call
+
+    def trace(name: str, model: str) -> TraceRecord:
+        return TraceRecord(name, "q -> a", {}, [], "x", model, "chat")
+
+    traces = [trace("draft", "base"), trace("answer", "v-2")]
+    assert stale_call(traces, ["v-2"], trained=["answer"]) is None
+    assert "draft was answered by 'base'" in stale_call(traces, ["v-2"])
+
+
+def test_grpo_config_refuses_a_negative_staleness() -> None:
+    from rl.config import GRPOConfig
+
+    assert GRPOConfig().max_staleness == 0
+    with pytest.raises(ValueError, match="max_staleness must be >= 0"):
+        GRPOConfig(max_staleness=-1)
