@@ -415,3 +415,13 @@ def test_grpo_config_refuses_a_negative_staleness() -> None:
     assert GRPOConfig().max_staleness == 0
     with pytest.raises(ValueError, match="max_staleness must be >= 0"):
         GRPOConfig(max_staleness=-1)
+
+
+def test_dspylite_serve_starts_one_server_and_says_how_to_run_several(base_dir: Path) -> None:
+    from serving.config import ServerConfig
+    from serving.serve import ServeConfig, prepare_server
+
+    with pytest.raises(
+        ConfigError, match=r"server\.replicas=2: `dspylite serve` starts one server.*api_base"
+    ):
+        prepare_server(ServeConfig(model=str(base_dir), server=ServerConfig(replicas=2)))
