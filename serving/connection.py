@@ -163,9 +163,13 @@ class VLLMConnection:
         serving = [base for base in loaded if base not in failed]
         if not serving:
             self._unload_quietly(name, loaded)
+            already_out = "".join(
+                f"; {base}: out of rotation ({why})" for base, why in self.rotation.out.items()
+            )
             raise ServingError(
                 f"adapter {name!r} ({info.path}) could not be loaded on any server: "
                 + "; ".join(f"{base}: {why}" for base, why in failed.items())
+                + already_out
             )
         for base, why in failed.items():
             self.rotation.take_out(base, f"could not serve adapter {name!r}: {why}")

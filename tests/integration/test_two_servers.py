@@ -35,7 +35,7 @@ def test_grpo_over_two_servers_survives_losing_one(
         replicas=2,
         served_model_name="tiny",
         max_lora_rank=16,
-        max_loras=2,
+        max_loras=4,
         colocate="off",
         # float32, as the session server: the tiny model's outputs do not depend on batch composition.
         extra_args=["--dtype", "float32"],

@@ -118,6 +118,18 @@ def test_no_server_left_names_the_adapter_and_every_server(base_dir: Path, tmp_p
         assert "v-1" not in server.loaded_adapters
 
 
+def test_the_last_server_failing_names_those_already_out_of_rotation(base_dir: Path, tmp_path: Path) -> None:
+    with FakeVLLM(str(base_dir)) as a, FakeVLLM(str(base_dir)) as b:
+        server = connect([a.api_base, b.api_base])
+        _refuse_loads(b)
+        server.load_adapter("v-1", make_adapter(tmp_path / "v1", base_model=str(base_dir)))
+        _refuse_loads(a)
+        with pytest.raises(ServingError, match="adapter 'v-2'") as info:
+            server.load_adapter("v-2", make_adapter(tmp_path / "v2", base_model=str(base_dir)))
+        assert f"{a.api_base}: cannot load" in str(info.value)
+        assert f"{b.api_base}: out of rotation (could not serve adapter 'v-1'" in str(info.value)
+
+
 def test_a_bad_adapter_is_rolled_back_everywhere_and_no_server_leaves(base_dir: Path, tmp_path: Path) -> None:
     with FakeVLLM(str(base_dir)) as a, FakeVLLM(str(base_dir)) as b:
         b.adapters["v-1"] = "/elsewhere"  # the name is taken there: the adapter's fault, not the server's
