@@ -158,7 +158,7 @@ def _check_stored(data: dict[str, Any]) -> None:
     """
     if not isinstance(data.get("text"), str):
         raise ValueError("'text' is not a string")
-    for name in ("model", "finish_reason"):
+    for name in ("model", "finish_reason", "served_by"):
         if data.get(name) is not None and not isinstance(data[name], str):
             raise ValueError(f"{name!r} is not a string")
     for name in ("token_ids", "prompt_token_ids"):

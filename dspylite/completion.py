@@ -28,6 +28,9 @@ class Completion:
     tool_calls: list[Any] | None = None
     reasoning_content: str | None = None
     citations: list[Any] | None = None
+    # The api_base of the server that produced it (None: unknown, e.g. a scripted LM); with several
+    # servers, which one answered. ``model`` is the name the server's answer gives (the adapter version).
+    served_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -141,6 +141,9 @@ class LM(BaseLM):
     # optimizers (BootstrapFinetune, GRPO) train through it, as DSPy's go through ``lm.finetune``.
     # Copies keep it; it is never saved.
     backend: Any = None
+    # The dspylite.rotation.Rotation of the serving handle this LM came from (VLLMConnection.lm()):
+    # endpoints it takes out of rotation get no more requests. Copies share it; it is never saved.
+    rotation: Any = None
 
     def __init__(
         self,
@@ -298,9 +301,11 @@ class LM(BaseLM):
         breaker = self.breaker
         breaker.check()
         try:
-            data, api_base = self._post(body, breaker)
+            data, api_base, served_by = self._post(body, breaker)
             prompt_tokens, completion_tokens = _usage_counts(data.get("usage"), api_base)
             completions = self._parse(data, n, want_logprobs=want_logprobs, url=api_base)
+            for completion in completions:
+                completion.served_by = served_by
         except (LMConnectionError, LMServerError) as exc:
             breaker.record_failure(exc)
             if breaker.is_open:
@@ -359,6 +364,8 @@ class LM(BaseLM):
         for name, value in overrides.items():
             if name in ("api_base", "base_url"):
                 new.api_bases = _normalize_api_bases(value)
+                if new.api_bases != self.api_bases:
+                    new.rotation = None  # other servers: the handle's rotation says nothing about them
                 if name in new.kwargs or "api_base" in new.kwargs:
                     new.kwargs[name] = value
             elif name in _INSTANCE_SETTINGS:
@@ -533,22 +540,44 @@ class LM(BaseLM):
 
     # ---- HTTP with retries -----------------------------------------------------------------
 
-    def _post(self, body: dict[str, Any], breaker: CircuitBreaker) -> tuple[dict[str, Any], str]:
+    def _post(self, body: dict[str, Any], breaker: CircuitBreaker) -> tuple[dict[str, Any], str, str]:
+        """POST ``body``; (the answer, the URL that gave it, that endpoint's ``api_base``).
+
+        With several endpoints a call starts at the next one in round-robin order; a retry moves on to
+        the next one, and a connection error (refused, reset, timed out) moves on at once, without
+        spending a retry or waiting, while the call has endpoints it has not tried.
+        """
         client = self._transport.client
+        bases, urls = self._live_endpoints()
         attempts = self.num_retries + 1
         last_error: Exception | None = None
         last_status: int | None = None
         last_body = ""
-        url = self._urls[0]
-        for attempt in range(attempts):
+        position = self._transport.next_index(len(urls))
+        url = urls[position]
+        failovers_left = len(urls) - 1
+        attempt = 0
+        while attempt < attempts:
             breaker.check()  # another thread may have found the server dead while this one slept
-            url = self._urls[self._transport.next_index(len(self._urls))]
+            index = position % len(urls)
+            url = urls[index]
             retry_after = None
             try:
                 response = client.post(url, json=body, headers=self._headers, timeout=self.timeout)
             except httpx.TransportError as exc:
                 last_error, last_status = exc, None
                 reason = f"{type(exc).__name__}: {exc}"
+                if failovers_left > 0:
+                    failovers_left -= 1
+                    position += 1
+                    logger.warning(
+                        "LM request to %s (model %r) failed (%s); failing over to %s",
+                        url,
+                        self.served_model,
+                        reason,
+                        urls[position % len(urls)],
+                    )
+                    continue
             else:
                 status = response.status_code
                 if status < 300:
@@ -568,7 +597,7 @@ class LM(BaseLM):
                             status_code=status,
                             body=response.text,
                         )
-                    return data, url
+                    return data, url, bases[index]
                 text = response.text
                 message = _error_message(text)
                 if status >= 500 or status in _RETRYABLE_STATUS:
@@ -585,8 +614,12 @@ class LM(BaseLM):
                         status_code=status,
                         body=text,
                     )
-            if attempt + 1 < attempts:
-                delay = min(self.backoff_max, self.backoff_base * (2**attempt)) * (0.5 + random.random())
+            attempt += 1
+            position += 1
+            if attempt < attempts:
+                delay = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1))) * (
+                    0.5 + random.random()
+                )
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, _MAX_RETRY_AFTER_S))
                 logger.warning(
@@ -594,13 +627,13 @@ class LM(BaseLM):
                     url,
                     self.served_model,
                     reason,
-                    attempt + 1,
+                    attempt,
                     self.num_retries,
                     delay,
                 )
                 self._usage.add(retries=1)
                 time.sleep(delay)
-        where = url if len(self._urls) == 1 else f"{', '.join(self._urls)}"
+        where = url if len(urls) == 1 else ", ".join(urls)
         if last_status is not None:
             raise LMServerError(
                 f"{where} kept failing for model {self.served_model!r} after {attempts} attempt(s); "
@@ -614,6 +647,19 @@ class LM(BaseLM):
         ) from last_error
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _live_endpoints(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(api_bases, request URLs) in rotation: all of them unless the serving handle took some out."""
+        rotation = self.rotation
+        if rotation is None:
+            return self.api_bases, self._urls
+        live = [i for i, base in enumerate(self.api_bases) if not rotation.is_out(base)]
+        if not live:
+            raise LMConnectionError(
+                f"every server for model {self.served_model!r} is out of rotation: "
+                + "; ".join(f"{base}: {why}" for base, why in rotation.out.items())
+            )
+        return tuple(self.api_bases[i] for i in live), tuple(self._urls[i] for i in live)
 
     def _get_cache(self) -> LMCache:
         cache = self._cache

@@ -22,7 +22,7 @@ class TraceRecord:
     inputs: dict[str, Any]
     messages: list[dict[str, Any]]  # exactly what was sent
     completion: str  # the raw text the model produced
-    model: str  # the served model name: base model or adapter version
+    model: str  # the served model name the server's answer gives: base model or adapter version
     adapter: str  # which adapter formatted it: "chat" or "json"
     outputs: dict[str, Any] | None = None  # parsed outputs; None when parsing failed
     error: str | None = None  # the parse error message, when parsing failed
@@ -33,6 +33,7 @@ class TraceRecord:
     example_id: str | None = None
     rollout_id: int | None = None
     lm_kwargs: dict[str, Any] = field(default_factory=dict)
+    served_by: str | None = None  # api_base of the server that answered (a cached answer: the one that did)
     # The live predictor object (not serialised); lets BootstrapFewShot attach demos.
     predictor: Any = field(default=None, repr=False, compare=False)
 

@@ -77,6 +77,14 @@ class GRPOConfig:
         ),
     )
     rollout_threads: int = field(default=32, metadata=_help("Concurrent program runs during rollouts."))
+    max_staleness: int = field(
+        default=0,
+        metadata=_help(
+            "Adapter versions a rollout may lag behind: a rollout whose trained calls were answered (the "
+            "trace's model) by a version older than the current one minus this, or by any other model, is "
+            "dropped and counted (stale_rollouts). 0: only the current version."
+        ),
+    )
     train_predictors: list[str] | None = field(
         default=None,
         metadata=_help(
@@ -229,6 +237,8 @@ class GRPOConfig:
             )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {self.max_staleness}")
         if self.dynamic_sampling_rounds < 0:
             raise ValueError(f"dynamic_sampling_rounds must be >= 0, got {self.dynamic_sampling_rounds}")
         if self.val_every < 0 or self.keep_loaded < 1:

@@ -7,7 +7,10 @@ reward is the program's metric on the final prediction. How failures count (DESI
 - a parse failure (the model broke the output format) is a legitimate outcome of the policy: the
   rollout gets ``format_failure_reward`` and its traces, including the failed call, are trained on;
 - an LM/server error, an exception in the program's own code, or a metric that raised say nothing
-  about the policy: the rollout is excluded from training and counted under its error kind.
+  about the policy: the rollout is excluded from training and counted under its error kind;
+- a rollout whose trained calls were answered by another model than the allowed adapter versions
+  (``versions``: the current one and at most ``max_staleness`` before it; with several servers a
+  lagging one could answer) is excluded as ``stale``: its tokens came from other weights.
 """
 
 from __future__ import annotations
@@ -87,10 +90,28 @@ class RolloutBatch:
             "parse_failures": float(parse_failures),
             "parse_failure_rate": parse_failures / total if total else 0.0,
             "excluded_rollouts": float(len(self.excluded)),
+            "stale_rollouts": float(sum(1 for r in self.excluded if r.error_kind == "stale")),
             "calls": float(len(calls)),
             "completion_tokens_mean": (sum(completion_tokens) / len(completion_tokens)) if calls else 0.0,
             **counts,
         }
+
+
+def stale_call(
+    traces: Sequence[TraceRecord], versions: Sequence[str], trained: Sequence[str] | None = None
+) -> str | None:
+    """Why a rollout is stale: its first call of a ``trained`` predictor (None: any) answered by a model
+    (the trace's ``model``: the name the server's answer gave) not in ``versions``; None when fresh."""
+    allowed = set(versions)
+    wanted = set(trained) if trained is not None else None
+    for trace in traces:
+        if (wanted is None or trace.predictor_name in wanted) and trace.model not in allowed:
+            where = f" by {trace.served_by}" if trace.served_by else ""
+            return (
+                f"{trace.predictor_name} was answered{where} by {trace.model!r}, not by an allowed "
+                f"version {sorted(allowed)}"
+            )
+    return None
 
 
 def collect_rollouts(
@@ -106,6 +127,8 @@ def collect_rollouts(
     lm_kwargs: dict[str, Any] | None = None,
     progress: Any = None,
     index_base: int = 0,
+    versions: Sequence[str] | None = None,
+    trained: Sequence[str] | None = None,
 ) -> RolloutBatch:
     """Run ``program`` ``num_rollouts`` times on each example, concurrently.
 
@@ -113,6 +136,8 @@ def collect_rollouts(
     ``rl.trainer.rollout_program``). Rollout r of every example gets id ``rollout_id_base + r``.
     ``lm_kwargs`` are extra sampling parameters (``top_p``, ``max_tokens``, ...). Example i is
     numbered ``index_base + i``, so batches of one step collected in several rounds keep apart.
+    ``versions``: the model names (adapter versions) the calls of ``trained`` predictors (None: all)
+    may have been answered by; a rollout with another is excluded as ``stale`` (None: no check).
     """
     if num_rollouts < 2:
         raise ValueError(f"num_rollouts must be at least 2 for group-relative advantages, got {num_rollouts}")
@@ -125,6 +150,11 @@ def collect_rollouts(
         index, r = job
         rid = rollout_id_base + r
         result = run_one(program, examples[index], metric, keep_traces=True, rollout_id=rid)
+        stale = stale_call(result.traces, versions, trained) if versions is not None else None
+        if stale is not None:
+            return Rollout(
+                index_base + index, keys[index], rid, float("nan"), None, "stale", stale, result.traces
+            )
         if result.error_kind is None:
             return Rollout(
                 index_base + index,

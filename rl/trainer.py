@@ -215,6 +215,7 @@ class GRPOTrainer:
             "session": os.urandom(3).hex(),
             "step": 0,
             "version": self.server.model_name,
+            "versions": [self.server.model_name],  # every version made current, oldest first
             "version_dir": None,
             "loaded": [],  # versions this run loaded into the server (it unloads only these)
             "epoch": 0,
@@ -266,6 +267,7 @@ class GRPOTrainer:
         self.policy.load_adapter_weights(checkpoint / ADAPTER_SUBDIR)
         self.policy.load_training_state(checkpoint)
         self.state = state
+        state.setdefault("versions", [state["version"]])  # a checkpoint from before grpo.max_staleness
         old_session = state["session"]
         # A new session token: a step redone after the kill must not reuse a name the killed process
         # may already have saved, registered or loaded.
@@ -399,6 +401,9 @@ class GRPOTrainer:
             num_threads=cfg.rollout_threads,
             rollout_id_base=step * cfg.num_rollouts_per_example,
             index_base=round_index * cfg.examples_per_step,
+            # The current version and at most max_staleness before it may have answered a rollout.
+            versions=self.state["versions"][-(cfg.max_staleness + 1) :],
+            trained=cfg.train_predictors,
         )
 
     def _val_due(self, step: int) -> bool:
@@ -441,6 +446,7 @@ class GRPOTrainer:
         )
         self.state["loaded"].append(name)
         self.state["version"] = name
+        self.state["versions"].append(name)
         self.state["version_dir"] = str(directory)
         return name
 

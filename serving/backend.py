@@ -40,7 +40,8 @@ class Backend:
     """One serving handle, its adapter registry, base model, precision, colocation and run directory.
 
     Args:
-        server: a ``VLLMServer`` (its ``dtype`` becomes ``serving_dtype``) or ``VLLMConnection``.
+        server: a ``VLLMServer`` or ``LocalReplicas`` (its ``dtype`` becomes ``serving_dtype``) or a
+            ``VLLMConnection`` (one server or several).
         run_dir: where optimizers write; None: each compile opens ``runs/<optimizer>-<time>``.
         registry: where versions are registered; default ``<run_dir>/adapters``.
         model_dir: the base model to train on; default ``server.base_model``.
@@ -63,6 +64,7 @@ class Backend:
         base_lm: Any = None,
     ):
         from serving.dtype import normalize_dtype
+        from serving.replicas import LocalReplicas
         from serving.server import VLLMServer
 
         if server is None:
@@ -75,7 +77,7 @@ class Backend:
         self._model_dir = str(model_dir) if model_dir else None
         if serving_dtype is not None:
             serving_dtype = normalize_dtype(serving_dtype, setting="Backend(serving_dtype=...)")
-        elif isinstance(server, VLLMServer):
+        elif isinstance(server, (VLLMServer, LocalReplicas)):
             serving_dtype = server.dtype  # already vLLM's spelling: VLLMServer resolved server.dtype
         self.serving_dtype = None if serving_dtype == "auto" else serving_dtype
         self.colocation = colocation if colocation is not None else Colocation(server, "off")

@@ -95,12 +95,14 @@ def plan_devices(
     *,
     tensor_parallel_size: int = 1,
     data_parallel_size: int = 1,
+    replicas: int = 1,
 ) -> DevicePlan:
-    """Parse and check the device settings: the server gets ``tp x dp`` GPUs when it has a list."""
+    """Parse and check the device settings: the server(s) get ``replicas x tp x dp`` GPUs when they have
+    a list."""
     plan = DevicePlan(
         parse_devices(server, field="server.devices"), parse_devices(train, field="server.train_devices")
     )
-    check_parallel_sizes(plan.server, tensor_parallel_size, data_parallel_size)
+    check_parallel_sizes(plan.server, tensor_parallel_size, data_parallel_size, replicas)
     if plan.server is not None and plan.train is not None and plan.shared:
         logger.info(
             "server.devices %s and server.train_devices %s overlap on %s: server.colocate decides how they share",
@@ -112,17 +114,30 @@ def plan_devices(
 
 
 def check_parallel_sizes(
-    devices: tuple[int, ...] | None, tensor_parallel_size: int, data_parallel_size: int
+    devices: tuple[int, ...] | None, tensor_parallel_size: int, data_parallel_size: int, replicas: int = 1
 ) -> None:
     if tensor_parallel_size < 1 or data_parallel_size < 1:
         raise ConfigError(
             f"server.tensor_parallel_size ({tensor_parallel_size}) and server.data_parallel_size "
             f"({data_parallel_size}) must be >= 1"
         )
-    need = tensor_parallel_size * data_parallel_size
+    need = tensor_parallel_size * data_parallel_size * replicas
     if devices is not None and len(devices) != need:
+        product = f"tensor_parallel_size x data_parallel_size = {tensor_parallel_size} x {data_parallel_size}"
+        if replicas > 1:
+            product = (
+                f"replicas x tensor_parallel_size x data_parallel_size = {replicas} x {tensor_parallel_size} "
+                f"x {data_parallel_size}"
+            )
         raise ConfigError(
             f"server.devices {','.join(map(str, devices))} lists {len(devices)} GPU(s), but "
-            f"tensor_parallel_size x data_parallel_size = {tensor_parallel_size} x {data_parallel_size} "
-            f"= {need}: list exactly {need} or change the parallel sizes"
+            f"{product} = {need}: list exactly {need} or change the parallel sizes"
         )
+
+
+def replica_devices(devices: tuple[int, ...] | None, replicas: int) -> list[tuple[int, ...] | None]:
+    """``devices`` cut into ``replicas`` equal consecutive shares (None: each replica inherits all)."""
+    if devices is None:
+        return [None] * replicas
+    share = len(devices) // replicas
+    return [devices[i * share : (i + 1) * share] for i in range(replicas)]

@@ -7,7 +7,8 @@
     server = build_server(model_dir, config, log_dir)   # not started: `dspylite serve` starts it itself
 
 ``vllm_server`` is the plain translation of the schema into ``VLLMServer`` arguments (what ``doctor``
-checks); ``build_server`` adds the placement (devices, colocation, memory split: serving/placement.py).
+checks); ``build_server`` adds the placement (devices, colocation, memory split: serving/placement.py),
+and with ``server.replicas`` > 1 returns the replicas as one handle (``serving.replicas.LocalReplicas``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dspylite.errors import ConfigError
 from serving.config import ServerConfig
 from serving.connection import VLLMConnection
+from serving.devices import parse_devices, replica_devices
 from serving.placement import plan_placement
-from serving.server import VLLMServer
+from serving.replicas import LocalReplicas
+from serving.server import VLLMServer, free_ports
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ def server_model(model: str | None, config: ServerConfig, say: Say = _log) -> st
     model), resolved through ``sources.models``; '' with a remote server (``api_base``) and no model."""
     from sources.models import resolve_model
 
-    if config.api_base and not model:
+    if config.api_bases and not model:
         return ""
     return resolve_model(model, say)
 
@@ -77,11 +82,36 @@ def vllm_server(
 
 def build_server(
     model_dir: str, config: ServerConfig, log_dir: str | Path, say: Say = _log, *, trains: bool = True
-) -> VLLMServer:
+) -> VLLMServer | LocalReplicas:
     """The server a job or ``dspylite serve`` starts: the config's server, placed (serving/placement.py;
-    ``trains``: whether the job trains beside it, which decides ``server.colocate=auto``)."""
+    ``trains``: whether the job trains beside it, which decides ``server.colocate=auto``); with
+    ``server.replicas`` > 1, that many, as one handle."""
     placement = plan_placement(model_dir, config, say, trains=trains)
-    return vllm_server(model_dir, config, log_dir=log_dir, **placement)
+    if config.replicas == 1:
+        return vllm_server(model_dir, config, log_dir=log_dir, **placement)
+    return LocalReplicas(replica_servers(model_dir, config, log_dir, **placement))
+
+
+def replica_servers(
+    model_dir: str, config: ServerConfig, log_dir: str | Path, **placement: Any
+) -> list[VLLMServer]:
+    """``config.replicas`` servers: ports ``server.port`` + i (or free ones), each its consecutive
+    ``tensor_parallel_size`` GPUs of ``server.devices`` (all visible when empty), each logging to
+    ``<log_dir>/replica-<i>/vllm.log``."""
+    count = config.replicas
+    ports = [config.port + i for i in range(count)] if config.port else free_ports(count, config.host)
+    if max(ports) > 65535:
+        raise ConfigError(f"server.port={config.port} + server.replicas={count} runs past port 65535")
+    devices = replica_devices(parse_devices(config.devices or None, field="server.devices"), count)
+    return [
+        vllm_server(
+            model_dir,
+            replace(config, port=port, devices=",".join(map(str, share)) if share else ""),
+            log_dir=Path(log_dir) / f"replica-{i}",
+            **placement,
+        )
+        for i, (port, share) in enumerate(zip(ports, devices, strict=True))
+    ]
 
 
 @contextlib.contextmanager
@@ -91,11 +121,11 @@ def open_server(
     """``connect`` to ``config.api_base`` (loading ``config.adapters`` it lacks), or a server started here
     (``build_server``, placed for a job that trains beside it unless ``trains`` is False) and stopped when
     the block ends."""
-    if config.api_base:
+    if config.api_bases:
         from serving.connection import connect
 
-        say(f"using the server at {config.api_base}")
-        connection = connect(config.api_base, api_key=api_key(config), max_lora_rank=config.max_lora_rank)
+        say(f"using the server(s) at {', '.join(config.api_bases)}")
+        connection = connect(config.api_bases, api_key=api_key(config), max_lora_rank=config.max_lora_rank)
         served = set(connection.served_models())
         for name, path in config.adapters.items():
             if name not in served:
@@ -103,9 +133,14 @@ def open_server(
         yield connection
         return
     server = build_server(model_dir, config, log_dir, say, trains=trains)
-    say(f"starting vLLM on {server.model} (log: {Path(log_dir) / 'vllm.log'}) ...")
+    what = "vLLM" if config.replicas == 1 else f"{config.replicas} vLLM replicas"
+    log = server.log_path if config.replicas == 1 else Path(log_dir) / "replica-*" / "vllm.log"
+    say(f"starting {what} on {server.model} (log: {log}) ...")
     server.start()
-    say(f"vLLM ready in {server.start_seconds or 0:.0f}s at {server.api_base} (serving in {server.dtype})")
+    say(
+        f"{what} ready in {server.start_seconds or 0:.0f}s at {', '.join(server.api_bases)} "
+        f"(serving in {server.dtype})"
+    )
     try:
         yield server
     finally:

@@ -47,6 +47,7 @@ def placement(config: ServerConfig, *, trains: bool = True) -> tuple[DevicePlan,
         config.train_devices or None,
         tensor_parallel_size=config.tensor_parallel_size,
         data_parallel_size=config.data_parallel_size,
+        replicas=config.replicas,
     )
     flavor = vllm_flavor()
     mode = effective_mode(

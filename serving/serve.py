@@ -136,6 +136,12 @@ def prepare_server(config: ServeConfig, say: Callable[[str], None] | None = None
             f"server.api_base={config.server.api_base!r}: `dspylite serve` starts a server; leave it empty "
             "(jobs use it to reach a server that is already running)"
         )
+    if config.server.replicas != 1:
+        raise ConfigError(
+            f"server.replicas={config.server.replicas}: `dspylite serve` starts one server; for several, run "
+            "it once per GPU set (each with its own server.port and server.devices) and list them all in a "
+            "job's server.api_base, or let the job start them (server.replicas in the job's config)"
+        )
     say = say or (lambda message: logger.info("%s", message))
     run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / time.strftime("serve-%Y%m%d-%H%M%S")
     model_dir = server_model(config.model, config.server, say)

@@ -34,6 +34,7 @@ from dspylite.activity import activity
 from dspylite.errors import ServingError
 from serving import _vllm_entry
 from serving.adapter_files import check_base_model, check_rank, read_adapter
+from serving.config import check_data_parallel
 from serving.connection import VLLMConnection
 from serving.devices import DeviceSpec, check_parallel_sizes, cuda_env, parse_devices
 from serving.registry import validate_name
@@ -77,9 +78,19 @@ def vllm_version() -> str | None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports nobody listens on right now (held open together while chosen)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class VLLMServer(VLLMConnection):
@@ -394,6 +405,8 @@ class VLLMServer(VLLMConnection):
 
     def _check_gpu_settings(self) -> None:
         check_parallel_sizes(self.devices, self.tensor_parallel_size, self.data_parallel_size)
+        if self.enable_lora:  # runtime loading is on with LoRA (child_env), and it misses DP replicas
+            check_data_parallel(self.data_parallel_size, self.extra_args)
         utilization = self.gpu_memory_utilization
         if utilization is not None and not 0.0 < utilization <= 1.0:
             raise ServingError(

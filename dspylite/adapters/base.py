@@ -354,6 +354,7 @@ class Adapter:
                 example_id=state.example_id,
                 rollout_id=lm_kwargs.get("rollout_id", state.rollout_id),
                 lm_kwargs={k: v for k, v in lm_kwargs.items() if k != "rollout_id"},
+                served_by=completion.served_by,
                 predictor=predictor,
             )
         )

@@ -272,7 +272,7 @@ def open_session(
                 backend=backend,
                 lm_settings=cfg.lm,
                 say=say,
-                info={"api_base": cfg.server.api_base},
+                info={"api_base": ", ".join(cfg.server.api_bases)},
             )
             with dspylite.context(lm=lm, adapter=make_adapter(cfg.lm)):
                 yield session

@@ -84,7 +84,7 @@ def test_demo_help_shows_democonfig_not_the_section_classes() -> None:
 def test_serve_and_doctor_help_read_their_config_option(tmp_path: Path) -> None:
     from serving.serve import load_serve_config
 
-    path = str(CONFIGS / "multi_gpu" / "serve_tp_dp.yaml")
+    path = str(CONFIGS / "multi_gpu" / "serve_tp.yaml")
     output = _help("serve", "--config", path, "server.port=9000")
     _shown(output, load_serve_config(path, ["server.port=9000"]))
     assert " server.devices = '0,1,2,3':" in output and " server.port = 9000:" in output

@@ -30,11 +30,11 @@ DSPYLITE_CONFIGS = {
     "demo_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
     "asdiv_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
     "boolq_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
-    "multi_gpu/serve_tp_dp.yaml": "serving.serve:ServeConfig",
+    "multi_gpu/serve_tp.yaml": "serving.serve:ServeConfig",
     "multi_gpu/sft_accelerate.yaml": "finetune.train:SFTTrainJobConfig",
     "multi_gpu/grpo_one_gpu_sleep.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
     "multi_gpu/grpo_one_gpu_split.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
-    "multi_gpu/grpo_tp2_dp2.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
+    "multi_gpu/grpo_tp2_replicas2.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
     "multi_gpu/grpo_two_gpus.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",
 }
 # accelerate's own launch configs (accelerate.commands.config.config_args.ClusterConfig).
@@ -85,15 +85,15 @@ def test_overrides_apply_on_top_of_a_config_file() -> None:
     assert cfg.optimizer.max_bootstrapped_demos == 2  # untouched keys keep the file's values
 
 
-def test_serve_tp_dp_passes_parallelism_flags_to_vllm(tmp_path: Path) -> None:
+def test_serve_tp_passes_parallelism_flags_to_vllm(tmp_path: Path) -> None:
     from serving.launch import vllm_server
     from serving.serve import ServeConfig
 
-    cfg = load_config(ServeConfig, CONFIGS / "multi_gpu" / "serve_tp_dp.yaml")
+    cfg = load_config(ServeConfig, CONFIGS / "multi_gpu" / "serve_tp.yaml")
     (tmp_path / "config.json").write_text("{}")
     args = vllm_server(str(tmp_path), cfg.server).command()
-    assert args[args.index("--tensor-parallel-size") + 1] == "2"
-    assert args[args.index("--data-parallel-size") + 1] == "2"
+    assert args[args.index("--tensor-parallel-size") + 1] == "4"
+    assert "--data-parallel-size" not in args
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.90"
     assert args[args.index("--max-model-len") + 1] == "8192"
     assert vllm_server(str(tmp_path), cfg.server).child_env()["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"

@@ -56,6 +56,8 @@ PINNED = {
     "lm.adapter": "the fake server answers in ChatAdapter's markers",
     "stages": "every demo stage must run for its trainers to be built",
     "weights": "set per run: better-together runs once with each weight optimizer",
+    "server.replicas": "above 1 it starts servers here, which server.api_base (the fake server) excludes",
+    "server.data_parallel_size": "above 1 it is refused (runtime LoRA loading reaches one DP replica)",
 }
 # Command names whose --help lists config keys but that are no job of dspylite.jobs.
 NOT_JOBS = {
