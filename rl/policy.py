@@ -97,6 +97,13 @@ class Policy:
         from rl import distributed
 
         group = distributed.active()
+        if group is None and distributed.launched_world_size() > 1:
+            raise TrainingError(
+                f"this is process {distributed.launched_rank()} of {distributed.launched_world_size()} "
+                "(accelerate launch), but GRPO's process group is not set up: rank 0 calls "
+                "rl.distributed.init_from_env(cfg) before training, the other ranks "
+                "rl.distributed.run_worker(cfg) instead (`dspylite grpo` does both)"
+            )
         if group is not None and group.is_main:  # the workers build the same policy (rl.distributed)
             arguments = {"adapter_dir": adapter_dir, "serving_dtype": serving_dtype}
             group.broadcast(("load", {"model_path": model_path, "cfg": cfg, **arguments}))

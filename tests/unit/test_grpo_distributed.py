@@ -160,6 +160,18 @@ def test_the_job_refuses_before_starting_anything(monkeypatch, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_launched_process_without_the_group_is_told_how_to_join(monkeypatch, model_dir):  # noqa: F811
+    """A script that builds the policy on every rank of `accelerate launch` would train N unrelated
+    copies (and, through the trainer, start N servers): it gets told what to call instead."""
+    from dspylite.errors import TrainingError
+    from rl.policy import Policy
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(TrainingError, match=r"rl\.distributed\.init_from_env.*run_worker"):
+        Policy.load(str(model_dir), _config())
+
+
 def test_shards_keep_examples_whole_and_cover_every_sample_once():
     from rl.distributed import shard_indices
     from rl.groups import Sample
