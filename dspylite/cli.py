@@ -335,10 +335,14 @@ def grpo(
     Re-running with the same run_dir resumes from the last checkpoint.
 
     Example: dspylite grpo configs/grpo.yaml run_dir=runs/grpo-1 grpo.num_steps=20
+    Several GPUs: accelerate launch --multi_gpu --num_processes 2 -m dspylite.cli grpo configs/grpo.yaml ...
+    (rank 0 samples, publishes and records; every process trains on its share of each step).
     """
     from dspylite.jobs.grpo_job import run_grpo_job
 
     result = _run_job(run_grpo_job, config, list(overrides or []), say=_say)
+    if result is None:  # a rank other than 0 under `accelerate launch`: rank 0 reports
+        return
     for label, point in (("start", result.start), ("best", result.best), ("final", result.final)):
         typer.echo(
             f"{label:>6}: {point.score:.3f}  95% CI [{point.lo:.3f}, {point.hi:.3f}]  "

@@ -54,6 +54,8 @@ class Policy:
         import torch
 
         self.model = model
+        # The ranks of an ``accelerate launch`` job that train together (rl.distributed); None: one process.
+        self.group: Any = None
         # The precision the server samples rollouts in (Backend.serving_dtype), for the adapters'
         # metadata; the policy trains in its own (old logprobs are recomputed here, not taken from the server).
         self.serving_dtype = serving_dtype
@@ -92,7 +94,19 @@ class Policy:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         from finetune.config import resolve_precision, resolve_threads
+        from rl import distributed
 
+        group = distributed.active()
+        if group is None and distributed.launched_world_size() > 1:
+            raise TrainingError(
+                f"this is process {distributed.launched_rank()} of {distributed.launched_world_size()} "
+                "(accelerate launch), but GRPO's process group is not set up: rank 0 calls "
+                "rl.distributed.init_from_env(cfg) before training, the other ranks "
+                "rl.distributed.run_worker(cfg) instead (`dspylite grpo` does both)"
+            )
+        if group is not None and group.is_main:  # the workers build the same policy (rl.distributed)
+            arguments = {"adapter_dir": adapter_dir, "serving_dtype": serving_dtype}
+            group.broadcast(("load", {"model_path": model_path, "cfg": cfg, **arguments}))
         torch.set_num_threads(resolve_threads(cfg.threads, share_with_server=True))
         torch.manual_seed(cfg.seed)
         model_path = str(Path(model_path).expanduser().resolve())
@@ -100,6 +114,8 @@ class Policy:
             raise TrainingError(f"model_path {model_path!r} is not a model directory (no config.json)")
         dtype = resolve_precision(cfg.precision, setting="grpo.precision", model_path=model_path)
         device = resolve_device(cfg.device)
+        if group is not None and group.backend == "nccl":
+            device = f"cuda:{group.local_rank}"  # one GPU per process
         logger.info("policy: %s on %s", dtype, device)
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
         reference: str | None = None
@@ -135,7 +151,7 @@ class Policy:
         pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
         if isinstance(pad, list):
             pad = pad[0]
-        return cls(
+        policy = cls(
             model,
             model_path=model_path,
             cfg=cfg,
@@ -144,6 +160,10 @@ class Policy:
             reference_adapter=reference,
             serving_dtype=serving_dtype,
         )
+        if group is not None:
+            policy.group = group
+            policy.copy_from_main()  # every rank is inside load here: the replicas start identical
+        return policy
 
     # ---- the update ----------------------------------------------------------------------------------
     def update(
@@ -152,7 +172,20 @@ class Policy:
         """One GRPO update (``cfg.num_iterations`` optimizer steps) on the samples of one step.
 
         ``learning_rate`` (the schedule's value for this step) replaces ``cfg.learning_rate`` when given.
+        Under ``accelerate launch`` (rank 0) the samples go to every rank first, and all train together.
         """
+        if self.group is not None and self.group.is_main:
+            from rl.distributed import wire_samples
+
+            samples = wire_samples(samples)
+            self.group.broadcast(("update", samples, temperature, learning_rate))
+        return self.update_shard(samples, temperature=temperature, learning_rate=learning_rate)
+
+    def update_shard(
+        self, samples: Sequence[Any], *, temperature: float, learning_rate: float | None = None
+    ) -> dict[str, float]:
+        """``update`` on this process's share of ``samples`` (all of them in a single process); with
+        several processes every rank calls it with the same samples and the gradients are summed."""
         import torch
 
         cfg = self.cfg
@@ -179,10 +212,16 @@ class Policy:
                 "train_tokens": 0.0,
                 "optimizer_steps": 0.0,
             }
-        plan = plan_micro_batches(fitting, cfg.micro_batch_tokens, cfg.micro_batch_size)
+        group = self.group
+        mine = fitting
+        if group is not None:  # this rank's examples; the normaliser below stays the whole step's
+            from rl.distributed import shard_indices
+
+            mine = [fitting[i] for i in shard_indices(fitting, group.rank, group.world_size)]
+        plan = plan_micro_batches(mine, cfg.micro_batch_tokens, cfg.micro_batch_size) if mine else []
         device = next(self.model.parameters()).device  # batches are built on CPU
-        batches = [make_batch(fitting, idx, pad_token_id=self.pad_token_id).to(device) for idx in plan]
-        total_tokens = float(sum(b.num_tokens for b in batches))
+        batches = [make_batch(mine, idx, pad_token_id=self.pad_token_id).to(device) for idx in plan]
+        total_tokens = float(sum(len(s.completion_token_ids) for s in fitting))
         normalizer = total_tokens if cfg.loss_normalization == "token" else float(len(fitting))
 
         need_ref = cfg.beta > 0 or cfg.log_kl
@@ -216,6 +255,9 @@ class Policy:
                 loss_sum += float(out.loss.detach())
                 kl_sum += out.kl
                 clip_sum += out.clipped_tokens
+            if group is not None:
+                self._sum_gradients()
+                loss_sum, kl_sum, clip_sum = self._sum_over_ranks(loss_sum, kl_sum, clip_sum)
             params = [p for _, p in self.params]
             if cfg.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -236,10 +278,65 @@ class Policy:
             "grad_norm": norms[0],
             "train_tokens": total_tokens,
             "train_samples": float(len(fitting)),
-            "micro_batches": float(len(batches)),
+            "micro_batches": float(len(plan)) if group is None else self._sum_over_ranks(len(plan))[0],
             "optimizer_steps": float(cfg.num_iterations),
             "learning_rate": lr,
         }
+
+    def _sum_gradients(self) -> None:
+        """Sum every rank's LoRA gradients in place (one flat buffer: LoRA is small).
+
+        Each rank's loss is already divided by the whole step's normaliser, so the sum is the
+        single-process gradient; clipping and AdamW then run identically on every rank."""
+        import torch
+
+        params = [p for _, p in self.params]
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
+        ).to(self.group.comm_device)
+        self.group.sum_(flat)
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+
+    def _sum_over_ranks(self, *values: float) -> list[float]:
+        """Per-rank statistics summed over the ranks."""
+        import torch
+
+        totals = torch.tensor(values, dtype=torch.float64, device=self.group.comm_device)
+        return [float(v) for v in self.group.sum_(totals).tolist()]
+
+    def copy_from_main(self) -> None:
+        """Collective: every rank takes rank 0's LoRA weights and optimizer moments."""
+        import torch
+        import torch.distributed as dist
+
+        group = self.group
+        params = [p for _, p in self.params]
+        flat = torch.cat([p.detach().reshape(-1).float() for p in params]).to(group.comm_device)
+        dist.broadcast(flat, src=0)
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                p.copy_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype))
+                offset += p.numel()
+        state = None
+        if group.is_main:
+            state = {
+                index: {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in values.items()}
+                for index, values in self.optimizer.state_dict()["state"].items()
+            }
+        state = group.broadcast(state)
+        if not group.is_main:
+            current = self.optimizer.state_dict()
+            self.optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+    def _sync_workers(self) -> None:
+        """Rank 0, after loading weights or optimizer state from disk: the workers copy them."""
+        if self.group is not None and self.group.is_main:
+            self.group.broadcast(("sync",))
+            self.copy_from_main()
 
     def _frozen_logprobs(self, batches: list[Any], temperature: float, *, reference: bool) -> list[Any]:
         import contextlib
@@ -335,6 +432,7 @@ class Policy:
         device = next(self.model.parameters()).device
         if "cuda" in rng and device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], device)
+        self._sync_workers()
 
     def load_adapter_weights(self, adapter_dir: str | os.PathLike[str]) -> None:
         """Copy the weights of a saved version (same LoRA shape) into the live adapter."""
@@ -349,6 +447,7 @@ class Policy:
                 f"adapter {adapter_dir} does not match the policy's LoRA shape "
                 f"(unexpected keys, e.g. {unexpected[:3]})"
             )
+        self._sync_workers()
 
 
 def resolve_device(device: str) -> str:

@@ -46,6 +46,21 @@ API_KEY_ENV = "VLLM_API_KEY"  # read by vLLM's server when no --api-key is given
 _ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 _LOG_TAIL_LINES = 40
 # Defaults the CPU build needs; a value already in the environment (or in ``env=``) wins.
+# What torchrun (and so `accelerate launch`) tells a training rank. The server started by rank 0 is no
+# rank of that job, and vLLM's own torch.distributed setup reads these (LOCAL_RANK, env://).
+_LAUNCHER_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "ROLE_NAME",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 _CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache; vLLM's own default is far larger
 
 
@@ -359,7 +374,11 @@ class VLLMServer(VLLMConnection):
 
     def child_env(self) -> dict[str, str]:
         """The environment the server process gets (the API key, if any, is ``VLLM_API_KEY``)."""
-        env = dict(os.environ)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in _LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")
+        }
         # The key the server demands is exactly this object's: vLLM reads VLLM_API_KEY when no
         # --api-key is given, so one inherited from our environment would lock our own client out.
         env.pop(API_KEY_ENV, None)

@@ -70,21 +70,38 @@ def run_grpo_job(
     say: Say = log_say,
     display_progress: bool = True,
 ) -> Any:
-    """Run the job described by ``config`` (+ ``key=value`` overrides); returns ``rl.trainer.GRPOResult``."""
+    """Run the job described by ``config`` (+ ``key=value`` overrides); returns ``rl.trainer.GRPOResult``.
+
+    Under ``accelerate launch`` rank 0 runs it and the other ranks only join the policy updates
+    (``rl.distributed``); they return None."""
+    from rl import distributed
     from rl.trainer import GRPOTrainer
 
     cfg = load_config(GRPOJobConfig, config, overrides)
-    task = load_task(cfg.task)
-    reward = _reward(cfg, task)
     # The job's program starts unbound: with no init_adapter there is nothing to inherit, so a fresh LoRA.
     grpo = dataclasses.replace(cfg.grpo, init_adapter=cfg.grpo.init_adapter or "base")
+    if distributed.launched_world_size() > 1:  # under `accelerate launch`: rank 0 runs the job
+        distributed.check_launch(grpo, distributed.launched_world_size())
+        if distributed.launched_rank() != 0:
+            from serving.devices import use_training_devices
+
+            use_training_devices(cfg.server.train_devices or None)  # the GPUs rank 0 trains on too
+            distributed.run_worker(grpo)  # joins rank 0's policy updates until it stops
+            return None
+    task = load_task(cfg.task)
+    reward = _reward(cfg, task)
     with open_session("grpo", cfg, say=say, task=task) as session:
-        trainer = GRPOTrainer(
-            grpo, reward, session.backend, val_metric=task.metric, display_progress=display_progress
-        )
-        result = trainer.fit(
-            task.make_program(), task.split("train"), task.split("dev"), testset=task.split("test")
-        )
+        # After the session applied server.train_devices; a no-op in a single process.
+        distributed.init_from_env(grpo)
+        try:
+            trainer = GRPOTrainer(
+                grpo, reward, session.backend, val_metric=task.metric, display_progress=display_progress
+            )
+            result = trainer.fit(
+                task.make_program(), task.split("train"), task.split("dev"), testset=task.split("test")
+            )
+        finally:
+            distributed.stop_workers()
         session.finish(render=False, best_version=result.best_version)  # the trainer wrote its report
     return result
 

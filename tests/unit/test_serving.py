@@ -297,6 +297,17 @@ def test_vllm_flavor_reads_package_metadata(monkeypatch: pytest.MonkeyPatch) -> 
         vllm_flavor()
 
 
+def test_server_started_under_accelerate_launch_is_no_rank_of_it(
+    base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    env = VLLMServer(base_dir).child_env()
+    assert not {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "TORCHELASTIC_RUN_ID"} & set(env)
+    assert env["PATH"] == os.environ["PATH"]  # the rest is inherited
+
+
 def test_cpu_environment_defaults(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("serving.server.vllm_flavor", lambda: "cpu")
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
