@@ -39,6 +39,13 @@ thread count, the completion lengths each side produced (vLLM
 stops at the end of the JSON object under structured outputs; TRL's free generation often runs to
 the limit), and the precision.
 
+Several servers (``--servers 2``, issue 27): only the dspylite side, once on one vLLM server and once on
+two (``serving.replicas.LocalReplicas``, what ``server.replicas=2`` starts), the same steps. It prints
+rollout seconds per step for each, and checks what the two-server layout must guarantee: every step
+updated, both servers answered rollouts, and every rollout's trace names the version the step asked
+for. On a 2-core CPU the two servers share the same cores, so no speed-up is expected there (the point
+is correctness; the speed-up belongs to GPUs, one server per GPU); the last line is that check.
+
 The last line is the key ratio and the target; the exit code is 1 when the target is missed.
 """
 
@@ -113,6 +120,7 @@ def run_dspylite(model: str, args: argparse.Namespace, out: Path) -> dict:
     from rl.config import GRPOConfig
     from rl.trainer import GRPOTrainer
     from serving import Backend, VLLMServer
+    from serving.replicas import LocalReplicas
 
     steps = args.warmup + args.steps
     examples, _ = _prompts(args.prompts * steps + 2, args.adapter)
@@ -121,6 +129,7 @@ def run_dspylite(model: str, args: argparse.Namespace, out: Path) -> dict:
     lora_params = shape.lora_params(LORA["r"], LORA["targets"])
     holder: dict = {}
     flops: dict[int, dict[str, float]] = {}
+    served: dict[int, list[tuple[str | None, str | None]]] = {}  # step -> (server, model) per call
 
     def step_now() -> int:
         return holder["trainer"].state["step"] + 1
@@ -130,6 +139,7 @@ def run_dspylite(model: str, args: argparse.Namespace, out: Path) -> dict:
     def recording_collect(*a, **k):  # the calls each step made: (prompt, completion) tokens
         batch = collect(*a, **k)
         calls = [t for r in batch.rollouts for t in r.traces]
+        served.setdefault(step_now(), []).extend((t.served_by, t.model) for t in calls)
         total = sum(
             serving_call_flops(  # timed steps sample from adapter versions
                 shape, len(t.prompt_token_ids or ()), len(t.completion_token_ids or ()), lora_params
@@ -154,7 +164,11 @@ def run_dspylite(model: str, args: argparse.Namespace, out: Path) -> dict:
     rl.policy.Policy.update = recording_update
     load = [os.getloadavg()[0]]
     started = time.perf_counter()
-    with VLLMServer(model, max_lora_rank=LORA["r"], log_dir=out / "server") as server:
+    servers = [
+        VLLMServer(model, max_lora_rank=LORA["r"], log_dir=out / f"server-{i}") for i in range(args.servers)
+    ]
+    handle = servers[0] if args.servers == 1 else LocalReplicas(servers)
+    with handle as server:
         start_s = time.perf_counter() - started
         lm = server.lm(max_tokens=args.max_tokens)
         settings.configure(lm=lm, adapter=_adapter(args.adapter))
@@ -198,6 +212,9 @@ def run_dspylite(model: str, args: argparse.Namespace, out: Path) -> dict:
         "serving_dtype": serving_dtype,
         "threads": torch.get_num_threads(),
         "load": load,
+        "servers": args.servers,
+        "versions": {r["step"]: r.get("version") for r in trainer.run.metrics()},
+        "served": {str(k): v for k, v in served.items()},
     }
 
 
@@ -318,7 +335,17 @@ def _mean(values) -> float:
 
 def _child(kind: str, model: str, args: argparse.Namespace, out: Path, *, check: bool = True) -> dict | None:
     cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--out", str(out)]
-    for name in ("steps", "warmup", "group_size", "prompts", "max_tokens", "threads", "temperature", "lr"):
+    for name in (
+        "steps",
+        "warmup",
+        "group_size",
+        "prompts",
+        "max_tokens",
+        "threads",
+        "temperature",
+        "lr",
+        "servers",
+    ):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     cmd += ["--adapter", args.adapter]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
@@ -348,6 +375,12 @@ def main() -> int:
     parser.add_argument("--adapter", choices=("chat", "json"), default=None, help="tiny: chat, real: json")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training (both sides)")
     parser.add_argument("--only", choices=("dspylite", "trl"), help="run one side (investigations)")
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="2: dspylite only, on one vLLM server and then on two (server.replicas); see the docstring",
+    )
     parser.add_argument(
         "--trl-vllm",
         action=argparse.BooleanOptionalAction,
@@ -380,8 +413,10 @@ def main() -> int:
             setattr(args, key, value)
     if args.trl_vllm is None:
         args.trl_vllm = kind == "real" and args.only is None
-    peak = measure_peaks(args.threads, seconds=args.peak_seconds)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-grpo-"))
+    if args.servers > 1:
+        return compare_servers(args, out)
+    peak = measure_peaks(args.threads, seconds=args.peak_seconds)
     ours = _child("dspylite", args.model, args, out / "dspylite") if args.only != "trl" else None
     trl = _child("trl", args.model, args, out / "trl") if args.only != "dspylite" else None
     trl_vllm = _child("trl-vllm", args.model, args, out / "trl-vllm", check=False) if args.trl_vllm else None
@@ -458,6 +493,62 @@ def main() -> int:
     verdict = "PASS" if ratio <= TARGET else "FAIL"
     print(f"grpo s/step dspylite/TRL = {ratio:.2f}x (target <= {TARGET}x): {verdict}")
     return 0 if ratio <= TARGET else 1
+
+
+def compare_servers(args: argparse.Namespace, out: Path) -> int:
+    """dspylite's GRPO on one server, then on ``args.servers``: rollout s/step and the two-server checks."""
+    count = args.servers
+    args.servers = 1
+    one = _child("dspylite", args.model, args, out / "one-server")
+    args.servers = count
+    many = _child("dspylite", args.model, args, out / f"{count}-servers")
+    print(f"model: {args.model}")
+    print(
+        f"Fact Topic ({args.adapter} adapter), group size {args.group_size}, prompts/step {args.prompts}, "
+        f"max completion tokens {args.max_tokens}, timed steps {args.steps} (+{args.warmup} warm-up), "
+        f"torch threads {args.threads}"
+    )
+    print("| servers | s/step | rollout s | train s | sync s | vLLM start s | steps updated |")
+    print("|---|---|---|---|---|---|---|")
+    for side in (one, many):
+        print(
+            f"| {side['servers']} | {side['step_s']:.2f} | {side['rollout_s']:.2f} | {side['train_s']:.2f} | "
+            f"{side['sync_s']:.3f} | {side['server_start_s']:.0f} | {side['updated_steps']}/{side['steps']} |"
+        )
+    # What the several-server layout must guarantee: each rollout names the version its step sampled
+    # from (the previous step's; "base" model name before the first version), both servers answered.
+    problems = []
+    answered: dict[str, int] = {}
+    for step, calls in many["served"].items():
+        if int(step) <= args.warmup:  # timed steps only: they sample from a published version
+            continue
+        want = many["versions"].get(int(step) - 1)
+        for server, model in calls:
+            answered[str(server)] = answered.get(str(server), 0) + 1
+            if want and model != want:
+                problems.append(f"step {step}: a rollout from {model!r} on {server}, expected {want!r}")
+    if len(answered) < count:
+        problems.append(f"only {sorted(answered)} answered rollouts, of {count} servers")
+    if many["updated_steps"] < many["steps"]:
+        problems.append(f"{many['steps'] - many['updated_steps']} timed step(s) made no new version")
+    print(
+        f"rollouts answered per server ({count} servers): "
+        + ", ".join(f"{k} {v}" for k, v in answered.items())
+    )
+    for problem in problems[:10]:
+        print(f"problem: {problem}")
+    cores = os.cpu_count() or 1
+    print(
+        f"conditions: {cores} cores, load {min(one['load'] + many['load']):.1f}-{max(one['load'] + many['load']):.1f}; "
+        "on a CPU the servers share the cores, so the rollout time is not expected to drop"
+    )
+    ratio = many["rollout_s"] / one["rollout_s"] if one["rollout_s"] else float("inf")
+    verdict = "PASS" if not problems else "FAIL"
+    print(
+        f"grpo rollout s/step {count} servers / 1 = {ratio:.2f}x (informational on CPU); target: every timed "
+        f"step updated, all {count} servers answered, every rollout from its step's version: {verdict}"
+    )
+    return 0 if not problems else 1
 
 
 if __name__ == "__main__":
