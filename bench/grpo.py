@@ -2,6 +2,7 @@
 
     python bench/grpo.py [--model tiny|smollm2-135m-instruct|DIR] [--steps N] [--warmup 1] [--group-size 4]
                          [--prompts N] [--max-tokens N] [--threads 2]
+    python bench/grpo.py --servers 2 --prompts 8 --steps 4     # one vLLM server vs two (~4 min, tiny)
 
 Same run, same base model, same LoRA (rank 16 on the 7 linear layers, learning rate), same prompts
 (the Fact Topic program's messages rendered by the adapter the model runs with: the ChatAdapter on the
@@ -41,9 +42,9 @@ the limit), and the precision.
 
 Several servers (``--servers 2``, issue 27): only the dspylite side, once on one vLLM server and once on
 two (``serving.replicas.LocalReplicas``, what ``server.replicas=2`` starts), the same steps. It prints
-rollout seconds per step for each, and checks what the two-server layout must guarantee: every step
-updated, both servers answered rollouts, and every rollout's trace names the version the step asked
-for. On a 2-core CPU the two servers share the same cores, so no speed-up is expected there (the point
+rollout seconds per step for each, and checks what the two-server layout must guarantee: both servers
+answered rollouts, and every rollout's trace names the version the step asked for (at least one timed
+step must make a new version, or nothing was checked). On a 2-core CPU the two servers share the same cores, so no speed-up is expected there (the point
 is correctness; the speed-up belongs to GPUs, one server per GPU); the last line is that check.
 
 The last line is the key ratio and the target; the exit code is 1 when the target is missed.
@@ -529,8 +530,10 @@ def compare_servers(args: argparse.Namespace, out: Path) -> int:
                 problems.append(f"step {step}: a rollout from {model!r} on {server}, expected {want!r}")
     if len(answered) < count:
         problems.append(f"only {sorted(answered)} answered rollouts, of {count} servers")
-    if many["updated_steps"] < many["steps"]:
-        problems.append(f"{many['steps'] - many['updated_steps']} timed step(s) made no new version")
+    if not many[
+        "updated_steps"
+    ]:  # a step without reward variance keeps its version; none at all: nothing checked
+        problems.append("no timed step made a new version, so no rollout was checked against a fresh one")
     print(
         f"rollouts answered per server ({count} servers): "
         + ", ".join(f"{k} {v}" for k, v in answered.items())
@@ -545,8 +548,8 @@ def compare_servers(args: argparse.Namespace, out: Path) -> int:
     ratio = many["rollout_s"] / one["rollout_s"] if one["rollout_s"] else float("inf")
     verdict = "PASS" if not problems else "FAIL"
     print(
-        f"grpo rollout s/step {count} servers / 1 = {ratio:.2f}x (informational on CPU); target: every timed "
-        f"step updated, all {count} servers answered, every rollout from its step's version: {verdict}"
+        f"grpo rollout s/step {count} servers / 1 = {ratio:.2f}x (informational on CPU); target: all {count} "
+        f"servers answered, every rollout from its step's version: {verdict}"
     )
     return 0 if not problems else 1
 
