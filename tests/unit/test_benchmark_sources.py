@@ -291,3 +291,29 @@ def test_eval_on_a_benchmark_writes_the_data_card_and_what_was_asked(data_home: 
         row = by_id[ex.id]
         assert row["inputs"] == {"question": ex.question} and row["labels"] == {"answer": ex.answer}
         assert row["score"] == (1.0 if row["prediction"]["answer"] == ex.answer else 0.0)
+
+
+def test_an_unreachable_hub_host_is_skipped_without_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    for name in fetch.OFFLINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.invalid:8443")
+    asked: list[tuple[str, int]] = []
+
+    def refuse(address: tuple[str, int], timeout: float) -> socket.socket:
+        asked.append(address)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    why = fetch.hub_allowed()
+    assert asked == [("hub.example.invalid", 8443)]
+    assert why is not None and "hub.example.invalid:8443 is unreachable" in why and "gaierror" in why
+
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: _Closable())
+    assert fetch.hub_allowed() is None
+
+
+class _Closable:
+    def close(self) -> None:
+        pass
