@@ -21,3 +21,12 @@ def fake_server() -> Iterator[FakeVLLM]:
     """A fresh fake vLLM per test; serves the model name ``stub-model``."""
     with FakeVLLM() as server:
         yield server
+
+
+@pytest.fixture
+def base_dir(tmp_path: Path) -> Path:
+    """A base-model directory as the serving code sees one: a ``config.json`` and nothing else."""
+    path = tmp_path / "models" / "tiny"
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path.resolve()

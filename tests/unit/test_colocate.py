@@ -24,14 +24,6 @@ FAKE_SCRIPT = Path(__file__).resolve().parents[1] / "fake_vllm_server.py"
 
 
 @pytest.fixture
-def base_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "tiny"
-    path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
-    return path
-
-
-@pytest.fixture
 def sleepy(base_dir: Path) -> Iterator[FakeVLLM]:
     with FakeVLLM(str(base_dir), served_model_name="tiny", sleep_mode=True) as server:
         yield server

@@ -184,14 +184,6 @@ def overrides(run_dir: Path, server: FakeVLLM) -> list[str]:
     ]
 
 
-@pytest.fixture
-def base_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "tiny"
-    path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
-    return path.resolve()
-
-
 def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
     tmp_path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -471,14 +471,6 @@ def test_every_command_with_config_keys_is_walked_and_lists_the_same_keys() -> N
     assert with_keys - set(NOT_JOBS) == set(JOBS) - {"finetune.train"}
 
 
-@pytest.fixture
-def base_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "tiny"
-    path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
-    return path.resolve()
-
-
 def harness_values(job: Job, tmp_path: Path, base_dir: Path, api_base: str) -> dict[str, Any]:
     """The values the fake server and the stubs need; each differs from its default too."""
     from sft_helpers import qa_runs

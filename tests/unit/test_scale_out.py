@@ -23,14 +23,6 @@ from serving import connect
 from serving.backend import Backend
 
 
-@pytest.fixture
-def base_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "tiny"
-    path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
-    return path.resolve()
-
-
 def _completion_requests(server: FakeVLLM) -> int:
     return len(server.completion_requests)
 

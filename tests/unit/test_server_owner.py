@@ -30,14 +30,6 @@ class FakeProcessServer(VLLMServer):
     entrypoint_argv = (str(FAKE_SCRIPT),)
 
 
-@pytest.fixture
-def base_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "tiny"
-    path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
-    return path
-
-
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
     members = []
