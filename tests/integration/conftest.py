@@ -151,3 +151,19 @@ def smollm2_server(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         yield server
     finally:
         server.stop()
+
+
+def _varied_reward(example, prediction, trace=None) -> float:
+    # Parsing earns 0.5 (failures get format_failure_reward=0), the answer up to 0.5 more, and a small
+    # length term: sampled rollouts then differ in reward even when every answer is wrong, so each GRPO
+    # step has groups to learn from and makes a new adapter version.
+    from dspylite.datasets import fact_qa_partial_metric
+
+    length = min(len(str(prediction.answer)), 20) / 20
+    return 0.5 + 0.5 * fact_qa_partial_metric(example, prediction) + 0.01 * length
+
+
+@pytest.fixture
+def varied_reward() -> Callable[..., float]:
+    """A Fact QA reward whose sampled rollouts differ even on a model that answers nothing right."""
+    return _varied_reward

@@ -45,9 +45,9 @@ def test_policy_scores_the_server_sampled_tokens_like_the_server(vllm_server, ti
         assert worst < 0.05, f"trainer and server disagree on a sampled token's log-prob by {worst:.3f}"
 
 
-def test_grpo_steps_hot_swap_versions_and_resume_after_kill(vllm_server, tmp_path):
+def test_grpo_steps_hot_swap_versions_and_resume_after_kill(vllm_server, tmp_path, varied_reward):
     import dspylite as dspy
-    from dspylite.datasets import fact_qa_metric, fact_qa_partial_metric, load_fact_qa
+    from dspylite.datasets import fact_qa_metric, load_fact_qa
     from dspylite.datasets.programs import FactQA
     from dspylite.evaluate import run_one
     from finetune.config import LoraSettings
@@ -71,12 +71,7 @@ def test_grpo_steps_hot_swap_versions_and_resume_after_kill(vllm_server, tmp_pat
         if step == 1:
             raise Killed
 
-    def reward(example, prediction, trace=None) -> float:
-        # Parsing earns 0.5 (failures get format_failure_reward=0), correctness up to 0.5 more, and a
-        # small length term: sampled rollouts then differ in reward even when the tiny model gets every
-        # answer wrong, so each step has groups to learn from and makes a new adapter version.
-        length = min(len(str(prediction.answer)), 20) / 20
-        return 0.5 + 0.5 * fact_qa_partial_metric(example, prediction) + 0.01 * length
+    reward = varied_reward
 
     config = GRPOConfig(
         num_steps=2,

@@ -165,18 +165,15 @@ def test_sft_adapter_loads_into_the_running_server_and_the_program_runs_on_it(
         smollm2_server.unload_adapter(sft_adapter.name)
 
 
-def test_one_grpo_step_on_smollm2_rollouts(smollm2_server, smollm2_dir, fact_qa, tmp_path) -> None:
-    from dspylite.datasets import fact_qa_partial_metric
+def test_one_grpo_step_on_smollm2_rollouts(
+    smollm2_server, smollm2_dir, fact_qa, tmp_path, varied_reward
+) -> None:
     from finetune.config import LoraSettings
     from rl.config import GRPOConfig
     from rl.trainer import GRPOTrainer
     from serving.backend import Backend
 
-    def reward(example, prediction, trace=None) -> float:
-        # Parsing earns 0.5, the answer up to 0.5 more, plus a small length term, so sampled rollouts
-        # differ in reward even when every answer is wrong and the step has groups to learn from.
-        length = min(len(str(prediction.answer)), 20) / 20
-        return 0.5 + 0.5 * fact_qa_partial_metric(example, prediction) + 0.01 * length
+    reward = varied_reward
 
     cfg = GRPOConfig(
         num_steps=1,

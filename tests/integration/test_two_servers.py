@@ -18,11 +18,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_grpo_over_two_servers_survives_losing_one(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, varied_reward
 ) -> None:
     import dspylite as dspy
     import rl.trainer
-    from dspylite.datasets import fact_qa_partial_metric, load_fact_qa
+    from dspylite.datasets import load_fact_qa
     from dspylite.datasets.programs import FactQA
     from dspylite.errors import ServingError
     from finetune.config import LoraSettings
@@ -43,11 +43,7 @@ def test_grpo_over_two_servers_survives_losing_one(
     data = load_fact_qa(seed=13, n_train=12, n_dev=4, n_test=0)
     run_dir = tmp_path / "run"
 
-    def reward(example, prediction, trace=None) -> float:
-        # As tests/integration/test_grpo_vllm.py: parsing, partial correctness and a length term give the
-        # tiny model's rollouts reward variance, so every step makes a new version.
-        length = min(len(str(prediction.answer)), 20) / 20
-        return 0.5 + 0.5 * fact_qa_partial_metric(example, prediction) + 0.01 * length
+    reward = varied_reward
 
     grpo_config = GRPOConfig(
         num_steps=3,
