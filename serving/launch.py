@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dspylite.errors import ConfigError
+from serving import server as vllm_process
 from serving.config import ServerConfig
 from serving.connection import VLLMConnection
 from serving.devices import parse_devices, replica_devices
@@ -103,15 +104,37 @@ def replica_servers(
     if max(ports) > 65535:
         raise ConfigError(f"server.port={config.port} + server.replicas={count} runs past port 65535")
     devices = replica_devices(parse_devices(config.devices or None, field="server.devices"), count)
+    cores = (
+        replica_cpu_cores(count, config.tensor_parallel_size)
+        if vllm_process.vllm_flavor() == "cpu"
+        else [None] * count
+    )
     return [
         vllm_server(
             model_dir,
             replace(config, port=port, devices=",".join(map(str, share)) if share else ""),
             log_dir=Path(log_dir) / f"replica-{i}",
-            **placement,
+            **{"cpu_cores": own_cores, **placement},
         )
-        for i, (port, share) in enumerate(zip(ports, devices, strict=True))
+        for i, (port, share, own_cores) in enumerate(zip(ports, devices, cores, strict=True))
     ]
+
+
+def replica_cpu_cores(count: int, tensor_parallel_size: int = 1) -> list[list[int] | None]:
+    """Each CPU replica's own consecutive share of this process's cores, so their OpenMP threads do not
+    spin against each other (vLLM's automatic binding would put every replica on the same cores); with
+    too few cores for one per rank, vLLM's automatic binding for all."""
+    cores = vllm_process.usable_cores()
+    if len(cores) < count * tensor_parallel_size:
+        logger.warning(
+            "%d CPU replicas x %d ranks on %d cores: they share cores (vLLM's automatic binding)",
+            count,
+            tensor_parallel_size,
+            len(cores),
+        )
+        return [None] * count
+    size = len(cores) // count
+    return [cores[i * size : (i + 1) * size] for i in range(count)]
 
 
 @contextlib.contextmanager

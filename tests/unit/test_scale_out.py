@@ -301,6 +301,24 @@ def test_replicas_get_their_own_ports_gpus_and_logs(base_dir: Path, tmp_path: Pa
     assert len(set(ports)) == 3 and all(ports)
 
 
+def test_cpu_replicas_get_their_own_cores(base_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from serving.config import ServerConfig
+    from serving.launch import build_server, replica_cpu_cores
+
+    monkeypatch.setattr("serving.placement.placement", lambda config, trains=True: (_NoPlan(), "off"))
+    monkeypatch.setattr("serving.server.usable_cores", lambda: [0, 1, 2, 3, 4])
+    monkeypatch.setattr("serving.server.vllm_flavor", lambda: "cpu")
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    assert replica_cpu_cores(2) == [[0, 1], [2, 3]]
+    assert replica_cpu_cores(2, tensor_parallel_size=3) == [None, None]  # 6 ranks, 5 cores: vLLM binds
+    group = build_server(str(base_dir), ServerConfig(replicas=2), tmp_path / "run", trains=False)
+    binds = [server.child_env()["VLLM_CPU_OMP_THREADS_BIND"] for server in group.servers]
+    assert binds == ["0,1", "2,3"]
+    monkeypatch.setattr("serving.server.vllm_flavor", lambda: "gpu")
+    group = build_server(str(base_dir), ServerConfig(replicas=2), tmp_path / "run2", trains=False)
+    assert all(server.cpu_cores is None for server in group.servers)
+
+
 class _NoPlan:
     train = None
 

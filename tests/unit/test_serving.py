@@ -313,6 +313,37 @@ def test_cpu_environment_defaults(base_dir: Path, monkeypatch: pytest.MonkeyPatc
     assert "VLLM_CPU_KVCACHE_SPACE" not in VLLMServer(base_dir).child_env()
 
 
+def test_a_small_cpu_machine_gives_vllm_every_core(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.server import RESERVED_CPU_ENV, SMALL_CPU_CORES, cpu_env_defaults
+
+    assert cpu_env_defaults(cores=2)[RESERVED_CPU_ENV] == "0"
+    assert cpu_env_defaults(cores=SMALL_CPU_CORES)[RESERVED_CPU_ENV] == "0"
+    assert RESERVED_CPU_ENV not in cpu_env_defaults(cores=SMALL_CPU_CORES + 1)  # vLLM's own reservation
+    monkeypatch.setattr("serving.server.vllm_flavor", lambda: "cpu")
+    monkeypatch.setattr("serving.server.usable_cores", lambda: [0, 1])
+    monkeypatch.delenv(RESERVED_CPU_ENV, raising=False)
+    assert VLLMServer(base_dir).child_env()[RESERVED_CPU_ENV] == "0"
+    monkeypatch.setenv(RESERVED_CPU_ENV, "1")  # the user's setting wins
+    assert VLLMServer(base_dir).child_env()[RESERVED_CPU_ENV] == "1"
+    monkeypatch.setattr("serving.server.usable_cores", lambda: list(range(16)))
+    monkeypatch.delenv(RESERVED_CPU_ENV)
+    assert RESERVED_CPU_ENV not in VLLMServer(base_dir).child_env()
+
+
+def test_a_server_given_cpu_cores_binds_its_ranks_to_them(
+    base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.server import CPU_BIND_ENV
+
+    monkeypatch.setattr("serving.server.vllm_flavor", lambda: "cpu")
+    monkeypatch.delenv(CPU_BIND_ENV, raising=False)
+    assert VLLMServer(base_dir, cpu_cores=[2, 3]).child_env()[CPU_BIND_ENV] == "2,3"
+    assert VLLMServer(base_dir, cpu_cores=[0, 1, 2, 3], tensor_parallel_size=2).cpu_bind() == "0,1|2,3"
+    assert CPU_BIND_ENV not in VLLMServer(base_dir).child_env()  # vLLM's automatic binding
+    with pytest.raises(ServingError, match=r"tensor_parallel_size=2 needs at least that many CPU cores"):
+        VLLMServer(base_dir, cpu_cores=[5], tensor_parallel_size=2)
+
+
 # -- binding ------------------------------------------------------------------------------------
 
 
