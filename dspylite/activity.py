@@ -73,10 +73,16 @@ def stage(name: str) -> Iterator[None]:
         _stage = previous
 
 
-def breakdown() -> dict[str, dict[str, float]]:
-    """``{stage: {activity: seconds}}`` recorded so far in this process."""
+def breakdown(earlier: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
+    """``{stage: {activity: seconds}}`` recorded so far in this process, added to ``earlier`` (what an
+    interrupted run of the same job recorded before it was resumed: its time was spent too)."""
     with _lock:
-        return {s: dict(acts) for s, acts in _totals.items()}
+        totals = {s: dict(acts) for s, acts in (earlier or {}).items()}
+        for name, acts in _totals.items():
+            into = totals.setdefault(name, {})
+            for label, seconds in acts.items():
+                into[label] = into.get(label, 0.0) + seconds
+        return totals
 
 
 # The column order of ``table_rows``: waiting, serving-bound, training, syncing, the rest.

@@ -26,7 +26,7 @@ from dspylite.activity import stage as activity_stage
 from dspylite.config_io import field_help as _help
 from dspylite.config_io import load_config
 from dspylite.errors import ConfigError
-from dspylite.jobs.report_job import DEMO_STAGE_TITLES, DEMO_STAGES
+from dspylite.jobs.report_job import DEMO_STAGE_TITLES, DEMO_STAGES, JOB_FILE
 from dspylite.jobs.session import JobSession, Say, log_say, open_session
 from dspylite.jobs.settings import BootstrapSettings, LMSettings, PromptOptimizerSettings
 from dspylite.jobs.tasks import TaskSettings, load_task
@@ -124,7 +124,7 @@ def run_demo(
         session.finish(
             stages=[r.name for r in pipeline.records],
             seconds=round(time.time() - started, 1),
-            activity=activity.breakdown(),
+            activity=pipeline.activity(),
         )
     return session.run.path
 
@@ -160,7 +160,17 @@ class DemoPipeline:
                 continue
             self.records.append(self._stage(name, stages[name]))
             save_stages(self.session.run.path, self.records)
+            # A killed run keeps the breakdown of the stages it finished; its resumption adds to it.
+            job = self.session.run.load_json(JOB_FILE, {}) or {}
+            self.session.run.save_json(JOB_FILE, {**job, "activity": self.activity()})
         return self.records
+
+    def activity(self) -> dict[str, dict[str, float]]:
+        """Wall time by stage and activity: this run's, plus that of the interrupted runs it resumes."""
+        from dspylite import activity
+
+        earlier = (self.session.run.load_json(JOB_FILE, {}) or {}).get("earlier_activity")
+        return activity.breakdown(earlier)
 
     # ---- infrastructure -------------------------------------------------------------------------
     def _stage(self, name: str, compile_fn: Callable[[Path], tuple[Any, dict[str, str]]]) -> StageRecord:

@@ -72,9 +72,12 @@ def open_run(path: str, config: Any, kind: str) -> RunDir:
     run.write_config(redacted(config))
     run.adapters_dir.mkdir(parents=True, exist_ok=True)
     previous = run.load_json(JOB_FILE, {}) or {}
-    run.save_json(
-        JOB_FILE, {"kind": kind, "status": "running", "started": time.time(), "resumed": bool(previous)}
-    )
+    job = {"kind": kind, "status": "running", "started": time.time(), "resumed": bool(previous)}
+    earlier = previous.get("activity") or previous.get("earlier_activity")
+    if earlier:
+        # The wall-time breakdown of the interrupted run(s) this one resumes (dspylite.activity).
+        job["earlier_activity"] = earlier
+    run.save_json(JOB_FILE, job)
     return run
 
 

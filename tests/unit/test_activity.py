@@ -59,3 +59,14 @@ def test_table_rows_give_minutes_per_stage_a_total_and_shares() -> None:
     assert rows[1]["training"] == "2.0" and rows[1]["total"] == "3.0"
     assert rows[2]["total"] == "4.0" and rows[3]["training"] == "50%" and rows[3]["server start"] == "25%"
     assert list(rows[0])[1:] == ["server start", "training", "other", "total"]  # the fixed column order
+
+
+def test_breakdown_adds_an_interrupted_runs_time_to_this_ones() -> None:
+    with activity.stage("sft"), activity.activity("training"):
+        time.sleep(0.02)
+    earlier = {"baseline": {"evaluation": 60.0}, "sft": {"training": 10.0, "program runs": 5.0}}
+    totals = activity.breakdown(earlier)
+    assert totals["baseline"] == {"evaluation": 60.0}
+    assert totals["sft"]["program runs"] == 5.0 and 10.02 <= totals["sft"]["training"] < 11.0
+    assert earlier["sft"]["training"] == 10.0  # the argument is not modified
+    assert activity.breakdown()["sft"]["training"] < 1.0

@@ -262,6 +262,35 @@ def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
     assert json.loads((run_dir / "job.json").read_text())["status"] == "done"
 
 
+def test_a_failed_demo_keeps_its_finished_stages_wall_time_and_the_resumed_run_adds_to_it(
+    tmp_path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dspylite.jobs.demo_job import DemoPipeline
+
+    run_dir = tmp_path / "run"
+    reply = fact_qa_reply_fn(SERVED_NAME)
+    args = ["stages=[baseline,prompt]"]
+
+    def broken(self, stage_dir):
+        raise RuntimeError("killed in the prompt stage")
+
+    with FakeVLLM(str(base_dir), served_model_name=SERVED_NAME, reply_fn=reply) as server:
+        with monkeypatch.context() as patch:
+            patch.setattr(DemoPipeline, "_prompt", broken)
+            with pytest.raises(RuntimeError, match="killed in the prompt stage"):
+                run_demo(None, [*overrides(run_dir, server), *args])
+        failed = json.loads((run_dir / "job.json").read_text())
+        assert failed["status"] == "failed"
+        evaluated = failed["activity"]["baseline"]["evaluation"]
+        assert evaluated > 0 and "prompt" not in failed["activity"]
+        assert run_demo(None, [*overrides(run_dir, server), *args]) == run_dir
+    done = json.loads((run_dir / "job.json").read_text())
+    assert done["status"] == "done" and done["resumed"] is True
+    # The baseline was loaded, not rerun: its evaluation time is the first run's, kept.
+    assert done["activity"]["baseline"]["evaluation"] >= evaluated
+    assert "program runs" in done["activity"]["prompt"]
+
+
 def _bound_models(program_path: Path) -> set[str]:
     from dspylite.datasets.programs import FactQA
 
