@@ -4,6 +4,8 @@ happen inside the commands so ``dspylite --help`` stays fast."""
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -58,10 +60,21 @@ def _say(message: str) -> None:
 _CONFIG_ARG_HELP = "YAML job config from configs/, e.g. configs/{}.yaml."
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a job: it unwinds like Ctrl-C, so servers stop and ``job.json`` says interrupted."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def _run_job(job, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - any job function
-    """Run a library job; its errors become one red line and exit code 2, Ctrl-C exit code 130."""
+    """Run a library job; its errors become one red line and exit code 2, Ctrl-C exit code 130, SIGTERM
+    143 (after the job's servers stop and its run directory records the interruption)."""
     from dspylite.errors import DSPyLiteError
 
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
         return job(*args, **kwargs)
     except DSPyLiteError as exc:
@@ -69,9 +82,13 @@ def _run_job(job, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - an
     except OSError as exc:  # a full disk, a read-only run directory: name the file, keep exit code 2
         where = f" ({exc.filename})" if exc.filename else ""
         _fail(f"{exc.strerror or exc}{where}; finished work is kept on disk, rerun to resume")
-    except KeyboardInterrupt:
-        typer.secho("interrupted; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        typer.secho(f"{what}; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=143 if isinstance(exc, Terminated) else 130) from None
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 _HELP_PARAMS = "dspylite.help_params"  # ctx.meta key: the command's arguments given beside --help

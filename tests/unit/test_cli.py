@@ -5,6 +5,7 @@ OpenAI server, no vLLM)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -647,3 +648,34 @@ def test_a_full_disk_is_a_clear_error_and_the_results_are_kept(
     assert "Traceback" not in result.output
     assert len((run / "results.jsonl").read_text().splitlines()) == 10  # scored work written first
     assert json.loads((run / "job.json").read_text())["status"] == "failed"
+
+
+def test_sigterm_during_a_job_unwinds_it_and_the_run_directory_says_interrupted(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    import typer
+
+    from dspylite.cli import Terminated, _run_job
+    from dspylite.jobs.session import _mark_failed
+    from dspylite.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.save_json("job.json", {"kind": "eval", "status": "running"})
+    unwound: list[str] = []
+
+    def job() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, in the main thread
+        except BaseException as exc:  # what open_session does with a job's exception
+            unwound.append(type(exc).__name__)
+            _mark_failed(run, exc)
+            raise
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as exit_info:
+        _run_job(job)
+    assert exit_info.value.exit_code == 143 and unwound == [Terminated.__name__]
+    assert run.load_json("job.json")["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) == before  # the CLI's handler lives only while the job runs
