@@ -28,6 +28,7 @@ _lock = threading.Lock()
 _totals: dict[str, dict[str, float]] = {}
 _stack: list[list[float | str]] = []  # [label, started, time taken by nested activities]
 _stage = ""
+_clock = time.perf_counter  # a module attribute so tests can drive it
 
 
 def _main_thread() -> bool:
@@ -44,13 +45,13 @@ def activity(label: str, *, default: bool = False) -> Iterator[None]:
     if not _main_thread() or (default and _stack and _stack[-1][0] != OTHER):
         yield
         return
-    frame: list[float | str] = [label, time.perf_counter(), 0.0]
+    frame: list[float | str] = [label, _clock(), 0.0]
     _stack.append(frame)
     try:
         yield
     finally:
         _stack.pop()
-        elapsed = time.perf_counter() - float(frame[1])
+        elapsed = _clock() - float(frame[1])
         with _lock:
             stage_totals = _totals.setdefault(_stage, {})
             stage_totals[label] = stage_totals.get(label, 0.0) + elapsed - float(frame[2])

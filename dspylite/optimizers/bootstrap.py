@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dspylite import settings as _settings
+from dspylite.activity import activity
 from dspylite.errors import OptimizerError
 from dspylite.evaluate import example_id
 from dspylite.example import Example
@@ -227,6 +228,9 @@ class Bootstrapper:
             teacher_run = self.prepare_teacher(student, teacher, trainset)
             pending = deque(i for i in range(len(trainset)) if i not in done)
             with (
+                # The teacher runs are program runs in the wall-time breakdown (dspylite.activity); its own
+                # pool is not parallel_map, which labels them for the other optimizers.
+                activity("program runs", default=True),
                 _settings.context(**self.teacher_settings),
                 self.scorer.budget.counting_settings(),
                 self._bar(len(trainset), len(done), tag) as bar,
