@@ -53,7 +53,7 @@ LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     """Model name, usable cores and the precision-relevant flags of this CPU."""
-    from serving.dtype import cpu_flags
+    from serving.dtype import cpu_flags, usable_cores
 
     name = "unknown"
     try:
@@ -63,10 +63,7 @@ def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = len(usable_cores())
     flags = cpu_flags(cpuinfo)
     return {"model": name, "cores": cores, "flags": [f for f in FLAGS_OF_INTEREST if f in flags]}
 

@@ -169,10 +169,9 @@ def resolve_threads(threads: int, *, share_with_server: bool = False) -> int:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
+    from serving.dtype import usable_cores
+
+    cpus = len(usable_cores())
     return max(1, cpus // 2 if share_with_server else cpus)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from dspylite.errors import ConfigError
@@ -68,6 +69,14 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
         if line.startswith(("flags", "Features")):  # x86 / ARM
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def usable_cores() -> list[int]:
+    """The CPU ids this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity API
+        return list(range(os.cpu_count() or 1))
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:

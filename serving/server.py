@@ -37,6 +37,7 @@ from serving.adapter_files import check_base_model, check_rank, read_adapter
 from serving.config import check_data_parallel
 from serving.connection import VLLMConnection
 from serving.devices import DeviceSpec, check_parallel_sizes, cuda_env, parse_devices
+from serving.dtype import usable_cores
 from serving.registry import validate_name
 
 logger = logging.getLogger(__name__)
@@ -70,14 +71,6 @@ _CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache; vLLM's o
 SMALL_CPU_CORES = 4
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 CPU_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
-
-
-def usable_cores() -> list[int]:
-    """The CPU ids this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # macOS: no affinity API
-        return list(range(os.cpu_count() or 1))
 
 
 def cpu_env_defaults(cores: int | None = None) -> dict[str, str]:

@@ -140,6 +140,8 @@ class DemoPipeline:
         # Optimizer results keyed by (step kind, input program state): BetterTogether's steps reuse
         # the single-stage results when their input program is the same one.
         self.memo: dict[tuple[str, str], tuple[Any, dict[str, str]]] = {}
+        # The wall-time breakdown of the interrupted runs this one resumes (open_run carried it over).
+        self.earlier_activity = (session.run.load_json(JOB_FILE, {}) or {}).get("earlier_activity")
 
     def run(self) -> list[StageRecord]:
         done = {r.name: r for r in load_stages(self.session.run.path)}
@@ -169,8 +171,7 @@ class DemoPipeline:
         """Wall time by stage and activity: this run's, plus that of the interrupted runs it resumes."""
         from dspylite import activity
 
-        earlier = (self.session.run.load_json(JOB_FILE, {}) or {}).get("earlier_activity")
-        return activity.breakdown(earlier)
+        return activity.breakdown(self.earlier_activity)
 
     # ---- infrastructure -------------------------------------------------------------------------
     def _stage(self, name: str, compile_fn: Callable[[Path], tuple[Any, dict[str, str]]]) -> StageRecord:
