@@ -540,7 +540,9 @@ def compare_servers(args: argparse.Namespace, out: Path) -> int:
     )
     for problem in problems[:10]:
         print(f"problem: {problem}")
-    cores = os.cpu_count() or 1
+    from serving.dtype import usable_cores
+
+    cores = len(usable_cores())
     print(
         f"conditions: {cores} cores, load {min(one['load'] + many['load']):.1f}-{max(one['load'] + many['load']):.1f}; "
         "on a CPU the servers share the cores, so the rollout time is not expected to drop"

@@ -56,6 +56,7 @@ import httpx  # noqa: E402
 
 from dspylite.lm import LM  # noqa: E402
 from serving import VLLMServer  # noqa: E402
+from serving.dtype import usable_cores  # noqa: E402
 
 LM_VS_HTTPX_TARGET = 0.9
 HOT_LOAD_TARGET_S = 2.0
@@ -296,7 +297,7 @@ def smollm2_part(
     dtype = serving_dtype(base)
     shape = ModelShape.from_dir(base)
     lora_params = shape.lora_params(16, ["all-linear"])
-    peak = measure_peaks(len(os.sched_getaffinity(0)))
+    peak = measure_peaks(len(usable_cores()))
     figures: dict[str, Any] = {
         "model": base,
         "dtype": dtype,
@@ -335,7 +336,7 @@ def smollm2_part(
                 )
         finally:
             server.stop()
-    peak = peak.best_of(measure_peaks(len(os.sched_getaffinity(0))))  # a busy machine reads low
+    peak = peak.best_of(measure_peaks(len(usable_cores())))  # a busy machine reads low
     figures["peak"] = peak.to_dict()
     for model_name in ("bench", "sft"):
         prompt, completion = figures[f"{model_name}:tokens"]
