@@ -102,10 +102,22 @@ class PerStage:
     Optimizer run directories are tied to one setup (a second compile there would be refused or
     mistaken for a resume), so the k-th p (or w) step works in ``work/<step>-<k>``; k counts this
     run's earlier compiles of the step plus the finished stages on disk, so a resume keeps the numbering.
+    ``stages_dir`` is where BetterTogether records its stages (the run directory by default; the demo
+    runs it in a stage's subdirectory) and ``work_dir`` where the per-stage directories go.
     """
 
-    def __init__(self, step: str, build: Callable[[Path], Any], session: JobSession):
+    def __init__(
+        self,
+        step: str,
+        build: Callable[[Path], Any],
+        session: JobSession,
+        *,
+        stages_dir: Path | None = None,
+        work_dir: Path | None = None,
+    ):
         self.step, self.build, self.session = step, build, session
+        self.stages_dir = stages_dir or session.run.path
+        self.work_dir = work_dir or session.run.path / WORK_DIR
 
     def compile(self, student: Any, **kwargs: Any) -> Any:
         return self._build_next().compile(student, **kwargs)
@@ -113,17 +125,17 @@ class PerStage:
     def _build_next(self) -> Any:
         from dspylite.optimizers.stages import load_stages
 
-        finished = load_stages(self.session.run.path)
+        finished = load_stages(self.stages_dir)
         k = 1 + sum(1 for s in finished if s.name.split(" -> ")[-1] == self.step)
-        return self.build(self.session.run.path / WORK_DIR / f"{self.step}-{k}")
+        return self.build(self.work_dir / f"{self.step}-{k}")
 
 
 class PerStageWeights(PerStage, WeightOptimizer):
     """PerStage for the weight step: a WeightOptimizer whose backend is the session's (its adapters are
     registered in the run's registry) and whose ``published`` is the last stage optimizer's."""
 
-    def __init__(self, step: str, build: Callable[[Path], Any], session: JobSession):
-        super().__init__(step, build, session)
+    def __init__(self, step: str, build: Callable[[Path], Any], session: JobSession, **dirs: Any):
+        super().__init__(step, build, session, **dirs)
         self.backend = session.backend
         self.published: dict[str, str] = {}
 

@@ -271,15 +271,32 @@ class DemoPipeline:
         return program, dict(grpo.published)
 
     def _better_together(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
+        from dspylite.jobs.better_together_job import PerStage, PerStageWeights
         from dspylite.optimizers.better_together import BetterTogether
 
+        # Each p (and w) step of the strategy compiles in its own directory (p-1, w-1, p-2, ...): an
+        # optimizer's run directory belongs to one student, and "p -> w -> p" compiles two.
+        bt_dir = stage_dir / "bt"
+        dirs = {"stages_dir": bt_dir, "work_dir": stage_dir}
+        prompt = PerStage(
+            "p",
+            lambda path: self.session.prompt_optimizer(self.cfg.prompt, path / "search"),
+            self.session,
+            **dirs,
+        )
+        weights = PerStageWeights(
+            "w",
+            lambda path: self.session.bootstrap_finetune(self.cfg.bootstrap, self.cfg.sft, path / "finetune"),
+            self.session,
+            **dirs,
+        )
         bt = BetterTogether(
             self.task.metric,
-            prompt_optimizer=self._prompt_optimizer(stage_dir / "p"),
-            weight_optimizer=self._weight_optimizer(stage_dir),
+            prompt_optimizer=_Memo(prompt, "p", self.memo),
+            weight_optimizer=_MemoWeights(weights, "w", self.memo),
             num_threads=self.cfg.lm.num_threads,
             seed=self.cfg.task.seed,
-            run_dir=stage_dir / "bt",
+            run_dir=bt_dir,
         )
         program = bt.compile(
             self.task.make_program(),

@@ -291,6 +291,27 @@ def test_a_failed_demo_keeps_its_finished_stages_wall_time_and_the_resumed_run_a
     assert "program runs" in done["activity"]["prompt"]
 
 
+def test_better_together_p_w_p_searches_each_p_step_in_its_own_directory(
+    tmp_path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the prompt stage nothing is reused: the first p step searches, and the last one searches
+    # again for the SFT-bound program. One shared search directory refused the second student.
+    recorder = Recorder()
+    install_stub_trainers(monkeypatch, recorder)
+    searches = count_prompt_searches(monkeypatch)
+    run_dir = tmp_path / "run"
+    args = ["stages=[baseline,better_together]", "strategy=p -> w -> p"]
+    reply = fact_qa_reply_fn(SERVED_NAME)
+    with FakeVLLM(str(base_dir), served_model_name=SERVED_NAME, reply_fn=reply) as server:
+        assert run_demo(None, [*overrides(run_dir, server), *args]) == run_dir
+    stage_dir = run_dir / "stages" / "better_together"
+    bt = json.loads((stage_dir / "bt" / "stages.json").read_text())
+    assert [s["name"] for s in bt] == ["baseline", "p", "p -> w", "p -> w -> p"]
+    assert len(searches) == 2 and len(recorder.sft) == 1
+    assert sorted(d.name for d in stage_dir.iterdir() if d.name[:2] in ("p-", "w-")) == ["p-1", "p-2", "w-1"]
+    assert (stage_dir / "p-2" / "search").is_dir()
+
+
 def _bound_models(program_path: Path) -> set[str]:
     from dspylite.datasets.programs import FactQA
 
