@@ -24,7 +24,7 @@ with AVX512-BF16/AMX for models of 30M+ parameters, else fp32); when that is bf1
 same rows is added and its held-out loss compared (precision parity).
 
 Targets: on the tiny model (the quick check, ~1-2 min) dspylite/TRL tokens/s >= 1.3x; on a real model
-(SmolLM2-135M-Instruct: ~8-12 min on an idle 2-core CPU, 24 steps x 4 rows per side, the demo's batch
+(SmolLM2-135M-Instruct: ~18 min on an idle 2-core AVX2 CPU with the 1-thread TRL run, 24 steps x 4 rows per side, the demo's batch
 and LoRA; fewer steps leave the two held-out losses too far apart to compare) >= 1.5x and MFU >= 50%. Speed only counts when the held-out losses agree (within 15%).
 The last line is the key ratio and the target; the exit code is 1 when a target is missed.
 """
