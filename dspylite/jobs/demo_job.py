@@ -222,11 +222,16 @@ class DemoPipeline:
         return self.task.split("dev")[: self.cfg.selection_size]
 
     def _prompt_optimizer(self, stage_dir: Path) -> Any:
-        return _Memo(self.session.prompt_optimizer(self.cfg.prompt, stage_dir / "search"), "p", self.memo)
+        return _Memo(self._new_prompt_optimizer(stage_dir), "p", self.memo)
 
     def _weight_optimizer(self, stage_dir: Path) -> Any:
-        optimizer = self.session.bootstrap_finetune(self.cfg.bootstrap, self.cfg.sft, stage_dir / "finetune")
-        return _MemoWeights(optimizer, "w", self.memo)
+        return _MemoWeights(self._new_weight_optimizer(stage_dir), "w", self.memo)
+
+    def _new_prompt_optimizer(self, stage_dir: Path) -> Any:
+        return self.session.prompt_optimizer(self.cfg.prompt, stage_dir / "search")
+
+    def _new_weight_optimizer(self, stage_dir: Path) -> Any:
+        return self.session.bootstrap_finetune(self.cfg.bootstrap, self.cfg.sft, stage_dir / "finetune")
 
     # ---- stages -------------------------------------------------------------------------------------
     def _baseline(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
@@ -278,18 +283,8 @@ class DemoPipeline:
         # optimizer's run directory belongs to one student, and "p -> w -> p" compiles two.
         bt_dir = stage_dir / "bt"
         dirs = {"stages_dir": bt_dir, "work_dir": stage_dir}
-        prompt = PerStage(
-            "p",
-            lambda path: self.session.prompt_optimizer(self.cfg.prompt, path / "search"),
-            self.session,
-            **dirs,
-        )
-        weights = PerStageWeights(
-            "w",
-            lambda path: self.session.bootstrap_finetune(self.cfg.bootstrap, self.cfg.sft, path / "finetune"),
-            self.session,
-            **dirs,
-        )
+        prompt = PerStage("p", self._new_prompt_optimizer, self.session, **dirs)
+        weights = PerStageWeights("w", self._new_weight_optimizer, self.session, **dirs)
         bt = BetterTogether(
             self.task.metric,
             prompt_optimizer=_Memo(prompt, "p", self.memo),

@@ -184,12 +184,18 @@ def overrides(run_dir: Path, server: FakeVLLM) -> list[str]:
     ]
 
 
-def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
-    tmp_path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def stubbed(monkeypatch: pytest.MonkeyPatch) -> tuple[Recorder, list[int]]:
+    """Stub trainers installed: (what they were asked to do, one entry per prompt search)."""
     recorder = Recorder()
     install_stub_trainers(monkeypatch, recorder)
-    searches = count_prompt_searches(monkeypatch)
+    return recorder, count_prompt_searches(monkeypatch)
+
+
+def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
+    tmp_path: Path, base_dir: Path, stubbed: tuple[Recorder, list[int]]
+) -> None:
+    recorder, searches = stubbed
     run_dir = tmp_path / "run"
 
     reply = fact_qa_reply_fn(SERVED_NAME)
@@ -292,13 +298,11 @@ def test_a_failed_demo_keeps_its_finished_stages_wall_time_and_the_resumed_run_a
 
 
 def test_better_together_p_w_p_searches_each_p_step_in_its_own_directory(
-    tmp_path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, base_dir: Path, stubbed: tuple[Recorder, list[int]]
 ) -> None:
     # Without the prompt stage nothing is reused: the first p step searches, and the last one searches
     # again for the SFT-bound program. One shared search directory refused the second student.
-    recorder = Recorder()
-    install_stub_trainers(monkeypatch, recorder)
-    searches = count_prompt_searches(monkeypatch)
+    recorder, searches = stubbed
     run_dir = tmp_path / "run"
     args = ["stages=[baseline,better_together]", "strategy=p -> w -> p"]
     reply = fact_qa_reply_fn(SERVED_NAME)
