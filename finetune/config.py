@@ -125,6 +125,14 @@ class FinetuneConfig:
         metadata=_help("Share of examples held out as validation rows (split by example, seeded)."),
     )
     dedupe: bool = field(default=True, metadata=_help("Drop rows whose prompt and completion repeat."))
+    balance_field: str | None = field(
+        default=None,
+        metadata=_help(
+            "An output field that is a class label (e.g. answer): cut the rows to the same count for each "
+            "of its values (the rarest one's), by a seeded draw. For classifiers whose own passing runs are "
+            "mostly one class; None: keep every passing row."
+        ),
+    )
     keep_truncated: bool = field(
         default=False,
         metadata=_help("Keep completions the server cut at max_tokens (finish_reason 'length')."),

@@ -39,7 +39,14 @@ CARD_MD = "data_card.md"
 
 # Reasons a run or a record is left out; the data card reports each count.
 RUN_REASONS = ("below_threshold", "program_error", "metric_error", "no_traces")
-RECORD_REASONS = ("parse_error", "empty_completion", "truncated_completion", "duplicate", "too_long")
+RECORD_REASONS = (
+    "parse_error",
+    "empty_completion",
+    "truncated_completion",
+    "duplicate",
+    "too_long",
+    "balance",
+)
 
 
 @dataclass
@@ -88,6 +95,8 @@ class DataCard:
     models: dict[str, int] = field(default_factory=dict)  # served model name -> records kept
     data_hash: str = ""
     first_errors: dict[str, str] = field(default_factory=dict)  # reason -> one example message
+    # balance_field's rows per predictor and value, before and after balancing ({} when not balanced)
+    balance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +121,13 @@ class DataCard:
             f"- rows: {self.rows_train} train, {self.rows_val} val (val fraction {self.val_fraction}, "
             f"seed {self.seed}); {self.rows_with_token_ids} carry the server's token ids",
             f"- max length: {self.max_length} tokens; lengths kept: {self.token_lengths or 'not measured'}",
+        ]
+        if self.balance:
+            lines.append(
+                f"- balanced over output field `{self.balance['field']}`: rows per value "
+                f"{self.balance['before']} -> {self.balance['after']}"
+            )
+        lines += [
             "",
             "## Rows per predictor",
             "",
@@ -216,6 +232,7 @@ def build_sft_data(
     allowed_models: Sequence[str] | None = None,
     keep_truncated: bool = False,
     predictors: Sequence[str] | None = None,
+    balance_field: str | None = None,
 ) -> SFTData:
     """Turn program runs into train/val SFT rows.
 
@@ -227,7 +244,10 @@ def build_sft_data(
     template; rows over ``max_length`` (default: the tokenizer's ``model_max_length``) are left out
     and listed in the card. ``allowed_models``: the served model names traces may come from (the
     base model and its adapters); a record from any other model raises ``TrainingError`` naming it.
-    ``predictors``: keep only these predictor names.
+    ``predictors``: keep only these predictor names. ``balance_field``: an output field (a class
+    label, e.g. ``answer: bool``); the rows of each predictor that outputs it are cut, by a seeded draw,
+    to the same count for every value it took (the rarest value's count), because a small model's
+    passing runs are mostly its favourite class and SFT on them only teaches that class.
 
     The split is by example id, so the rows of one example never land on both sides.
     """
@@ -235,6 +255,7 @@ def build_sft_data(
         raise TrainingError(f"val_fraction must be in [0, 1), got {val_fraction}")
     card = DataCard(metric_threshold=metric_threshold, val_fraction=val_fraction, seed=seed)
     rows: list[SFTRow] = []
+    labels: dict[int, str] = {}  # id(row) -> its balance_field value (JSON), for rows that have one
     allowed = set(allowed_models) if allowed_models is not None else None
     wanted = set(predictors) if predictors is not None else None
 
@@ -264,7 +285,10 @@ def build_sft_data(
                     f"{record.model!r}, which is neither the base model being fine-tuned nor one of its adapters "
                     f"(allowed: {sorted(allowed)}); pass its name in allowed_models to distil from it on purpose"
                 )
-            rows.append(_row_from_record(record, score))
+            row = _row_from_record(record, score)
+            if balance_field is not None and record.outputs and balance_field in record.outputs:
+                labels[id(row)] = json.dumps(record.outputs[balance_field], sort_keys=True, default=str)
+            rows.append(row)
 
     if dedupe:
         rows = _dedupe(rows, card)
@@ -272,6 +296,8 @@ def build_sft_data(
         rows = _check_lengths(rows, tokenizer, max_length, card)
     else:
         card.max_length = max_length
+    if balance_field is not None:
+        rows = _balance(rows, labels, balance_field, seed, card)
 
     train, val = _split(rows, val_fraction, seed)
     card.rows_train, card.rows_val = len(train), len(val)
@@ -352,6 +378,42 @@ def _row_from_record(record: TraceRecord, score: float) -> SFTRow:
         prompt_token_ids=list(record.prompt_token_ids) if record.prompt_token_ids else None,
         completion_token_ids=list(record.completion_token_ids) if record.completion_token_ids else None,
     )
+
+
+def _balance(
+    rows: list[SFTRow], labels: dict[int, str], balance_field: str, seed: int, card: DataCard
+) -> list[SFTRow]:
+    """Per predictor, keep as many rows of each ``balance_field`` value as the rarest value has."""
+    groups: dict[str, dict[str, list[int]]] = {}
+    for index, row in enumerate(rows):
+        if id(row) in labels:
+            groups.setdefault(row.predictor, {}).setdefault(labels[id(row)], []).append(index)
+    if not groups:
+        raise TrainingError(
+            f"balance_field={balance_field!r}: no passing row has an output field of that name; "
+            "name one of the program's output fields, or leave balance_field unset"
+        )
+    rng = random.Random(seed)
+    dropped: set[int] = set()
+    before: dict[str, dict[str, int]] = {}
+    after: dict[str, dict[str, int]] = {}
+    for predictor, by_value in sorted(groups.items()):
+        before[predictor] = {value: len(indices) for value, indices in sorted(by_value.items())}
+        keep = min(before[predictor].values())
+        if len(by_value) == 1:
+            logger.warning(
+                "balance_field=%r: every passing row of %s says %s; nothing to balance against",
+                balance_field,
+                predictor,
+                next(iter(by_value)),
+            )
+        for value, indices in sorted(by_value.items()):
+            kept = set(rng.sample(indices, keep))
+            dropped.update(i for i in indices if i not in kept)
+        after[predictor] = {value: keep for value in sorted(by_value)}
+    card.records_dropped["balance"] += len(dropped)
+    card.balance = {"field": balance_field, "before": before, "after": after}
+    return [row for index, row in enumerate(rows) if index not in dropped]
 
 
 def _dedupe(rows: list[SFTRow], card: DataCard) -> list[SFTRow]:

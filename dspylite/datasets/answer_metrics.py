@@ -1,9 +1,10 @@
-"""Metrics for the public benchmarks (ASDiv, GSM8K: a number; BoolQ: yes or no), each as a plain
+"""Metrics for the public benchmarks (ASDiv, GSM8K: a number; BoolQ: yes or no; SST-2: positive or
+negative), each as a plain
 metric ``(example, prediction, trace=None) -> float`` and as a GEPA feedback metric
 ``(gold, pred, trace=None, pred_name=None, pred_trace=None) -> Prediction(score, feedback)`` whose
 score is the plain metric's, so GEPA's numbers match ``Evaluate``'s.
 
-The gold answer is the example's ``answer`` field; where the example carries the benchmark's own
+The gold answer is the example's ``answer`` field (SST-2: ``sentiment``, True for positive); where the example carries the benchmark's own
 worked solution (``gold_reasoning``, GSM8K), the feedback shows it to the reflection LM.
 """
 
@@ -97,4 +98,39 @@ def boolean_feedback_metric(
             f"The answer {got} is wrong: by the passage, the answer to {_quote(_get(gold, 'question'))} "
             f"is {want}."
         )
+    return Prediction(score=score, feedback=feedback)
+
+
+def sentiment_match(example: Any, prediction: Any, trace: Any = None) -> float:
+    """1.0 when the predicted ``sentiment`` is the gold one (True/"positive" vs False/"negative"), else 0.0."""
+    got, want = parse_sentiment(_get(prediction, "sentiment")), parse_sentiment(_get(example, "sentiment"))
+    return 1.0 if got is not None and got == want else 0.0
+
+
+def parse_sentiment(value: Any) -> bool | None:
+    """True for positive, False for negative: a bool, "positive"/"negative", or yes/no/true/false text."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.startswith("pos"):
+            return True
+        if text.startswith("neg"):
+            return False
+    return parse_bool(value)
+
+
+def sentiment_feedback_metric(
+    gold: Any, pred: Any, trace: Any = None, pred_name: str | None = None, pred_trace: Any = None
+) -> Prediction:
+    """``sentiment_match`` with feedback: right, not a sentiment, or the opposite of the gold one."""
+    score = sentiment_match(gold, pred) if pred is not None else 0.0
+    want = "positive (true)" if parse_sentiment(_get(gold, "sentiment")) else "negative (false)"
+    answer = _get(pred, "sentiment")
+    if pred is None:
+        feedback = f"The program failed before giving an answer (format broken); the sentiment is {want}."
+    elif score == 1.0:
+        feedback = f"Correct: the sentiment is {want}."
+    elif parse_sentiment(answer) is None:
+        feedback = f"The answer {_quote(answer)} is neither positive nor negative; the sentiment is {want}."
+    else:
+        feedback = f"Wrong: the sentence {_quote(_get(gold, 'sentence'))} is {want}."
     return Prediction(score=score, feedback=feedback)

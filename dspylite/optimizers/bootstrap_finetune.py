@@ -240,6 +240,7 @@ class BootstrapFinetune(WeightOptimizer):
                 max_length=cfg.max_length,
                 allowed_models=self._allowed_models(backend, teacher_models),
                 keep_truncated=cfg.keep_truncated,
+                balance_field=cfg.balance_field,
             )
             data.save(run.path / "data")
             atomic_write_json(run.path / "data" / DATA_FINGERPRINT, {"fingerprint": fingerprint})
@@ -453,6 +454,8 @@ def _data_fingerprint(
             cfg.dedupe,
             cfg.max_length,
             cfg.keep_truncated,
+            # only when set, so data collected before this setting existed is still found
+            *([cfg.balance_field] if cfg.balance_field else []),
         ],
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,4 +1,4 @@
-"""Named benchmark data sets: ``asdiv``, ``boolq``, ``gsm8k``.
+"""Named benchmark data sets: ``asdiv``, ``boolq``, ``gsm8k``, ``sst2``.
 
     from sources.datasets import load_benchmark
     bench = load_benchmark("asdiv", seed=0, n_train=200, n_dev=100, n_test=500)
@@ -21,7 +21,7 @@ from sources.datasets.splits import Benchmark, Pools, make_benchmark
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS = ("asdiv", "boolq", "gsm8k")
+BENCHMARKS = ("asdiv", "boolq", "gsm8k", "sst2")
 
 
 def _module(name: str) -> ModuleType:

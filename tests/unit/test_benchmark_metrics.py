@@ -12,6 +12,8 @@ from dspylite.datasets.answer_metrics import (
     boolean_match,
     numeric_feedback_metric,
     numeric_match,
+    sentiment_feedback_metric,
+    sentiment_match,
 )
 from dspylite.datasets.answers import numbers_match, parse_bool, parse_number, single_number
 from dspylite.example import Example, Prediction
@@ -137,3 +139,22 @@ def test_boolean_feedback_says_right_wrong_or_not_a_yes_no() -> None:
     assert wrong.score == 0.0 and "True is wrong" in wrong.feedback and "is the sky green" in wrong.feedback
     odd = boolean_feedback_metric(gold, Prediction(answer="it depends"))
     assert odd.score == 0.0 and "neither true nor false" in odd.feedback
+
+
+def test_sentiment_match_reads_bools_and_words() -> None:
+    gold = Example(sentence="it 's a charming and often affecting journey .", sentiment=True).with_inputs("sentence")
+    assert sentiment_match(gold, Prediction(sentiment=True)) == 1.0
+    assert sentiment_match(gold, Prediction(sentiment="Positive")) == 1.0
+    assert sentiment_match(gold, Prediction(sentiment="negative")) == 0.0
+    assert sentiment_match(gold, Prediction(sentiment=False)) == 0.0
+    assert sentiment_match(gold, Prediction(sentiment="mixed")) == 0.0
+    assert sentiment_match(gold, Prediction(answer=True)) == 0.0  # the field is sentiment, not answer
+
+
+def test_sentiment_feedback_says_right_wrong_or_neither() -> None:
+    gold = Example(sentence="unflinchingly bleak and desperate", sentiment=False).with_inputs("sentence")
+    assert sentiment_feedback_metric(gold, Prediction(sentiment=False)).score == 1.0
+    wrong = sentiment_feedback_metric(gold, Prediction(sentiment=True))
+    assert wrong.score == 0.0 and "bleak and desperate" in wrong.feedback and "negative" in wrong.feedback
+    odd = sentiment_feedback_metric(gold, Prediction(sentiment="so-so"))
+    assert odd.score == 0.0 and "neither positive nor negative" in odd.feedback

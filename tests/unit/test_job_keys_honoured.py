@@ -70,6 +70,7 @@ VALUES_BY_LEAF: dict[str, list[Any]] = {
     "kind": ["labeled", "random_search", "mipro", "gepa"],  # optimizer.kind: a row of the optimizer table
     "target_modules": [["q_proj", "v_proj"]],
     "train_predictors": [["answer"]],
+    "balance_field": ["answer"],  # an output field of the fact_qa program (a made-up name is refused)
 }
 
 

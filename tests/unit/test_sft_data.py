@@ -274,3 +274,62 @@ def test_for_predictors_recounts_the_card() -> None:
     assert only.card.rows_train == len(only.train) == 8
     assert list(only.card.rows_per_predictor) == ["answer"]
     assert only.data_hash != data.data_hash
+
+
+# ---- balancing over a class label --------------------------------------------------------------------
+
+
+def label_runs(yes: int, no: int) -> list[ExampleResult]:
+    runs = []
+    for i in range(yes + no):
+        answer = i < yes
+        runs.append(
+            run(
+                1.0,
+                record(
+                    user=f"q{i}",
+                    example_id=f"e{i}",
+                    completion=json.dumps({"answer": answer}),
+                    outputs={"answer": answer},
+                ),
+            )
+        )
+    return runs
+
+
+def test_balance_field_cuts_every_value_to_the_rarest_ones_count() -> None:
+    data = build_sft_data(label_runs(9, 3), val_fraction=0.0, balance_field="answer", seed=1)
+    said = [json.loads(r.completion[0]["content"])["answer"] for r in data.train]
+    assert sorted(said) == [False] * 3 + [True] * 3
+    assert data.card.records_dropped["balance"] == 6
+    assert data.card.balance == {
+        "field": "answer",
+        "before": {"answer": {"false": 3, "true": 9}},
+        "after": {"answer": {"false": 3, "true": 3}},
+    }
+    assert "balanced over output field `answer`" in data.card.to_markdown()
+    # the draw is seeded: a rebuild keeps the same rows
+    again = build_sft_data(label_runs(9, 3), val_fraction=0.0, balance_field="answer", seed=1)
+    assert [r.example_id for r in again.train] == [r.example_id for r in data.train]
+
+
+def test_without_balance_field_every_passing_row_stays() -> None:
+    data = build_sft_data(label_runs(9, 3), val_fraction=0.0)
+    assert len(data.train) == 12 and data.card.balance == {}
+
+
+def test_balance_field_naming_no_output_field_is_an_error() -> None:
+    with pytest.raises(TrainingError, match="balance_field='sentiment'"):
+        build_sft_data(label_runs(2, 2), val_fraction=0.0, balance_field="sentiment")
+
+
+def test_balance_field_with_a_single_value_keeps_the_rows_and_says_so(caplog) -> None:
+    data = build_sft_data(label_runs(4, 0), val_fraction=0.0, balance_field="answer")
+    assert len(data.train) == 4
+    assert "nothing to balance against" in caplog.text
+
+
+def test_the_balance_survives_a_save_and_load(tmp_path: Path) -> None:
+    data = build_sft_data(label_runs(5, 2), val_fraction=0.0, balance_field="answer")
+    loaded = SFTData.load(data.save(tmp_path / "data"))
+    assert loaded.card.balance == data.card.balance and len(loaded.train) == 4
