@@ -191,6 +191,7 @@ class JobSession:
             self.backend.for_run(run_dir),
             config,
             multitask=bootstrap.multitask,
+            exclude_demos=bootstrap.exclude_demos,
             num_threads=self.lm_settings.num_threads,
         )
 

@@ -104,6 +104,14 @@ class BootstrapSettings:
     )
     multitask: bool = field(default=True, metadata=_help("One adapter shared by every predictor."))
     run_name: str = field(default="sft", metadata=_help("Adapter names are <run_name>-<token>-<n>."))
+    exclude_demos: bool = field(
+        default=False,
+        metadata=_help(
+            "As DSPy's BootstrapFinetune(exclude_demos=True): train on the teacher's completions under "
+            "prompts without its demos, and serve the tuned program without demos. False: train on the "
+            "messages exactly as sent, demos included (they stay on the tuned program)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _positive("bootstrap", samples_per_example=self.samples_per_example)

@@ -128,7 +128,9 @@ class BootstrapFinetune(WeightOptimizer):
             ``{"learning_rate": 1e-4, "lora": {"r": 8}}``.
         adapter: the prompt adapter (ChatAdapter, JSONAdapter, ...) the teacher runs use; the training
             rows are the messages it rendered. Default: the configured one.
-        exclude_demos: drop the demos of the returned program's predictors (the weights learned them).
+        exclude_demos: as DSPy's: train on prompts without the predictors' demos (the teacher's raw
+            completions, under the same messages minus the demo turns) and return the program without
+            demos, so it is served the prompts it was trained on. False: the messages exactly as sent.
         num_threads: concurrent program runs while collecting traces; None: the configured num_threads.
     """
 
@@ -214,13 +216,15 @@ class BootstrapFinetune(WeightOptimizer):
         teacher_program, teacher_models = self._teacher_program(student, teacher)
         # The collected data is this compile's checkpoint: a rerun in the same run directory with the
         # same program, teacher, examples and data settings trains on it instead of sampling anew.
-        fingerprint = _data_fingerprint(teacher_program, trainset, cfg, self.config)
+        fingerprint = _data_fingerprint(teacher_program, trainset, cfg, self.config, self.exclude_demos)
         data = _load_collected(run.path / "data", fingerprint)
         if data is not None:
             logger.info("BootstrapFinetune: reusing the SFT data collected earlier in %s", run.path / "data")
         else:
             started = time.perf_counter()
             runs = self._collect(teacher_program, trainset)
+            if self.exclude_demos:
+                runs = [_without_demos(r, teacher_program, self.adapter) for r in runs]
             outcome.seconds["collect"] = round(time.perf_counter() - started, 2)
             outcome.runs = len(runs)
             outcome.teacher_score = sum(r.score for r in runs) / len(runs)
@@ -434,8 +438,56 @@ class BootstrapFinetune(WeightOptimizer):
 DATA_FINGERPRINT = "fingerprint.json"
 
 
+def _without_demos(result: ExampleResult, program: Any, adapter: Any) -> ExampleResult:
+    """``result`` with each trace's demo turns cut out of its messages (exclude_demos).
+
+    The demo turns are found as the exact messages the adapter renders for the predictor's demos, and
+    removed; everything else (system message, history, the call's own inputs, the raw completion) stays
+    as sent. The prompt's token ids no longer match, so they are dropped (the trainer tokenizes).
+    """
+    import dataclasses
+
+    from dspylite.adapters import ChatAdapter, JSONAdapter
+
+    if not result.traces:
+        return result
+    predictors = dict(program.named_predictors())
+    in_effect = adapter if adapter is not None else _settings.current().adapter
+    by_name = {"chat": ChatAdapter(), "json": JSONAdapter()}
+    traces = []
+    for record in result.traces:
+        predictor = predictors.get(record.predictor_name)
+        demos = list(getattr(predictor, "demos", None) or [])
+        if not demos:
+            traces.append(record)
+            continue
+        formatter = in_effect if getattr(in_effect, "name", None) == record.adapter else by_name.get(record.adapter)
+        if formatter is None:
+            raise OptimizerError(
+                f"exclude_demos: cannot render the demos of {record.predictor_name!r} with adapter "
+                f"{record.adapter!r}; configure that adapter (adapter=) for BootstrapFinetune"
+            )
+        turns = [{"role": m["role"], "content": m["content"]} for m in formatter.format_demos(predictor.signature, demos)]
+        sent = [{"role": m["role"], "content": m["content"]} for m in record.messages]
+        start = next(
+            (i for i in range(len(sent) - len(turns) + 1) if sent[i : i + len(turns)] == turns), None
+        )
+        if start is None:
+            raise OptimizerError(
+                f"exclude_demos: the {len(demos)} demos of {record.predictor_name!r} are not in the messages "
+                f"its trace sent (example {record.example_id}); the program's demos changed after the run?"
+            )
+        messages = record.messages[:start] + record.messages[start + len(turns) :]
+        traces.append(dataclasses.replace(record, messages=messages, prompt_token_ids=None))
+    return dataclasses.replace(result, traces=traces)
+
+
 def _data_fingerprint(
-    program: Any, trainset: list[Example], cfg: FinetuneConfig, settings: BootstrapFinetuneConfig
+    program: Any,
+    trainset: list[Example],
+    cfg: FinetuneConfig,
+    settings: BootstrapFinetuneConfig,
+    exclude_demos: bool = False,
 ) -> str:
     """What the collected data depends on: the teacher program, the examples and the data settings."""
     import hashlib
@@ -456,6 +508,7 @@ def _data_fingerprint(
             cfg.keep_truncated,
             # only when set, so data collected before this setting existed is still found
             *([cfg.balance_field] if cfg.balance_field else []),
+            *(["exclude_demos"] if exclude_demos else []),
         ],
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]

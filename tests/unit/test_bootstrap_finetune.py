@@ -422,3 +422,42 @@ def test_dspy_call_shape_metric_none_keeps_every_run_and_train_kwargs_override(
     [call] = trainer.calls
     assert len(call["data"].train) == 2 * len(examples)  # the 4 wrong answers are kept too
     assert (call["cfg"].learning_rate, call["cfg"].num_train_epochs) == (1e-4, 3)
+
+
+@pytest.mark.parametrize("exclude_demos", [False, True])
+def test_exclude_demos_trains_on_the_prompts_without_the_demo_turns(
+    tmp_path: Path, examples, exclude_demos: bool
+) -> None:
+    from dspylite.example import Example
+
+    program = FactQA()
+    program.set_lm(oracle_lm(examples))
+    demo = Example(fact="Lake Zug lies in Switzerland.", question="Which country is Lake Zug in?", answer="Switzerland")
+    program.answer.demos = [demo]
+    server, trainer = FakeServer(), FakeTrainer()
+    backend = Backend(server, run_dir=tmp_path / "run", model_dir=BASE)
+    optimizer = BootstrapFinetune(
+        fact_qa_metric,
+        backend,
+        BootstrapFinetuneConfig(train_fn=trainer, display_progress=False),
+        train_kwargs={"val_fraction": 0.0},
+        exclude_demos=exclude_demos,
+        num_threads=4,
+    )
+    tuned = optimizer.compile(program, trainset=examples)
+
+    rows = trainer.calls[0]["data"].train
+    answer_rows = [r for r in rows if r.predictor == "answer"]
+    extract_rows = [r for r in rows if r.predictor == "extract"]
+    assert len(answer_rows) == len(examples)
+    for row in answer_rows:
+        shown = " ".join(m["content"] for m in row.prompt)
+        assert ("Lake Zug" in shown) is not exclude_demos
+        # system + (demo user + demo assistant) + the call itself; the raw completion either way
+        assert [m["role"] for m in row.prompt] == (
+            ["system", "user"] if exclude_demos else ["system", "user", "assistant", "user"]
+        )
+        assert row.completion[0]["content"].startswith("[[ ## answer ## ]]")
+    assert all(len(r.prompt) == 2 for r in extract_rows)  # no demos: untouched
+    assert tuned.answer.demos == ([] if exclude_demos else [demo])
+    assert program.answer.demos == [demo]  # the program passed in keeps its demos
