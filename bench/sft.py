@@ -107,7 +107,14 @@ def _record_batches(trainer: Any) -> list[tuple[list[int], int]]:
 
 
 def child(
-    kind: str, model: str, data_dir: str, steps: int, batch_size: int, out_dir: str, lr: float, seed: int = TRL_SEED
+    kind: str,
+    model: str,
+    data_dir: str,
+    steps: int,
+    batch_size: int,
+    out_dir: str,
+    lr: float,
+    seed: int = TRL_SEED,
 ) -> dict:
     """Runs in a subprocess: train and report tokens/s, FLOPs, losses and peak RSS as JSON.
 

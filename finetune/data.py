@@ -407,7 +407,7 @@ def _balance(
                 predictor,
                 next(iter(by_value)),
             )
-        for value, indices in sorted(by_value.items()):
+        for _value, indices in sorted(by_value.items()):
             kept = set(rng.sample(indices, keep))
             dropped.update(i for i in indices if i not in kept)
         after[predictor] = {value: keep for value in sorted(by_value)}

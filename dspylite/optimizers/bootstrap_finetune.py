@@ -461,13 +461,18 @@ def _without_demos(result: ExampleResult, program: Any, adapter: Any) -> Example
         if not demos:
             traces.append(record)
             continue
-        formatter = in_effect if getattr(in_effect, "name", None) == record.adapter else by_name.get(record.adapter)
+        formatter = (
+            in_effect if getattr(in_effect, "name", None) == record.adapter else by_name.get(record.adapter)
+        )
         if formatter is None:
             raise OptimizerError(
                 f"exclude_demos: cannot render the demos of {record.predictor_name!r} with adapter "
                 f"{record.adapter!r}; configure that adapter (adapter=) for BootstrapFinetune"
             )
-        turns = [{"role": m["role"], "content": m["content"]} for m in formatter.format_demos(predictor.signature, demos)]
+        turns = [
+            {"role": m["role"], "content": m["content"]}
+            for m in formatter.format_demos(predictor.signature, demos)
+        ]
         sent = [{"role": m["role"], "content": m["content"]} for m in record.messages]
         start = next(
             (i for i in range(len(sent) - len(turns) + 1) if sent[i : i + len(turns)] == turns), None

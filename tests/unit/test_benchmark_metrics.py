@@ -142,7 +142,9 @@ def test_boolean_feedback_says_right_wrong_or_not_a_yes_no() -> None:
 
 
 def test_sentiment_match_reads_bools_and_words() -> None:
-    gold = Example(sentence="it 's a charming and often affecting journey .", sentiment=True).with_inputs("sentence")
+    gold = Example(sentence="it 's a charming and often affecting journey .", sentiment=True).with_inputs(
+        "sentence"
+    )
     assert sentiment_match(gold, Prediction(sentiment=True)) == 1.0
     assert sentiment_match(gold, Prediction(sentiment="Positive")) == 1.0
     assert sentiment_match(gold, Prediction(sentiment="negative")) == 0.0

@@ -314,6 +314,27 @@ def test_eval_on_a_benchmark_writes_the_data_card_and_what_was_asked(data_home: 
         assert row["score"] == (1.0 if row["prediction"]["answer"] == ex.answer else 0.0)
 
 
+def test_eval_on_the_test_split_ignores_train_and_dev_sizes_it_does_not_use(
+    data_home: Path, tmp_path: Path
+) -> None:
+    from dspylite.cli import app
+
+    def reply(body: dict) -> str:
+        return "[[ ## sentiment ## ]]\nTrue\n\n[[ ## completed ## ]]"
+
+    run = tmp_path / "run"
+    with FakeVLLM(reply_fn=reply) as server:
+        # eval.yaml's n_train 200 + n_dev 200 exceed SST-2's wheel train pool (372)
+        args = ["eval", str(CONFIGS / "eval.yaml"), f"server.api_base={server.api_base}", "task.name=sst2"]
+        result = CliRunner().invoke(app, [*args, f"run_dir={run}", "task.n_test=4", "lm.num_threads=2"])
+        assert result.exit_code == 0, result.output
+        card = json.loads((run / "data_card.json").read_text())
+        assert card["counts"] == {"train": 0, "dev": 0, "test": 4}
+        refused = CliRunner().invoke(app, [*args, f"run_dir={tmp_path / 'dev'}", "split=dev"])
+    assert refused.exit_code != 0
+    assert "task.n_train + task.n_dev = 400: sst2 has 372 training rows" in refused.output
+
+
 def test_an_unreachable_hub_host_is_skipped_without_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 

@@ -432,7 +432,9 @@ def test_exclude_demos_trains_on_the_prompts_without_the_demo_turns(
 
     program = FactQA()
     program.set_lm(oracle_lm(examples))
-    demo = Example(fact="Lake Zug lies in Switzerland.", question="Which country is Lake Zug in?", answer="Switzerland")
+    demo = Example(
+        fact="Lake Zug lies in Switzerland.", question="Which country is Lake Zug in?", answer="Switzerland"
+    )
     program.answer.demos = [demo]
     server, trainer = FakeServer(), FakeTrainer()
     backend = Backend(server, run_dir=tmp_path / "run", model_dir=BASE)
