@@ -224,7 +224,7 @@ class BootstrapFinetune(WeightOptimizer):
             started = time.perf_counter()
             runs = self._collect(teacher_program, trainset)
             if self.exclude_demos:
-                runs = [_without_demos(r, teacher_program, self.adapter) for r in runs]
+                runs = _without_demos(runs, teacher_program, self.adapter)
             outcome.seconds["collect"] = round(time.perf_counter() - started, 2)
             outcome.runs = len(runs)
             outcome.teacher_score = sum(r.score for r in runs) / len(runs)
@@ -438,8 +438,8 @@ class BootstrapFinetune(WeightOptimizer):
 DATA_FINGERPRINT = "fingerprint.json"
 
 
-def _without_demos(result: ExampleResult, program: Any, adapter: Any) -> ExampleResult:
-    """``result`` with each trace's demo turns cut out of its messages (exclude_demos).
+def _without_demos(runs: list[ExampleResult], program: Any, adapter: Any) -> list[ExampleResult]:
+    """``runs`` with each trace's demo turns cut out of its messages (exclude_demos).
 
     The demo turns are found as the exact messages the adapter renders for the predictor's demos, and
     removed; everything else (system message, history, the call's own inputs, the raw completion) stays
@@ -449,42 +449,44 @@ def _without_demos(result: ExampleResult, program: Any, adapter: Any) -> Example
 
     from dspylite.adapters import ChatAdapter, JSONAdapter
 
-    if not result.traces:
-        return result
     predictors = dict(program.named_predictors())
     in_effect = adapter if adapter is not None else _settings.current().adapter
     by_name = {"chat": ChatAdapter(), "json": JSONAdapter()}
-    traces = []
-    for record in result.traces:
-        predictor = predictors.get(record.predictor_name)
-        demos = list(getattr(predictor, "demos", None) or [])
-        if not demos:
-            traces.append(record)
-            continue
-        formatter = (
-            in_effect if getattr(in_effect, "name", None) == record.adapter else by_name.get(record.adapter)
+    return [
+        dataclasses.replace(r, traces=[_cut_demos(t, predictors, in_effect, by_name) for t in r.traces])
+        for r in runs
+    ]
+
+
+def _cut_demos(record: Any, predictors: dict[str, Any], in_effect: Any, by_name: dict[str, Any]) -> Any:
+    """One trace record without its predictor's demo turns (the record itself when it has none)."""
+    import dataclasses
+
+    predictor = predictors.get(record.predictor_name)
+    demos = list(getattr(predictor, "demos", None) or [])
+    if not demos:
+        return record
+    formatter = (
+        in_effect if getattr(in_effect, "name", None) == record.adapter else by_name.get(record.adapter)
+    )
+    if formatter is None:
+        raise OptimizerError(
+            f"exclude_demos: cannot render the demos of {record.predictor_name!r} with adapter "
+            f"{record.adapter!r}; configure that adapter (adapter=) for BootstrapFinetune"
         )
-        if formatter is None:
-            raise OptimizerError(
-                f"exclude_demos: cannot render the demos of {record.predictor_name!r} with adapter "
-                f"{record.adapter!r}; configure that adapter (adapter=) for BootstrapFinetune"
-            )
-        turns = [
-            {"role": m["role"], "content": m["content"]}
-            for m in formatter.format_demos(predictor.signature, demos)
-        ]
-        sent = [{"role": m["role"], "content": m["content"]} for m in record.messages]
-        start = next(
-            (i for i in range(len(sent) - len(turns) + 1) if sent[i : i + len(turns)] == turns), None
+    turns = [
+        {"role": m["role"], "content": m["content"]}
+        for m in formatter.format_demos(predictor.signature, demos)
+    ]
+    sent = [{"role": m["role"], "content": m["content"]} for m in record.messages]
+    start = next((i for i in range(len(sent) - len(turns) + 1) if sent[i : i + len(turns)] == turns), None)
+    if start is None:
+        raise OptimizerError(
+            f"exclude_demos: the {len(demos)} demos of {record.predictor_name!r} are not in the messages "
+            f"its trace sent (example {record.example_id}); the program's demos changed after the run?"
         )
-        if start is None:
-            raise OptimizerError(
-                f"exclude_demos: the {len(demos)} demos of {record.predictor_name!r} are not in the messages "
-                f"its trace sent (example {record.example_id}); the program's demos changed after the run?"
-            )
-        messages = record.messages[:start] + record.messages[start + len(turns) :]
-        traces.append(dataclasses.replace(record, messages=messages, prompt_token_ids=None))
-    return dataclasses.replace(result, traces=traces)
+    messages = record.messages[:start] + record.messages[start + len(turns) :]
+    return dataclasses.replace(record, messages=messages, prompt_token_ids=None)
 
 
 def _data_fingerprint(

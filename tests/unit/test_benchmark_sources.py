@@ -137,11 +137,9 @@ def _hub_rows(home: Path) -> dict[tuple[str, str | None, str], list[dict]]:
     gsm8k_test = [
         {"question": d["question"], "answer": d["answer"]} for d in (json.loads(x)["doc"] for x in requests)
     ]
-    from sources.datasets.sst2 import arrow_rows
-
     sst2 = [
         {"sentence": r["sentence"], "label": r["label"], "idx": r["idx"]}
-        for r in arrow_rows(data / "sst2" / "data-00000-of-00001.arrow")
+        for r in fetch.arrow_rows(data / "sst2" / "data-00000-of-00001.arrow")
     ]
     return {
         ("nyu-mll/glue", "sst2", "validation"): sst2,
