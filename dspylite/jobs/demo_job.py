@@ -6,7 +6,8 @@
 A pipeline of stages, each a function from the earlier stages' records to its own ``StageRecord``
 (program file, the adapters it is bound to, per-example dev and test scores, failures, time):
 baseline -> prompt-only (BootstrapFewShotWithRandomSearch) -> weights-only (BootstrapFinetune LoRA SFT)
--> GRPO from the base model -> SFT+GRPO (GRPO starting from the SFT record's adapter) -> BetterTogether.
+-> GRPO from the base model -> SFT+GRPO (GRPO starting from the SFT record's adapter) -> prompt+GRPO
+(GRPO from the base weights on the prompt stage's program, demos and all: mmGRPO's order) -> BetterTogether.
 ``stages.json`` keeps the records (the schema BetterTogether writes too); a rerun with the same run_dir
 loads finished stages from their records, re-serving their adapters, and runs the rest.
 """
@@ -50,7 +51,10 @@ class DemoConfig:
         ),
     )
     stages: list[str] = field(
-        default_factory=lambda: list(DEMO_STAGES), metadata=_help(f"Which stages to run, from {DEMO_STAGES}.")
+        # prompt_grpo is asked for by name: a second full GRPO run, which on a model whose prompt stage
+        # keeps the zero-shot program repeats the GRPO stage.
+        default_factory=lambda: [s for s in DEMO_STAGES if s != "prompt_grpo"],
+        metadata=_help(f"Which stages to run, from {DEMO_STAGES} (all but prompt_grpo by default)."),
     )
     task: TaskSettings = field(
         default_factory=lambda: TaskSettings(n_train=2000, n_dev=400, n_test=400),
@@ -89,6 +93,14 @@ class DemoConfig:
         default_factory=lambda: GRPOConfig(num_steps=10, val_every=5, temperature=0.7, learning_rate=5e-4),
         metadata=_help("SFT + GRPO stage: GRPO from the SFT stage's adapter."),
     )
+    prompt_grpo: GRPOConfig = field(
+        # From the base weights, as the GRPO stage: the same recipe, on the prompt stage's program.
+        default_factory=GRPOConfig,
+        metadata=_help(
+            "prompt + GRPO stage (mmGRPO's order): GRPO from the base weights on the prompt stage's "
+            "program, its demos in every rollout's prompt."
+        ),
+    )
     grpo_valset_size: int = field(default=150, metadata=_help("Dev examples GRPO picks its best version on."))
     strategy: str = field(default="p -> w", metadata=_help("BetterTogether strategy over p and w."))
 
@@ -104,7 +116,10 @@ class DemoConfig:
         except OptimizerError as exc:
             raise ValueError(str(exc)) from None
         self.server.check_lora_ranks(
-            sft=self.sft.lora.r, grpo=self.grpo.lora.r, sft_grpo=self.sft_grpo.lora.r
+            sft=self.sft.lora.r,
+            grpo=self.grpo.lora.r,
+            sft_grpo=self.sft_grpo.lora.r,
+            prompt_grpo=self.prompt_grpo.lora.r,
         )
 
 
@@ -151,6 +166,7 @@ class DemoPipeline:
             "sft": self._sft,
             "grpo": self._grpo,
             "sft_grpo": self._sft_grpo,
+            "prompt_grpo": self._prompt_grpo,
             "better_together": self._better_together,
         }
         for name in [s for s in DEMO_STAGES if s in self.cfg.stages]:
@@ -255,14 +271,28 @@ class DemoPipeline:
         return self._run_grpo(self.task.make_program(), self.cfg.grpo, stage_dir, init_adapter=init)
 
     def _sft_grpo(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
-        if not any(r.name == "sft" for r in self.records):
-            self.records.append(self._stage("sft", self._sft))
-            save_stages(self.session.run.path, self.records)
+        sft_adapters = self._ensure("sft", self._sft).adapters
         start = self._program("sft")
-        sft_adapters = next(r for r in self.records if r.name == "sft").adapters
         # From the SFT stage's adapter unless sft_grpo.init_adapter names another start.
         init = self.cfg.sft_grpo.init_adapter or next(iter(sft_adapters.values()), None) or "base"
         return self._run_grpo(start, self.cfg.sft_grpo, stage_dir, init_adapter=init)
+
+    def _prompt_grpo(self, stage_dir: Path) -> tuple[Any, dict[str, str]]:
+        # mmGRPO's order: prompt optimization first, then GRPO on that program from the base weights
+        # (unless prompt_grpo.init_adapter names a start). The demos stay in the rollouts' prompts, so
+        # the adapter is trained on the prompts it is served with.
+        self._ensure("prompt", self._prompt)
+        start = self._program("prompt")
+        init = self.cfg.prompt_grpo.init_adapter or "base"
+        return self._run_grpo(start, self.cfg.prompt_grpo, stage_dir, init_adapter=init)
+
+    def _ensure(self, name: str, compile_fn: Callable[[Path], tuple[Any, dict[str, str]]]) -> StageRecord:
+        """The record of stage ``name``, run now (and saved) if this run has none: a stage that starts
+        from another's result needs it even when ``stages`` leaves it out."""
+        if not any(r.name == name for r in self.records):
+            self.records.append(self._stage(name, compile_fn))
+            save_stages(self.session.run.path, self.records)
+        return next(r for r in self.records if r.name == name)
 
     def _run_grpo(
         self, start: Any, config: GRPOConfig, stage_dir: Path, *, init_adapter: str

@@ -41,13 +41,14 @@ GENERIC_PLOT_KEYS = 6  # at most this many metric curves in a generic report
 OPTIMIZER_DIR = "optimizer"
 
 # The demo's stages, in order, with the report's row titles and the chart's short, distinct labels.
-DEMO_STAGES = ["baseline", "prompt", "sft", "grpo", "sft_grpo", "better_together"]
+DEMO_STAGES = ["baseline", "prompt", "sft", "grpo", "sft_grpo", "prompt_grpo", "better_together"]
 DEMO_STAGE_TITLES = {
     "baseline": "baseline",
     "prompt": "prompt-only (BootstrapFewShotWithRandomSearch)",
     "sft": "weights-only (BootstrapFinetune SFT)",
     "grpo": "weights-only (GRPO from the base model)",
     "sft_grpo": "SFT + GRPO",
+    "prompt_grpo": "prompt-optimized -> GRPO (mmGRPO's order)",
     "better_together": "BetterTogether",
 }
 DEMO_STAGE_LABELS = {
@@ -56,6 +57,7 @@ DEMO_STAGE_LABELS = {
     "sft": "SFT",
     "grpo": "GRPO",
     "sft_grpo": "SFT + GRPO",
+    "prompt_grpo": "prompt + GRPO",
     "better_together": "BetterTogether",
 }
 

@@ -66,6 +66,7 @@ class Recorder:
         self.sft: list[dict[str, Any]] = []
         self.policy_loads: list[dict[str, Any]] = []
         self.updates = 0
+        self.update_prompt_turns: list[int] = []  # per GRPO update: the most messages a sample was sent
         self.saved: list[str] = []
         self.lock = threading.Lock()
 
@@ -126,6 +127,7 @@ def install_stub_trainers(monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -
             assert samples, "GRPO asked for an update without samples"
             with recorder.lock:
                 recorder.updates += 1
+                recorder.update_prompt_turns.append(max(len(s.trace.messages) for s in samples))
             return {"loss": 0.1, "kl": 0.0, "optimizer_steps": 1.0, "train_samples": float(len(samples))}
 
         def save_adapter(self, directory: Any) -> Path:
@@ -181,6 +183,7 @@ def overrides(run_dir: Path, server: FakeVLLM) -> list[str]:
         "lm.num_threads=4",
         *(f"grpo.{o}" for o in grpo),
         *(f"sft_grpo.{o}" for o in grpo),
+        *(f"prompt_grpo.{o}" for o in grpo),
     ]
 
 
@@ -200,12 +203,12 @@ def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
 
     reply = fact_qa_reply_fn(SERVED_NAME)
     with FakeVLLM(str(base_dir), served_model_name=SERVED_NAME, reply_fn=reply) as server:
-        assert run_demo(None, overrides(run_dir, server)) == run_dir
+        assert run_demo(None, [*overrides(run_dir, server), f"stages={json.dumps(DEMO_STAGES)}"]) == run_dir
         first_served = dict(server.adapters)
 
     stages = json.loads((run_dir / "stages.json").read_text())
     assert [s["name"] for s in stages] == DEMO_STAGES
-    assert [s["index"] for s in stages] == list(range(6))
+    assert [s["index"] for s in stages] == list(range(len(DEMO_STAGES)))
     records = {s["name"]: s for s in stages}
     for record in stages:
         assert len(record["scores"]["dev"]) == 6 and len(record["scores"]["test"]) == 6
@@ -223,7 +226,7 @@ def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
 
     assert records["baseline"]["adapters"] == {}
     assert records["prompt"]["adapters"] == {}
-    for name in ("sft", "grpo", "sft_grpo", "better_together"):
+    for name in ("sft", "grpo", "sft_grpo", "prompt_grpo", "better_together"):
         assert len(records[name]["adapters"]) == 1, name  # one adapter bound to both predictors
         assert mean(name, "test") == 1.0 and mean(name, "dev") == 1.0, name
     assert mean("baseline", "test") < 1.0 and mean("baseline", "dev") < 1.0
@@ -235,9 +238,15 @@ def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
     assert len({c["name"] for c in recorder.sft}) == 2
     assert all(c["rows"] > 0 and Path(c["model_path"]).resolve() == base_dir for c in recorder.sft)
     assert recorder.updates > 0
-    # GRPO from the base starts a fresh LoRA; SFT+GRPO starts from the sft record's adapter.
+    # GRPO from the base starts a fresh LoRA; SFT+GRPO starts from the sft record's adapter; prompt+GRPO
+    # from the base weights again, on the prompt stage's program: its demos in the rollouts' prompts.
     [sft_adapter] = records["sft"]["adapters"].values()
-    assert [load["adapter_dir"] for load in recorder.policy_loads] == [None, sft_adapter]
+    assert [load["adapter_dir"] for load in recorder.policy_loads] == [None, sft_adapter, None]
+    prompt_demos = _demo_counts(Path(records["prompt"]["program_path"]))
+    assert sum(prompt_demos) > 0
+    assert _demo_counts(Path(records["prompt_grpo"]["program_path"])) == prompt_demos
+    # Its updates trained on prompts with the demo turns (system + user = 2 messages without demos).
+    assert max(recorder.update_prompt_turns) > 2
     # GRPO publishes the weights it starts from as its own version 0 (never a reload under the old name).
     assert set(records["sft_grpo"]["adapters"]).isdisjoint(records["sft"]["adapters"])
 
@@ -259,7 +268,7 @@ def test_the_demo_runs_every_stage_then_a_rerun_loads_them(
     trained = (len(recorder.sft), len(recorder.policy_loads), recorder.updates, len(searches))
     assert trained[3] == 1  # the prompt stage ran one search (BetterTogether's p step reused it)
     with FakeVLLM(str(base_dir), served_model_name=SERVED_NAME, reply_fn=reply) as fresh:
-        assert run_demo(None, overrides(run_dir, fresh)) == run_dir
+        assert run_demo(None, [*overrides(run_dir, fresh), f"stages={json.dumps(DEMO_STAGES)}"]) == run_dir
         re_served = dict(fresh.adapters)
     assert (len(recorder.sft), len(recorder.policy_loads), recorder.updates, len(searches)) == trained
     wanted = {name: str(Path(p).resolve()) for s in stages for name, p in s["adapters"].items()}
@@ -314,6 +323,14 @@ def test_better_together_p_w_p_searches_each_p_step_in_its_own_directory(
     assert len(searches) == 2 and len(recorder.sft) == 1
     assert sorted(d.name for d in stage_dir.iterdir() if d.name[:2] in ("p-", "w-")) == ["p-1", "p-2", "w-1"]
     assert (stage_dir / "p-2" / "search").is_dir()
+
+
+def _demo_counts(program_path: Path) -> list[int]:
+    from dspylite.datasets.programs import FactQA
+
+    program = FactQA()
+    program.load(program_path)
+    return [len(p.demos) for _, p in program.named_predictors()]
 
 
 def _bound_models(program_path: Path) -> set[str]:

@@ -35,6 +35,7 @@ from serving_helpers import make_adapter
 from typer.testing import CliRunner
 
 from dspylite.config_io import config_keys, load_config, to_dict
+from dspylite.jobs.report_job import DEMO_STAGES
 from finetune.config import FinetuneConfig
 from rl.config import GRPOConfig
 
@@ -54,7 +55,7 @@ PINNED = {
     "task.test_fraction": "custom-task keys apply to task.name=custom only",
     "task.python_path": "custom-task keys apply to task.name=custom only",
     "lm.adapter": "the fake server answers in ChatAdapter's markers",
-    "stages": "every demo stage must run for its trainers to be built",
+    "stages": "set to every demo stage (prompt_grpo is opt-in): each must run for its trainers to be built",
     "weights": "set per run: better-together runs once with each weight optimizer",
     "server.replicas": "above 1 it starts servers here, which server.api_base (the fake server) excludes",
     "server.data_parallel_size": "above 1 it is refused (runtime LoRA loading reaches one DP replica)",
@@ -146,7 +147,11 @@ JOBS: dict[str, list[Job]] = {
             fixed={"weights": "grpo"},
         ),
     ],
-    "demo": [Job("dspylite.jobs.demo_job:DemoConfig", _run_demo, trained=("sft", "grpo", "sft_grpo"))],
+    "demo": [
+        Job(
+            "dspylite.jobs.demo_job:DemoConfig", _run_demo, trained=("sft", "grpo", "sft_grpo", "prompt_grpo")
+        )
+    ],
     # python -m finetune.train --help (the accelerate entry point)
     "finetune.train": [Job("finetune.train:SFTTrainJobConfig", _run_sft_train, trained=("sft",))],
 }
@@ -493,8 +498,10 @@ def harness_values(job: Job, tmp_path: Path, base_dir: Path, api_base: str) -> d
         **SIZES,
         "selection_size": 4,
         "grpo_valset_size": 4,
+        "stages": list(DEMO_STAGES),
         "grpo.init_adapter": str(make_adapter(tmp_path / "start-a", base_model=str(base_dir))),
         "sft_grpo.init_adapter": str(make_adapter(tmp_path / "start-b", base_model=str(base_dir))),
+        "prompt_grpo.init_adapter": str(make_adapter(tmp_path / "start-c", base_model=str(base_dir))),
     }
     return {k: v for k, v in wanted.items() if k in keys}
 
