@@ -499,7 +499,8 @@ def demo(
     One two-module program on the built-in task, every stage scored on dev and test with 95% intervals.
 
     Builds the tiny model and starts vLLM unless model= / api_base= say otherwise; about 23 minutes on
-    a 2-core CPU (stages=[...] picks fewer). Rerunning with the same run_dir resumes after the last finished stage.
+    a 2-core CPU (stages=[...] picks fewer, or adds prompt_grpo: GRPO on the prompt-optimized program,
+    mmGRPO's order). Rerunning with the same run_dir resumes after the last finished stage.
 
     Example: dspylite demo configs/demo.yaml model=/path/to/checkpoint
     """
