@@ -27,6 +27,7 @@ from dspylite.reporting import (
 )
 from dspylite.run_dir import RunDir
 from dspylite.utils.io import read_jsonl
+from dspylite.utils.stats import paired_diff_ci
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ DEMO_STAGE_TITLES = {
     "prompt_grpo": "prompt-optimized -> GRPO (mmGRPO's order)",
     "better_together": "BetterTogether",
 }
+# The question the demo answers: does a combined pipeline beat each single stage?
+SINGLE_STAGES = ("prompt", "sft", "grpo")
+COMBINED_STAGES = ("sft_grpo", "prompt_grpo", "better_together")
 DEMO_STAGE_LABELS = {
     "baseline": "baseline",
     "prompt": "prompt-only",
@@ -269,6 +273,17 @@ def _demo(run: RunDir, job: dict[str, Any]) -> None:
         f"stages); test never does. Total wall time {float(job.get('seconds') or 0) / 60:.1f} min."
     )
     more = []
+    combined = combined_vs_single_rows(records)
+    if combined:
+        more.append(
+            (
+                "Combined vs single stages (test, paired)",
+                markdown_table(combined)
+                + "\n\nEach combined stage minus each single stage on the same test examples, in points, "
+                "with a paired 95% interval. The best single stage is the one dev ranks first (dev picks; "
+                "test never does): a combined stage beats it when the whole interval is above zero.",
+            )
+        )
     if job.get("activity"):
         from dspylite.activity import table_rows
 
@@ -292,6 +307,33 @@ def _demo(run: RunDir, job: dict[str, Any]) -> None:
         notes=notes,
         more_sections=more,
     )
+
+
+def combined_vs_single_rows(records: list[Any]) -> list[dict[str, Any]]:
+    """One row per combined stage: its test difference to each single stage, and the verdict against the
+    single stage dev ranks first. Empty when the run has no combined or no single stage with test scores."""
+    by_name = {r.name: r for r in records if r.scores.get("test")}
+    singles = [by_name[n] for n in SINGLE_STAGES if n in by_name]
+    combined = [by_name[n] for n in COMBINED_STAGES if n in by_name]
+    if not singles or not combined:
+        return []
+    best = max(singles, key=lambda r: (r.mean("dev") if r.scores.get("dev") else float("-inf"), -r.index))
+    rows = []
+    for record in combined:
+        row: dict[str, Any] = {
+            "stage": DEMO_STAGE_LABELS[record.name],
+            "test": f"{100 * record.mean('test'):.1f}",
+        }
+        for single in singles:
+            marker = " (best on dev)" if single is best else ""
+            row[f"vs {DEMO_STAGE_LABELS[single.name]}{marker}"] = diff_cell(
+                single.scores["test"], record.scores["test"]
+            )
+        if len(best.scores["test"]) == len(record.scores["test"]):
+            _, low, high = paired_diff_ci(best.scores["test"], record.scores["test"])
+            row["verdict"] = "beats it" if low > 0 else "below it" if high < 0 else "tie (interval includes 0)"
+        rows.append(row)
+    return rows
 
 
 # ---- anything else ---------------------------------------------------------------------------------

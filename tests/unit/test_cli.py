@@ -679,3 +679,32 @@ def test_sigterm_during_a_job_unwinds_it_and_the_run_directory_says_interrupted(
     assert exit_info.value.exit_code == 143 and unwound == [Terminated.__name__]
     assert run.load_json("job.json")["status"] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) == before  # the CLI's handler lives only while the job runs
+
+
+def test_demo_report_compares_each_combined_stage_with_each_single_stage(tmp_path: Path) -> None:
+    # Ten test examples. SFT is best on dev; BetterTogether is right on all ten, SFT on 6 (beats it), SFT + GRPO on SFT's 6 minus one (interval includes 0), GRPO from base below all.
+    run = tmp_path / "run"
+    run.mkdir()
+    sft = [1] * 6 + [0] * 4
+
+    def stage(index: int, name: str, dev: list[int], test: list[int]) -> dict:
+        return {"index": index, "name": name, "scores": {"dev": dev, "test": test}, "program_path": "p"}
+
+    stages = [
+        stage(0, "baseline", [0, 0, 0, 0], [0] * 10),
+        stage(1, "prompt", [1, 0, 0, 0], [1] * 3 + [0] * 7),
+        stage(2, "sft", [1, 1, 1, 0], sft),
+        stage(3, "grpo", [1, 1, 0, 0], [1] * 2 + [0] * 8),
+        stage(4, "sft_grpo", [1, 1, 1, 0], [1] * 5 + [0] * 5),
+        stage(6, "better_together", [1, 1, 1, 1], [1] * 10),
+    ]
+    (run / "stages.json").write_text(json.dumps(stages))
+    (run / "job.json").write_text(json.dumps({"kind": "demo", "status": "done", "model": "m", "seconds": 60}))
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    text = (run / "report.md").read_text()
+    section = text.split("## Combined vs single stages (test, paired)")[1].split("##")[0]
+    assert "vs SFT (best on dev)" in section and "vs prompt-only |" in section and "vs GRPO |" in section
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    assert rows["BetterTogether"].endswith("| beats it |") and "+40.0 [" in rows["BetterTogether"]
+    assert rows["SFT + GRPO"].endswith("| tie (interval includes 0) |") and "-10.0 [" in rows["SFT + GRPO"]
