@@ -331,7 +331,9 @@ def combined_vs_single_rows(records: list[Any]) -> list[dict[str, Any]]:
             )
         if len(best.scores["test"]) == len(record.scores["test"]):
             _, low, high = paired_diff_ci(best.scores["test"], record.scores["test"])
-            row["verdict"] = "beats it" if low > 0 else "below it" if high < 0 else "tie (interval includes 0)"
+            row["verdict"] = (
+                "beats it" if low > 0 else "below it" if high < 0 else "tie (interval includes 0)"
+            )
         rows.append(row)
     return rows
 
