@@ -175,6 +175,8 @@ class DemoPipeline:
                 self.session.say(f"[{name}] already finished; loading {record.program_path}")
                 self.records.append(record)
                 self._program(name)  # re-serves its bound adapters: a restarted server has none of them
+                # Saved again: a stage added before it in this run rewrote stages.json without it.
+                save_stages(self.session.run.path, self.records)
                 continue
             self.records.append(self._stage(name, stages[name]))
             save_stages(self.session.run.path, self.records)

@@ -325,6 +325,24 @@ def test_better_together_p_w_p_searches_each_p_step_in_its_own_directory(
     assert (stage_dir / "p-2" / "search").is_dir()
 
 
+def test_a_stage_added_on_resume_keeps_the_later_finished_stages_on_record(
+    tmp_path: Path, base_dir: Path, stubbed: tuple[Recorder, list[int]]
+) -> None:
+    # The first run has no prompt stage; the resumed one adds it before the finished BetterTogether.
+    recorder, searches = stubbed
+    run_dir = tmp_path / "run"
+    reply = fact_qa_reply_fn(SERVED_NAME)
+    with FakeVLLM(str(base_dir), served_model_name=SERVED_NAME, reply_fn=reply) as server:
+        run_demo(None, [*overrides(run_dir, server), "stages=[baseline,better_together]"])
+        first = {s["name"]: s for s in json.loads((run_dir / "stages.json").read_text())}
+        run_demo(None, [*overrides(run_dir, server), "stages=[baseline,prompt,better_together]"])
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert [s["name"] for s in stages] == ["baseline", "prompt", "better_together"]
+    assert stages[2] == first["better_together"]  # loaded, not run again
+    assert len(recorder.sft) == 1 and len(searches) == 2
+    assert "BetterTogether" in (run_dir / "report.md").read_text()
+
+
 def _demo_counts(program_path: Path) -> list[int]:
     from dspylite.datasets.programs import FactQA
 
