@@ -270,7 +270,12 @@ def _demo(run: RunDir, job: dict[str, Any]) -> None:
         "(Wilson for the scores, paired normal for the difference to the baseline on the same examples). "
         "Failures are the share of examples whose program run failed, by kind (parse: the completion did "
         "not follow the output format). Dev picks (prompt candidates, GRPO versions, BetterTogether "
-        f"stages); test never does. Total wall time {float(job.get('seconds') or 0) / 60:.1f} min."
+        f"stages); test never does. Total wall time {float(job.get('seconds') or 0) / 60:.1f} min"
+        + (
+            " (this invocation's: it resumed an earlier run; the table of wall time by stage covers them all)."
+            if job.get("earlier_activity")
+            else "."
+        )
     )
     more = []
     combined = combined_vs_single_rows(records)

@@ -304,6 +304,7 @@ def test_a_failed_demo_keeps_its_finished_stages_wall_time_and_the_resumed_run_a
     # The baseline was loaded, not rerun: its evaluation time is the first run's, kept.
     assert done["activity"]["baseline"]["evaluation"] >= evaluated
     assert "program runs" in done["activity"]["prompt"]
+    assert "this invocation's: it resumed an earlier run" in (run_dir / "report.md").read_text()
 
 
 def test_better_together_p_w_p_searches_each_p_step_in_its_own_directory(
