@@ -152,6 +152,7 @@ class DemoPipeline:
         self.session = session
         self.task = session.task
         self.records: list[StageRecord] = []
+        self.on_disk: dict[str, StageRecord] = {}  # the finished stages stages.json held when run() began
         # Optimizer results keyed by (step kind, input program state): BetterTogether's steps reuse
         # the single-stage results when their input program is the same one.
         self.memo: dict[tuple[str, str], tuple[Any, dict[str, str]]] = {}
@@ -160,6 +161,7 @@ class DemoPipeline:
 
     def run(self) -> list[StageRecord]:
         done = {r.name: r for r in load_stages(self.session.run.path)}
+        self.on_disk = done
         stages: dict[str, Callable[[Path], tuple[Any, dict[str, str]]]] = {
             "baseline": self._baseline,
             "prompt": self._prompt,
@@ -175,15 +177,20 @@ class DemoPipeline:
                 self.session.say(f"[{name}] already finished; loading {record.program_path}")
                 self.records.append(record)
                 self._program(name)  # re-serves its bound adapters: a restarted server has none of them
-                # Saved again: a stage added before it in this run rewrote stages.json without it.
-                save_stages(self.session.run.path, self.records)
                 continue
             self.records.append(self._stage(name, stages[name]))
-            save_stages(self.session.run.path, self.records)
+            self._save()
             # A killed run keeps the breakdown of the stages it finished; its resumption adds to it.
             job = self.session.run.load_json(JOB_FILE, {}) or {}
             self.session.run.save_json(JOB_FILE, {**job, "activity": self.activity()})
         return self.records
+
+    def _save(self) -> None:
+        """Write stages.json: this run's records, and every finished stage it has not reached yet (a stage
+        added on resume runs before them; dropping their records would train them again next time)."""
+        names = {r.name for r in self.records}
+        pending = [r for r in self.on_disk.values() if r.name not in names]
+        save_stages(self.session.run.path, sorted([*self.records, *pending], key=lambda r: r.index))
 
     def activity(self) -> dict[str, dict[str, float]]:
         """Wall time by stage and activity: this run's, plus that of the interrupted runs it resumes."""
@@ -293,7 +300,7 @@ class DemoPipeline:
         from another's result needs it even when ``stages`` leaves it out."""
         if not any(r.name == name for r in self.records):
             self.records.append(self._stage(name, compile_fn))
-            save_stages(self.session.run.path, self.records)
+            self._save()
         return next(r for r in self.records if r.name == name)
 
     def _run_grpo(

@@ -329,14 +329,29 @@ def test_better_together_p_w_p_searches_each_p_step_in_its_own_directory(
 def test_a_stage_added_on_resume_keeps_the_later_finished_stages_on_record(
     tmp_path: Path, base_dir: Path, stubbed: tuple[Recorder, list[int]]
 ) -> None:
-    # The first run has no prompt stage; the resumed one adds it before the finished BetterTogether.
+    # The first run has no prompt stage. A resumed one adds prompt and sft before the finished
+    # BetterTogether and is killed in sft, after prompt finished: BetterTogether's record must survive
+    # that save. The last run adds only prompt (loaded now) and reaches BetterTogether.
+    from dspylite.jobs.demo_job import DemoPipeline
+
     recorder, searches = stubbed
     run_dir = tmp_path / "run"
     reply = fact_qa_reply_fn(SERVED_NAME)
+    resumed = ["stages=[baseline,prompt,better_together]"]
+
+    def killed(self, stage_dir):
+        raise RuntimeError("killed in the sft stage")
+
     with FakeVLLM(str(base_dir), served_model_name=SERVED_NAME, reply_fn=reply) as server:
         run_demo(None, [*overrides(run_dir, server), "stages=[baseline,better_together]"])
         first = {s["name"]: s for s in json.loads((run_dir / "stages.json").read_text())}
-        run_demo(None, [*overrides(run_dir, server), "stages=[baseline,prompt,better_together]"])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(DemoPipeline, "_sft", killed)
+            with pytest.raises(RuntimeError, match="killed in the sft stage"):
+                run_demo(None, [*overrides(run_dir, server), "stages=[baseline,prompt,sft,better_together]"])
+        on_record = [s["name"] for s in json.loads((run_dir / "stages.json").read_text())]
+        assert on_record == ["baseline", "prompt", "better_together"]
+        run_demo(None, [*overrides(run_dir, server), *resumed])
     stages = json.loads((run_dir / "stages.json").read_text())
     assert [s["name"] for s in stages] == ["baseline", "prompt", "better_together"]
     assert stages[2] == first["better_together"]  # loaded, not run again
